@@ -1,0 +1,1 @@
+"""A ComfyUI client that follows jobs under deadlines; imports nothing from pytest."""

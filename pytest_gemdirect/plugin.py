@@ -1,0 +1,1 @@
+"""pytest wiring for pytest-gemdirect (options, markers, fixtures, hooks)."""

@@ -1,0 +1,1 @@
+"""Embedded simulators of ComfyUI and of an OpenAI-compatible LLM server, usable without pytest."""
