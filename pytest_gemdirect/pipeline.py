@@ -1,0 +1,100 @@
+"""The stage model (design §2): each stage's work runs once, its outcome is remembered and recorded.
+
+A stage's own test turns a failure into a red row; every stage that needs a failed one is
+skipped with "not reached: <stage> failed". Work runs when first needed, so deselecting a
+stage's test hides its check, not its work. Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_gemdirect.summary import RunSummary, stage_of
+
+
+class StageFailed(Exception):
+    """The stage's own check failed; the message says what, where and why in plain words."""
+
+
+class NotReached(Exception):
+    """A prerequisite failed, so this stage never ran; the message is ``not reached: <stage> failed``."""
+
+
+class StageSkipped(Exception):
+    """The stage has nothing to do with this configuration (e.g. no external suites)."""
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: str  # passed | failed | not_reached | skipped
+    value: Any = None
+    message: str | None = None
+    duration_s: float = 0.0
+
+
+Work = Callable[[str], Any]
+
+
+class Pipeline:
+    """Runs each stage key (``llm``, ``svd[scene-002]``…) at most once and records its outcome."""
+
+    def __init__(self, summary: RunSummary, works: dict[str, Work]) -> None:
+        self.summary = summary
+        self._works = works  # stage name -> function(key) doing the work
+        self.outcomes: dict[str, Outcome] = {}
+        self._running: set[str] = set()
+
+    def run(self, key: str) -> Any:
+        """The stage's value; raises StageFailed, NotReached or StageSkipped as its own test should show."""
+        outcome = self.outcomes.get(key)
+        if outcome is None:
+            outcome = self._execute(key)
+        if outcome.status == "failed":
+            raise StageFailed(outcome.message)
+        if outcome.status == "not_reached":
+            raise NotReached(outcome.message)
+        if outcome.status == "skipped":
+            raise StageSkipped(outcome.message)
+        return outcome.value
+
+    def require(self, key: str) -> Any:
+        """For a later stage: the value, or NotReached naming the stage that failed."""
+        try:
+            return self.run(key)
+        except StageFailed:
+            raise NotReached(f"not reached: {key} failed") from None
+
+    def attempt_all(self, keys: list[str]) -> None:
+        """Run every key, whatever their outcomes (the summary stage wants the whole run)."""
+        for key in keys:
+            try:
+                self.run(key)
+            except (StageFailed, NotReached, StageSkipped):
+                pass
+
+    def _execute(self, key: str) -> Outcome:
+        if key in self._running:
+            raise RuntimeError(f"stage {key} depends on itself")
+        self._running.add(key)
+        started = time.monotonic()
+        try:
+            value = self._works[stage_of(key)](key)
+            outcome = Outcome(key, "passed", value=value)
+        except StageFailed as exc:
+            outcome = Outcome(key, "failed", message=str(exc))
+        except NotReached as exc:
+            outcome = Outcome(key, "not_reached", message=str(exc))
+        except StageSkipped as exc:
+            outcome = Outcome(key, "skipped", message=str(exc))
+        except Exception as exc:  # an unexpected error is a failure of this stage, never lost
+            outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._running.discard(key)
+        outcome.duration_s = round(time.monotonic() - started, 3)
+        self.outcomes[key] = outcome
+        self.summary.record_item(key, outcome.status, duration_s=outcome.duration_s, message=outcome.message)
+        return outcome

@@ -1,0 +1,162 @@
+"""Where ComfyUI and the LLM come from (design §3): attach to a URL, or boot the embedded simulator.
+
+The embedded simulator runs as a child process (``python -m pytest_gemdirect.sim``), so a
+simulated crash is a real dead process and the harness's handling of one is the real code path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
+from pytest_gemdirect.settings import Settings
+
+EMBEDDED_BOOT_TIMEOUT_S = 30.0
+
+
+class ServiceError(Exception):
+    """A service could not be booted or reached; the message names the setting to change."""
+
+
+@dataclass
+class Backend:
+    """One service as the run uses it."""
+
+    name: str  # "comfyui" | "llm"
+    target: str  # "embedded" | "attached" | "launched"
+    url: str | None
+    simulated: bool
+    pid: int | None = None
+    log: str | None = None
+    version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def describe_targets(settings: Settings) -> dict[str, str]:
+    """Each service's target in words, for the terminal header (nothing is booted)."""
+    comfy = f"attach {settings.comfyui_url}" if settings.comfyui_url else "embedded simulator (SIMULATED)"
+    llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
+    if settings.story_mode == "fallback" and not settings.llm_url:
+        llm += ", story mode fallback"
+    return {"comfyui": comfy, "llm": llm}
+
+
+class Services:
+    """Boots or attaches each service on first use, and ends what it started at close()."""
+
+    def __init__(
+        self, settings: Settings, run_root: Path, *, handed_urls: dict[str, Any] | None = None
+    ) -> None:
+        self.settings = settings
+        self.run_root = run_root
+        self.handed_urls = handed_urls  # from the xdist controller: the controller owns the simulator
+        self._sim: subprocess.Popen[bytes] | None = None
+        self._sim_urls: dict[str, str] | None = None
+        self._backends: dict[str, Backend] = {}
+
+    # --- public --------------------------------------------------------------------------
+
+    def comfyui(self) -> Backend:
+        return self._backend("comfyui", self.settings.comfyui_url)
+
+    def llm(self) -> Backend:
+        return self._backend("llm", self.settings.llm_url)
+
+    def comfyui_alive(self) -> bool:
+        """False as soon as a simulator process the harness started has died."""
+        backend = self._backends.get("comfyui")
+        if backend is None or backend.target != "embedded" or self._sim is None:
+            return True
+        return self._sim.poll() is None
+
+    def embedded_urls(self) -> dict[str, Any] | None:
+        """What the xdist controller hands its workers (None when nothing is embedded)."""
+        return dict(self._sim_urls) if self._sim_urls else None
+
+    def close(self) -> None:
+        """End the simulator's whole process tree (also after Ctrl-C)."""
+        if self._sim is not None:
+            kill_tree(self._sim, grace_s=3.0)
+            self._sim = None
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _backend(self, name: str, url: str | None) -> Backend:
+        if name in self._backends:
+            return self._backends[name]
+        if url:
+            backend = Backend(name, "attached", url, simulated=False)
+        else:
+            if self.settings.require_real_backends:
+                raise ServiceError(
+                    f"{name} would be the embedded simulator, but require_real_backends is set;"
+                    f" point --{name}-url at a real server"
+                )
+            urls = self._embedded()
+            backend = Backend(
+                name,
+                "embedded",
+                urls[f"{name}_url"],
+                simulated=True,
+                pid=urls.get("pid"),
+                log=urls.get("log"),
+            )
+        self._backends[name] = backend
+        return backend
+
+    def _embedded(self) -> dict[str, Any]:
+        if self.handed_urls:
+            return self.handed_urls
+        if self._sim_urls is None:
+            self._sim_urls = self._boot_simulator()
+        return self._sim_urls
+
+    def _boot_simulator(self) -> dict[str, Any]:
+        sim_root = self.run_root / "simulator"
+        ready_file = sim_root / "ready.json"
+        log_path = self.run_root / "simulator.log"
+        sim_root.mkdir(parents=True, exist_ok=True)
+        ready_file.unlink(missing_ok=True)
+        args = [
+            sys.executable,
+            "-m",
+            "pytest_gemdirect.sim",
+            "--root",
+            str(sim_root),
+            "--ready-file",
+            str(ready_file),
+            "--step-seconds",
+            str(self.settings.sim_step_seconds),
+            "--seed",
+            str(self.settings.llm_seed),
+        ]
+        for spec in self.settings.faults.specs():
+            args += ["--fault", spec]
+        self._sim = launch_logged(args, cwd=self.run_root, env_overrides={}, log_path=log_path)
+        deadline = Deadline(EMBEDDED_BOOT_TIMEOUT_S)
+        while not ready_file.exists():
+            try:
+                code = self._sim.wait(timeout=deadline.timeout(cap=0.05))
+            except subprocess.TimeoutExpired:
+                if deadline.expired():
+                    self.close()
+                    raise ServiceError(
+                        f"the embedded simulator did not become ready within {EMBEDDED_BOOT_TIMEOUT_S:g} s;"
+                        f" its log ({log_path}) ends:\n{log_tail(log_path)}"
+                    ) from None
+                continue
+            raise ServiceError(
+                f"the embedded simulator exited with code {code} while booting; its log ({log_path}) ends:\n"
+                f"{log_tail(log_path)}"
+            )
+        urls = json.loads(ready_file.read_text(encoding="utf-8"))
+        urls["log"] = str(log_path)
+        return urls

@@ -1,0 +1,296 @@
+"""The run machinery registered by the plugin: run directory, services, report, terminal output."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_gemdirect.progress import ProgressDisplay
+from pytest_gemdirect.rundir import RunDirectory
+from pytest_gemdirect.services import Services, describe_targets
+from pytest_gemdirect.settings import SPECS, Settings
+from pytest_gemdirect.stages import Stages, scene_ids
+from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, RunSummary, verdict
+
+RUN_KEY = pytest.StashKey["GemdirectRun"]()
+WORKER_INPUT_KEY = "gemdirect"
+# Order of the pipeline's test nodes: each scene's retrieval right after its generation,
+# so the scene's deadline covers queue to frames on disk.
+_STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
+_PIPELINE_FIXTURE = "gemdirect_check"
+
+
+def run_of(config: pytest.Config) -> GemdirectRun:
+    return config.stash[RUN_KEY]
+
+
+def selects_pipeline(markexpr: str) -> bool:
+    """Whether a ``-m`` expression selects any pipeline stage (so the run gets its report)."""
+    tokens = re.findall(r"\(|\)|[^\s()]+", markexpr or "")
+    if not tokens:
+        return False
+    for stage in STAGES:
+        names = {"e2e", stage}
+        words = [t if t in ("(", ")", "and", "or", "not") else str(t.split("(")[0] in names) for t in tokens]
+        try:
+            if eval(" ".join(words), {"__builtins__": {}}, {}):  # only True/False/and/or/not/parens
+                return True
+        except SyntaxError:
+            return False
+    return False
+
+
+class GemdirectRun:
+    """One pytest session's run: created in pytest_configure, its work started on first use."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_worker = hasattr(config, "workerinput")
+        handed = config.workerinput.get(WORKER_INPUT_KEY) if self.is_worker else None  # type: ignore[attr-defined]
+        self.handed: dict[str, Any] | None = handed
+        self._stages: Stages | None = None
+        self.run: RunDirectory | None = None
+        self.services: Services | None = None
+        self.summary: RunSummary | None = None
+        config.stash[RUN_KEY] = self
+        if handed:
+            self.run = RunDirectory(Path(handed["run_dir"]), handed["run_id"])
+        elif selects_pipeline(config.getoption("markexpr", "")) or settings.run_dir is not None:
+            self._start_run_dir()
+            self._wire_html_report()
+
+    # --- lazily started state ------------------------------------------------------------
+
+    def _start_run_dir(self) -> RunDirectory:
+        if self.run is None:
+            self.run = RunDirectory.create(logs_dir=self.settings.logs_dir, run_dir=self.settings.run_dir)
+        return self.run
+
+    def _wire_html_report(self) -> None:
+        """report.html in the run directory unless the user chose their own --html."""
+        if self.is_worker or not hasattr(self.config.option, "htmlpath") or self.run is None:
+            return
+        if not self.config.option.htmlpath:
+            self.config.option.htmlpath = str(self.run.report_html)
+            self.config.option.self_contained_html = True
+
+    def scene_ids(self) -> list[str]:
+        return scene_ids(self.settings.scenes)
+
+    def suite_names(self) -> list[str]:
+        from pytest_gemdirect.suites import parse_suite_specs
+
+        try:
+            return [spec.name for spec in parse_suite_specs(list(self.settings.suite))]
+        except ValueError as exc:
+            raise pytest.UsageError(f"pytest-gemdirect: invalid value for suite: {exc}") from None
+
+    def stages(self) -> Stages:
+        if self._stages is None:
+            run = self._start_run_dir()
+            self.summary = RunSummary(
+                run,
+                settings=self.settings.public(),
+                sources=dict(self.settings.sources),
+                scene_ids=self.scene_ids(),
+            )
+            self.services = Services(
+                self.settings, run.root, handed_urls=self.handed.get("urls") if self.handed else None
+            )
+            self._stages = Stages(
+                self.settings,
+                run,
+                self.summary,
+                self.services,
+                suite_cwd=self.settings.suite_cwd or self.config.rootpath,
+                progress=self._progress_display(),
+            )
+        return self._stages
+
+    def _progress_display(self) -> ProgressDisplay | None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return None
+
+        def write(text: str) -> None:
+            if capture is not None:
+                with capture.global_and_fixture_disabled():
+                    reporter.write(text, flush=True)
+            else:
+                reporter.write(text, flush=True)
+
+        return ProgressDisplay(write, in_place=reporter.isatty)
+
+    # --- hooks ---------------------------------------------------------------------------
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        lines = [f"gemdirect {name}: {target}" for name, target in describe_targets(self.settings).items()]
+        changed = [
+            f"{spec.name}={self.settings.public()[spec.name]} ({self.settings.sources[spec.name]})"
+            for spec in SPECS
+            if self.settings.sources[spec.name] != "default"
+        ]
+        queue = ", ".join(
+            f"{name}={self.settings.public()[name]}"
+            for name in ("scenes", "story_mode", "scene_max_wait", "completion_grace", "history_max_attempts")
+        )
+        lines.append(f"gemdirect settings: {queue}")
+        if changed:
+            lines.append("gemdirect set: " + "; ".join(changed))
+        if self.run is not None:
+            lines.append(f"gemdirect run directory: {self.run.root}")
+        return lines
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        pipeline = [
+            i for i, item in enumerate(items) if _PIPELINE_FIXTURE in getattr(item, "fixturenames", ())
+        ]
+        ordered = sorted((items[i] for i in pipeline), key=self._order_key)
+        for slot, item in zip(pipeline, ordered):
+            items[slot] = item
+        self._add_timeout_backstop(ordered)
+
+    def _order_key(self, item: pytest.Item) -> tuple[int, int, int]:
+        stage = next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), "summary")
+        params = getattr(item, "callspec", None)
+        scene = params.params.get("gemdirect_scene") if params else None
+        if stage in ("svd", "frames") and scene:
+            return (_STAGE_RANK["svd"], int(scene.split("-")[1]), _STAGE_RANK[stage])
+        return (_STAGE_RANK[stage], 0, 0)
+
+    def _add_timeout_backstop(self, items: list[pytest.Item]) -> None:
+        """pytest-timeout as an outer backstop above every inner deadline; a user's own timeout stands."""
+        user_timeout = (
+            self.config.getoption("timeout", None)
+            or os.environ.get("PYTEST_TIMEOUT")
+            or _ini(self.config, "timeout")
+        )
+        if user_timeout:
+            return
+        s = self.settings
+        whole_run = (
+            120.0
+            + 6 * s.llm_timeout
+            + s.scenes * (1 + s.max_scene_retries) * (s.scene_max_wait + s.completion_grace)
+            + len(s.suite) * s.suite_timeout
+        )
+        for item in items:
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(whole_run))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist controller: boot the embedded services once and hand their URLs to every worker."""
+        stages = self.stages()
+        assert self.services is not None and self.run is not None
+        if not (self.settings.comfyui_url and self.settings.llm_url):
+            self.services.comfyui() if not self.settings.comfyui_url else self.services.llm()
+        node.workerinput[WORKER_INPUT_KEY] = {
+            "run_dir": str(self.run.root),
+            "run_id": self.run.run_id,
+            "urls": self.services.embedded_urls(),
+        }
+        del stages
+
+    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
+        if self.summary is not None:
+            prefix.append(render_html_overview(self.summary.data))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.summary is not None and not self.is_worker:
+            interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            self.summary.finish(
+                "interrupted" if interrupted else "passed", "interrupted" if interrupted else None
+            )
+        if self.services is not None:
+            self.services.close()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.summary is None or self.run is None or self.is_worker:
+            return
+        data = self.summary.data
+        terminalreporter.write_sep("=", "gemdirect", bold=True)
+        for stage in data["stages"]:
+            terminalreporter.write_line(
+                f"{SYMBOLS.get(stage['status'], '?')} {STAGE_TITLES[stage['name']]:<16} {stage['status']}"
+            )
+        for failure in self.summary.failures():
+            terminalreporter.write_line(f"  {failure['key']}: {failure['message']}")
+        terminalreporter.write_line(f"gemdirect verdict: {verdict(data)}")
+        terminalreporter.write_line(f"gemdirect run directory: {self.run.root}")
+        if self.config.getoption("htmlpath", None):
+            terminalreporter.write_line(f"gemdirect report: {self.config.option.htmlpath}")
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.services is not None:
+            self.services.close()
+
+
+def _ini(config: pytest.Config, name: str) -> Any:
+    try:
+        return config.getini(name)
+    except ValueError:
+        return None
+
+
+def render_html_overview(data: dict[str, Any]) -> str:
+    """The overview block added to pytest-html's report; everything from a server is escaped."""
+    esc = html.escape
+    rows = []
+    for stage in data["stages"]:
+        duration = f"{stage['duration_s']:.1f} s" if stage.get("duration_s") is not None else ""
+        rows.append(
+            f"<tr><td>{SYMBOLS.get(stage['status'], '?')}</td><td>{esc(STAGE_TITLES[stage['name']])}</td>"
+            f"<td>{esc(stage['status'])}</td><td>{duration}</td><td>{esc(stage.get('message') or '')}</td></tr>"
+        )
+    backends = "".join(
+        f"<li>{esc(name)}: {esc(b['target'])} {esc(b.get('url') or '')}"
+        f"{' <strong>SIMULATED</strong>' if b.get('simulated') else ''}</li>"
+        for name, b in sorted(data["backends"].items())
+    )
+    scenes = "".join(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+            esc(s["id"]),
+            esc(s["status"]),
+            s["frame_count"],
+            len(s["attempts"]),
+            *(
+                _secs((s.get("telemetry") or {}).get(k))
+                for k in ("queue_wait_s", "generation_s", "retrieval_s")
+            ),
+        )
+        for s in data["scenes"]
+    )
+    settings = "".join(
+        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td><td>{esc(data['setting_sources'].get(k, ''))}</td></tr>"
+        for k, v in data["settings"].items()
+    )
+    banner = (
+        '<p class="gemdirect-simulated"><strong>SIMULATED:</strong> this run used the embedded simulator,'
+        " not a GPU backend.</p>"
+        if data.get("simulated")
+        else ""
+    )
+    return (
+        f'<div class="gemdirect"><h2>gemdirect: {esc(verdict(data))}</h2>{banner}'
+        f"<p>run directory: {esc(data['run_dir'])}</p>"
+        f"<h3>Stages</h3><table><tr><th></th><th>stage</th><th>status</th><th>duration</th><th>evidence</th></tr>"
+        f"{''.join(rows)}</table>"
+        f"<h3>Backends</h3><ul>{backends}</ul>"
+        f"<h3>Scenes</h3><table><tr><th>scene</th><th>status</th><th>frames</th><th>attempts</th>"
+        f"<th>queue wait</th><th>generation</th><th>retrieval</th></tr>{scenes}</table>"
+        f"<h3>Settings</h3><table><tr><th>setting</th><th>value</th><th>source</th></tr>{settings}</table></div>"
+    )
+
+
+def _secs(value: float | None) -> str:
+    return f"{value:.2f} s" if value is not None else ""

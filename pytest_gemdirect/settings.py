@@ -1,0 +1,270 @@
+"""Every setting as a triple (flag, ini key, environment variable), resolved once per run.
+
+Lookup order: command-line flag, then ``GEMDIRECT_*`` environment variable, then the
+``gemdirect_*`` ini key, then the default. A bad value stops the run at start-up with a
+message naming the setting and where the value came from (pytest-timeout's pattern).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pytest_gemdirect.sim.faults import FaultPlan
+
+
+class SettingError(ValueError):
+    """An invalid setting value; the message names the setting and its source."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a number above 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must be a number of at least 0")
+    return value
+
+
+def _url(text: str) -> str:
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"no such folder: {path}")
+    return path
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep:
+        raise ValueError("must look like 1024x576")
+    w, h = int(width), int(height)
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise ValueError("width and height must be between 16 and 8192")
+    return (w, h)
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting: its flag, ini key, environment variable, parser and default."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    multi: bool = False  # repeatable flag, comma-separated env var, one-per-line ini
+    secret: bool = False  # never shown in the header, the summary or the report
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "gemdirect_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "GEMDIRECT_" + self.name.upper()
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    # services
+    SettingSpec("comfyui_url", _url, None, "attach to the ComfyUI server at this URL", metavar="URL"),
+    SettingSpec(
+        "llm_url", _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
+    ),
+    SettingSpec("llm_model", str, None, "LLM model id (default: the first one the server lists)"),
+    SettingSpec(
+        "llm_api_key", str, None, "bearer token for the LLM server (never written anywhere)", secret=True
+    ),
+    SettingSpec("llm_timeout", _positive_float, 120.0, "seconds an LLM request may take", metavar="S"),
+    SettingSpec("llm_seed", int, 42, "seed sent to the LLM and used by the fallback story"),
+    SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM"),
+    SettingSpec(
+        "require_real_backends",
+        _bool,
+        False,
+        "fail the run when a service would be simulated (for GPU runs that must not pass on the simulator)",
+        metavar="BOOL",
+    ),
+    SettingSpec("sim_fault", str, (), "switch on a simulator fault: NAME or NAME@scene-002", multi=True),
+    SettingSpec("sim_step_seconds", _non_negative_float, 0.01, "seconds per sampler step in the simulator"),
+    # story
+    SettingSpec("story_mode", _choice("auto", "llm", "fallback"), "auto", "where the story comes from"),
+    SettingSpec("scenes", _positive_int, 3, "number of scenes", metavar="N"),
+    SettingSpec("keyframe_size", _size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH"),
+    # run directory
+    SettingSpec("logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories"),
+    SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)"),
+    SettingSpec(
+        "workflow", _existing_file, None, "API-format ComfyUI workflow (default: the shipped SVD graph)"
+    ),
+    # queue policy (design §4)
+    SettingSpec("max_scene_retries", _non_negative_int, 1, "re-queues of a scene after a failed attempt"),
+    SettingSpec(
+        "scene_max_wait", _positive_float, 180.0, "seconds for a whole attempt, queue to frames", metavar="S"
+    ),
+    SettingSpec("history_poll_interval", _positive_float, 2.0, "seconds between /history polls", metavar="S"),
+    SettingSpec("history_max_attempts", _positive_int, 30, "/history polls before giving up", metavar="N"),
+    SettingSpec(
+        "completion_grace", _positive_float, 30.0, "seconds after completion until outputs must be in history"
+    ),
+    SettingSpec(
+        "ws_idle_timeout", _positive_float, 15.0, "seconds of WebSocket silence before polling", metavar="S"
+    ),
+    # external suites
+    SettingSpec("suite", str, (), "external suite NAME=COMMAND (or the preset 'vitest')", multi=True),
+    SettingSpec("suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)"),
+    SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
+)
+
+SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one run, with where each value came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]  # "flag", "env GEMDIRECT_X", "ini gemdirect_x", "default"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def faults(self) -> FaultPlan:
+        return FaultPlan.parse(self.values["sim_fault"])
+
+    def public(self) -> dict[str, Any]:
+        """JSON-friendly values with secrets redacted, for the summary, header and report."""
+        shown: dict[str, Any] = {}
+        for spec in SPECS:
+            value = self.values[spec.name]
+            if spec.secret and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple) and spec.name == "keyframe_size":
+                value = f"{value[0]}x{value[1]}"
+            elif isinstance(value, tuple):
+                value = list(value)
+            shown[spec.name] = value
+        return shown
+
+
+def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
+    try:
+        if spec.multi:
+            items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
+            return tuple(spec.parse(str(item).strip()) for item in items if str(item).strip())
+        if raw is None:
+            return None
+        return spec.parse(raw) if isinstance(raw, str) else raw
+    except (ValueError, TypeError) as exc:
+        shown = "***" if spec.secret else repr(raw)
+        raise SettingError(f"invalid value {shown} for {spec.name} ({source}): {exc}") from None
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    ini: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every setting: flag > environment > ini > default.
+
+    ``flags`` and ``ini`` map setting names to raw values (None or empty when unset).
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for spec in SPECS:
+        flag_value = flags.get(spec.name)
+        env_value = environ.get(spec.env)
+        ini_value = ini.get(spec.name)
+        if flag_value not in (None, [], ()):
+            raw, source = flag_value, f"from {spec.flag}"
+        elif env_value not in (None, ""):
+            raw, source = env_value, f"from {spec.env}"
+        elif ini_value not in (None, "", []):
+            raw, source = ini_value, f"from ini {spec.ini}"
+        else:
+            values[spec.name], sources[spec.name] = spec.default, "default"
+            continue
+        values[spec.name] = _parse(spec, raw, source)
+        sources[spec.name] = source
+    settings = Settings(values, sources)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(settings: Settings) -> None:
+    """Checks that need more than one value, or the fault names."""
+    try:
+        FaultPlan.parse(settings.values["sim_fault"])
+    except ValueError as exc:
+        raise SettingError(f"invalid value for sim_fault ({settings.sources['sim_fault']}): {exc}") from None
+    if settings.history_poll_interval >= settings.scene_max_wait:
+        raise SettingError(
+            f"history_poll_interval ({settings.history_poll_interval:g} s,"
+            f" {settings.sources['history_poll_interval']})"
+            f" must be below scene_max_wait ({settings.scene_max_wait:g} s)"
+        )

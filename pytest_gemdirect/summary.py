@@ -1,0 +1,278 @@
+"""The run summary: one dict, rewritten atomically (JSON and text) every time the run learns something."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import jsonschema
+
+from pytest_gemdirect import __version__
+from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
+from pytest_gemdirect.schemas_io import load_schema
+
+STAGES: tuple[str, ...] = ("env", "llm", "story", "comfyui", "svd", "frames", "suites", "summary")
+STAGE_TITLES: dict[str, str] = {
+    "env": "environment",
+    "llm": "LLM health",
+    "story": "story",
+    "comfyui": "ComfyUI startup",
+    "svd": "generation",
+    "frames": "frame retrieval",
+    "suites": "external suites",
+    "summary": "run summary",
+}
+SYMBOLS = {"passed": "✅", "failed": "❌", "not_reached": "⏸", "skipped": "⏭", "running": "…"}
+
+
+def stage_of(key: str) -> str:
+    """``svd[scene-002]`` -> ``svd``."""
+    return key.split("[", 1)[0]
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class RunSummary:
+    """Everything the run has recorded so far; every change is written to disk at once."""
+
+    def __init__(
+        self, run: RunDirectory, *, settings: dict[str, Any], sources: dict[str, str], scene_ids: list[str]
+    ):
+        self.run = run
+        self._lock = threading.RLock()
+        self._started = time.monotonic()
+        self._items: dict[str, dict[str, Any]] = {}
+        self.data: dict[str, Any] = {
+            "schema_version": 1,
+            "run_id": run.run_id,
+            "status": "running",
+            "status_reason": None,
+            "started_at": _now(),
+            "finished_at": None,
+            "duration_s": None,
+            "run_dir": str(run.root),
+            "simulated": False,
+            "harness_version": __version__,
+            "backends": {},
+            "settings": settings,
+            "setting_sources": sources,
+            "stages": [],
+            "scenes": [self._new_scene(scene_id) for scene_id in scene_ids],
+            "story": None,
+            "environment": None,
+            "llm": None,
+            "comfyui": None,
+            "suites": [],
+            "warnings": [],
+            "artifacts": {},
+        }
+        self._rebuild_stages()
+
+    @staticmethod
+    def _new_scene(scene_id: str) -> dict[str, Any]:
+        return {
+            "id": scene_id,
+            "status": "not_reached",
+            "title": None,
+            "prompt_id": None,
+            "failed_stage": None,
+            "message": None,
+            "attempts": [],
+            "frame_count": 0,
+            "frames_dir": None,
+            "telemetry": {},
+            "files": {},
+            "notes": [],
+            "evidence": None,
+        }
+
+    # --- updates (each one writes) -------------------------------------------------------
+
+    def set_backend(self, name: str, info: dict[str, Any]) -> None:
+        with self._lock:
+            self.data["backends"][name] = info
+            self.data["simulated"] = any(b.get("simulated") for b in self.data["backends"].values())
+            self.write()
+
+    def set_section(self, name: str, value: Any) -> None:
+        with self._lock:
+            self.data[name] = value
+            self.write()
+
+    def warn(self, text: str) -> None:
+        with self._lock:
+            if text not in self.data["warnings"]:
+                self.data["warnings"].append(text)
+            self.write()
+
+    def artifact(self, name: str, path: Any) -> None:
+        with self._lock:
+            self.data["artifacts"][name] = self.run.relative(path)
+            self.write()
+
+    def scene(self, scene_id: str) -> dict[str, Any]:
+        """The scene's record (added when a scene beyond the configured count shows up)."""
+        for scene in self.data["scenes"]:
+            if scene["id"] == scene_id:
+                return scene
+        scene = self._new_scene(scene_id)
+        self.data["scenes"].append(scene)
+        return scene
+
+    def update_scene(self, scene_id: str, **fields: Any) -> None:
+        with self._lock:
+            self.scene(scene_id).update(fields)
+            self.write()
+
+    def record_item(
+        self, key: str, status: str, *, duration_s: float | None = None, message: str | None = None
+    ):
+        """The outcome of one stage node (``llm``, ``svd[scene-001]``, ``suites[vitest]``)."""
+        with self._lock:
+            self._items[key] = {"key": key, "status": status, "duration_s": duration_s, "message": message}
+            stage = stage_of(key)
+            scene_id = key[len(stage) + 1 : -1] if "[" in key else None
+            if scene_id and stage in ("svd", "frames"):
+                self._update_scene_status(scene_id)
+            self._rebuild_stages()
+            self.write()
+
+    def _update_scene_status(self, scene_id: str) -> None:
+        scene = self.scene(scene_id)
+        svd = self._items.get(f"svd[{scene_id}]", {}).get("status")
+        frames = self._items.get(f"frames[{scene_id}]", {}).get("status")
+        for stage, status in (("svd", svd), ("frames", frames)):
+            if status == "failed":
+                scene["status"], scene["failed_stage"] = "failed", stage
+                scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
+                return
+        scene["status"] = (
+            "passed" if frames == "passed" else ("running" if svd == "passed" else "not_reached")
+        )
+
+    def _rebuild_stages(self) -> None:
+        stages = []
+        for name in STAGES:
+            items = [item for key, item in self._items.items() if stage_of(key) == name]
+            statuses = {item["status"] for item in items}
+            if "failed" in statuses:
+                status = "failed"
+            elif "passed" in statuses:
+                status = "passed"
+            elif statuses == {"skipped"}:
+                status = "skipped"
+            else:
+                status = "not_reached"
+            durations = [item["duration_s"] for item in items if item["duration_s"] is not None]
+            messages = [item["message"] for item in items if item["status"] == status and item["message"]]
+            entry: dict[str, Any] = {
+                "name": name,
+                "status": status,
+                "duration_s": round(sum(durations), 3) if durations else None,
+                "message": messages[0] if messages else None,
+            }
+            if any("[" in item["key"] for item in items):
+                entry["items"] = sorted(items, key=lambda item: item["key"])
+            stages.append(entry)
+        self.data["stages"] = stages
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        """Close the run: ``passed``/``failed`` from the stages unless told ``interrupted``."""
+        with self._lock:
+            if status != "interrupted":
+                failed = [s["name"] for s in self.data["stages"] if s["status"] == "failed"]
+                status = "failed" if failed or status == "failed" else "passed"
+                if failed and reason is None:
+                    reason = "failed: " + ", ".join(failed)
+            self.data["status"] = status
+            self.data["status_reason"] = reason
+            self.data["finished_at"] = _now()
+            self.data["duration_s"] = round(time.monotonic() - self._started, 3)
+            self.write()
+
+    # --- output ----------------------------------------------------------------------------
+
+    def write(self) -> None:
+        with self._lock:
+            self.data["duration_s"] = round(time.monotonic() - self._started, 3)
+            atomic_write_json(self.run.summary_json, self.data)
+            atomic_write_text(self.run.summary_txt, render_text(self.data))
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Every failed stage node with its message, in stage order."""
+        return [item for s in self.data["stages"] for item in _items_of(s) if item["status"] == "failed"]
+
+
+def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    if "items" in stage:
+        return stage["items"]
+    return [{"key": stage["name"], "status": stage["status"], "message": stage["message"]}]
+
+
+def validate_summary(data: dict[str, Any]) -> list[str]:
+    """Schema errors of a summary, as ``path: message`` lines (empty when valid)."""
+    validator = jsonschema.Draft202012Validator(load_schema("run-summary.schema.json"))
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def verdict(data: dict[str, Any]) -> str:
+    """One line: did it pass, and if not, which step."""
+    status = data["status"]
+    sim = " on the SIMULATED backend (not a GPU run)" if data.get("simulated") else ""
+    if status == "passed":
+        return f"PASSED{sim}"
+    if status == "running":
+        return f"RUNNING{sim}"
+    reason = data.get("status_reason") or ""
+    return f"{status.upper()}{sim}" + (f" — {reason}" if reason else "")
+
+
+def render_text(data: dict[str, Any]) -> str:
+    """The summary for people: verdict, step table, scenes, failures, artifacts."""
+    lines = [f"gemdirect run {data['run_id']}: {verdict(data)}", f"run directory: {data['run_dir']}", ""]
+    for name, backend in sorted(data["backends"].items()):
+        flag = " (SIMULATED)" if backend.get("simulated") else ""
+        lines.append(f"{name}: {backend['target']} {backend.get('url') or ''}{flag}")
+    lines += ["", "steps:"]
+    for number, stage in enumerate(data["stages"], start=1):
+        duration = f"{stage['duration_s']:.1f} s" if stage.get("duration_s") is not None else ""
+        lines.append(
+            f"  {number}. {SYMBOLS.get(stage['status'], '?')} {STAGE_TITLES[stage['name']]:<16}"
+            f" {stage['status']:<12} {duration}"
+        )
+        for item in stage.get("items", []):
+            lines.append(f"       {SYMBOLS.get(item['status'], '?')} {item['key']:<22} {item['status']}")
+    if data["scenes"]:
+        lines += ["", "scenes:"]
+        for scene in data["scenes"]:
+            tele = scene.get("telemetry") or {}
+            timing = ", ".join(
+                f"{label} {tele[key]:.1f} s"
+                for key, label in (
+                    ("queue_wait_s", "queue"),
+                    ("generation_s", "gen"),
+                    ("retrieval_s", "fetch"),
+                )
+                if tele.get(key) is not None
+            )
+            lines.append(
+                f"  {SYMBOLS.get(scene['status'], '?')} {scene['id']} {scene['status']:<11}"
+                f" frames {scene['frame_count']:<3} attempts {len(scene['attempts'])}  {timing}".rstrip()
+            )
+    failures = [item for s in data["stages"] for item in _items_of(s) if item["status"] == "failed"]
+    if failures:
+        lines += ["", "what went wrong:"]
+        for item in failures:
+            lines.append(f"  {item['key']}: {item.get('message') or '(no message)'}")
+    if data["warnings"]:
+        lines += ["", "warnings:"] + [f"  - {w}" for w in data["warnings"]]
+    if data["artifacts"]:
+        lines += ["", "artifacts:"] + [f"  {k}: {v}" for k, v in sorted(data["artifacts"].items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""Workflow patching by node class and the preflight against /object_info."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_gemdirect.comfyui.workflow import (
+    ScenePatch,
+    WorkflowError,
+    default_workflow_path,
+    load_workflow,
+    patch_workflow,
+    preflight,
+    workflow_hash,
+)
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "comfyui"
+PATCH = ScenePatch(
+    image_name="gemdirect-x-scene-002.png", filename_prefix="gemdirect/run/scene-002/frame", seed=7
+)
+
+
+def _recorded_object_info() -> dict:
+    path = REFERENCE / "a_object_info_subset.json"
+    if not path.exists():
+        pytest.skip(f"recorded object_info not found at {path}")
+    return json.loads(path.read_text(encoding="utf-8"))["body_subset"]
+
+
+@pytest.mark.parametrize("name", ["svd_img2vid.json", "smoke.json"])
+def test_shipped_workflows_are_patched_by_class(name: str) -> None:
+    workflow = load_workflow(default_workflow_path(name))
+    patched = patch_workflow(workflow, PATCH)
+    loads = [n for n in patched.values() if n["class_type"] == "LoadImage"]
+    saves = [n for n in patched.values() if n["class_type"] == "SaveImage"]
+    assert [n["inputs"]["image"] for n in loads] == [PATCH.image_name]
+    assert [n["inputs"]["filename_prefix"] for n in saves] == [PATCH.filename_prefix]
+    assert workflow != patched, "the loaded workflow must not be changed in place"
+
+
+def test_svd_seed_frames_and_size_are_set() -> None:
+    workflow = load_workflow(default_workflow_path())
+    patched = patch_workflow(
+        workflow, ScenePatch("k.png", "p/scene-001/frame", seed=99, frames=14, size=(512, 288))
+    )
+    sampler = next(n for n in patched.values() if n["class_type"] == "KSampler")
+    cond = next(n for n in patched.values() if n["class_type"] == "SVD_img2vid_Conditioning")
+    assert sampler["inputs"]["seed"] == 99
+    assert (cond["inputs"]["video_frames"], cond["inputs"]["width"], cond["inputs"]["height"]) == (
+        14,
+        512,
+        288,
+    )
+
+
+def test_user_graph_with_unusual_node_ids(tmp_path: Path) -> None:
+    graph = {
+        "load-keyframe": {"class_type": "LoadImage", "inputs": {"image": "x.png"}},
+        "900": {"class_type": "ImageInvert", "inputs": {"image": ["load-keyframe", 0]}},
+        "save_a": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {"images": ["900", 0], "filename_prefix": "a"},
+        },
+        "save_b": {"class_type": "SaveImage", "inputs": {"images": ["900", 0], "filename_prefix": "b"}},
+    }
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(graph), encoding="utf-8")
+    patched = patch_workflow(load_workflow(path), PATCH)
+    assert patched["load-keyframe"]["inputs"]["image"] == PATCH.image_name
+    assert {patched[k]["inputs"]["filename_prefix"] for k in ("save_a", "save_b")} == {PATCH.filename_prefix}
+
+
+def test_graph_without_loader_names_the_problem() -> None:
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {}}}
+    with pytest.raises(WorkflowError, match="exactly one LoadImage"):
+        patch_workflow(graph, PATCH, source="mine.json")
+
+
+def test_ui_format_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "ui.json"
+    path.write_text(json.dumps({"nodes": [], "links": []}), encoding="utf-8")
+    with pytest.raises(WorkflowError, match="API Format"):
+        load_workflow(path)
+
+
+def test_preflight_names_missing_checkpoint_and_class() -> None:
+    object_info = _recorded_object_info()  # recorded with no model files: ckpt combo is empty
+    workflow = load_workflow(default_workflow_path())
+    workflow["99"] = {"class_type": "NoSuchNode", "inputs": {}}
+    problems = preflight(workflow, object_info)
+    assert any("checkpoint svd_xt.safetensors is not in models/checkpoints" in p for p in problems)
+    assert any("node 99 (NoSuchNode): the server has no node class NoSuchNode" in p for p in problems)
+
+
+def test_preflight_passes_smoke_graph_on_recorded_server() -> None:
+    assert preflight(load_workflow(default_workflow_path("smoke.json")), _recorded_object_info()) == []
+
+
+def test_hash_ignores_key_order() -> None:
+    assert workflow_hash({"a": {"x": 1, "y": 2}}) == workflow_hash({"a": {"y": 2, "x": 1}})
