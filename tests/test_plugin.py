@@ -1,0 +1,172 @@
+"""The plugin from the outside: pytest runs a generated project and we read its outcomes and files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from pytest_gemdirect.schemas_io import load_schema
+
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A user project that collects the eight stages."""
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
+    return pytester
+
+
+def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
+    run_dir = project.path / "run"
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--run-dir", str(run_dir), *args)
+    return result, run_dir
+
+
+def summary_of(run_dir: Path) -> dict:
+    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
+    jsonschema.validate(data, load_schema("run-summary.schema.json"))
+    return data
+
+
+def stage_status(data: dict) -> dict[str, str]:
+    return {stage["name"]: stage["status"] for stage in data["stages"]}
+
+
+def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: pytest.Pytester) -> None:
+    result, run_dir = run_e2e(project, "-m", "e2e", "-v")
+    # env, llm, story, comfyui, 3 x svd, 3 x frames, summary pass; no suites configured -> skipped
+    result.assert_outcomes(passed=11, skipped=1)
+    result.stdout.fnmatch_lines(["*gemdirect comfyui: embedded simulator (SIMULATED)*", "*test_suites*SKIPPED*"])
+    result.stdout.fnmatch_lines([f"*gemdirect run directory: {run_dir}*", "*gemdirect verdict: PASSED on the SIMULATED*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "passed"
+    assert data["simulated"] is True
+    assert {name: b["target"] for name, b in data["backends"].items()} == {"comfyui": "embedded", "llm": "embedded"}
+    assert stage_status(data) == {
+        "env": "passed",
+        "llm": "passed",
+        "story": "passed",
+        "comfyui": "passed",
+        "svd": "passed",
+        "frames": "passed",
+        "suites": "skipped",
+        "summary": "passed",
+    }
+    assert (run_dir / "report.html").is_file()
+    assert (run_dir / "run-summary.txt").read_text(encoding="utf-8").startswith(f"gemdirect run {data['run_id']}")
+    story = json.loads((run_dir / "story" / "story.json").read_text(encoding="utf-8"))
+    jsonschema.validate(story, load_schema("story.schema.json"))
+    for scene in data["scenes"]:
+        assert scene["status"] == "passed"
+        scene_dir = run_dir / scene["id"]
+        frames = sorted((scene_dir / "generated-frames").rglob("*.png"))
+        assert len(frames) == scene["frame_count"] == 25
+        with Image.open(frames[-1]) as last:
+            last.load()
+        for name in ("keyframe.png", "scene.json", "history.json", "events.jsonl"):
+            assert (scene_dir / name).is_file(), name
+        telemetry = scene["telemetry"]
+        assert telemetry["generation_s"] is not None and telemetry["retrieval_s"] is not None
+        assert (run_dir / "story" / "keyframes" / f"{scene['id']}.png").is_file()
+
+
+def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Pytester) -> None:
+    # LLM mode against a port where nothing listens: the LLM stage fails, the story and
+    # everything that needs it are skipped as "not reached", none errored.
+    result, run_dir = run_e2e(
+        project, "-m", "e2e", "-rs", "--story-mode", "llm", "--llm-url", "http://127.0.0.1:9", "--llm-timeout", "2"
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1
+    assert "error" not in outcomes and "errors" not in outcomes
+    result.stdout.fnmatch_lines(["*not reached: llm failed*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    statuses = stage_status(data)
+    assert statuses["llm"] == "failed"
+    assert statuses["story"] == "not_reached"
+    assert statuses["svd"] == statuses["frames"] == "not_reached"
+    assert [scene["status"] for scene in data["scenes"]] == ["not_reached"] * 3
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
+    project: pytest.Pytester, tmp_path: Path
+) -> None:
+    workflow = json.loads(
+        (Path(__file__).parents[1] / "fixtures" / "workflows" / "svd_img2vid.json").read_text(encoding="utf-8")
+    )
+    workflow["1"]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(workflow), encoding="utf-8")
+    result, run_dir = run_e2e(project, "-m", "e2e", "--workflow", str(path), "--story-mode", "fallback")
+    result.stdout.fnmatch_lines(["*checkpoint no_such_model.safetensors is not in models/checkpoints*"])
+    statuses = stage_status(summary_of(run_dir))
+    assert statuses["comfyui"] == "failed"
+    assert statuses["svd"] == statuses["frames"] == "not_reached"
+    assert statuses["summary"] == "passed"
+
+
+@pytest.mark.parametrize(
+    ("markexpr", "passed"),
+    [
+        ("e2e and not llm", 10),  # the LLM still serves the story through its fixture
+        ("frames", 3),
+        ("summary", 1),
+    ],
+)
+def test_marker_filtered_runs_do_the_work_they_need(project: pytest.Pytester, markexpr: str, passed: int) -> None:
+    result, run_dir = run_e2e(project, "-m", markexpr)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == passed
+    assert "failed" not in outcomes
+    data = summary_of(run_dir)
+    assert all(scene["status"] == "passed" for scene in data["scenes"])
+    assert stage_status(data)["frames"] == "passed"
+
+
+def test_scenes_setting_precedence_flag_env_ini(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.makeini("[pytest]\ngemdirect_scenes = 5\n")
+
+    def collected(*args: str) -> int:
+        result = project.runpytest_subprocess("--collect-only", "-q", "-m", "svd", *args)
+        return sum(1 for line in result.outlines if "test_generation[scene-" in line)
+
+    assert collected() == 5  # ini
+    monkeypatch.setenv("GEMDIRECT_SCENES", "4")
+    assert collected() == 4  # env beats ini
+    assert collected("--scenes", "2") == 2  # flag beats env
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "ini", "expected"),
+    [
+        (["--scenes", "0"], {}, "", "*invalid value '0' for scenes (from --scenes)*at least 1*"),
+        ([], {"GEMDIRECT_SCENE_MAX_WAIT": "soon"}, "", "*scene_max_wait (from GEMDIRECT_SCENE_MAX_WAIT)*"),
+        ([], {}, "gemdirect_story_mode = maybe\n", "*story_mode (from ini gemdirect_story_mode)*auto, llm, fallback*"),
+        (["--sim-fault", "nope"], {}, "", "*unknown fault 'nope'; known faults: crash, execution-error*"),
+        (["--comfyui-url", "localhost:8188"], {}, "", "*comfyui_url*http:// or https:// URL*"),
+    ],
+)
+def test_invalid_settings_stop_the_run_naming_setting_and_source(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict, ini: str, expected: str
+) -> None:
+    if ini:
+        project.makeini("[pytest]\n" + ini)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = project.runpytest_subprocess("-m", "e2e", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])
+
+
+def test_plain_unit_test_run_makes_no_run_directory(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "logs").exists()
