@@ -121,6 +121,12 @@ class ServerThread:
             return
         thread.join(timeout)
 
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until the server thread has finished (after ``stop()`` or an internal shutdown)."""
+        if self._thread is None:
+            return True
+        return self._done.wait(timeout)
+
     def __enter__(self) -> ServerThread:
         return self.start()
 
