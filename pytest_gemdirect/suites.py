@@ -521,7 +521,7 @@ def run_suite(spec: SuiteSpec, *, cwd: Path, run_dir: Path, timeout_s: float) ->
         "GEMDIRECT_JUNIT": str(junit_path),
         "GEMDIRECT_SUITE": spec.name,
     }
-    base = dict(
+    base: dict[str, Any] = dict(
         name=spec.name,
         command=spec.command,
         argv=argv,
