@@ -1,0 +1,617 @@
+"""Client for an OpenAI-compatible LLM server (LM Studio first), and the LLM health check.
+
+Every failure is one :class:`LLMError` whose message says what happened (connection refused,
+DNS or URL error, timeout, HTTP error with status and body excerpt, non-JSON answer, ...), at
+which URL, and which setting to change (``--llm-url``, ``--llm-model``, ``--llm-timeout``,
+``--llm-api-key``). The API key is sent as a bearer token and never appears in a message, a repr
+or a log line. Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import json
+import logging
+import re
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from pytest_gemdirect.deadline import Deadline
+
+log = logging.getLogger("pytest_gemdirect.llm")
+
+URL_SETTING = "--llm-url"
+MODEL_SETTING = "--llm-model"
+TIMEOUT_SETTING = "--llm-timeout"
+KEY_SETTING = "--llm-api-key"
+
+#: LLMError kinds and how a message names them.
+KINDS: dict[str, str] = {
+    "connection_refused": "connection refused",
+    "dns": "DNS lookup failed",
+    "invalid_url": "invalid URL",
+    "timeout": "timeout",
+    "http": "HTTP error",
+    "non_json": "non-JSON answer",
+    "connection": "connection error",
+    "bad_response": "unexpected answer",
+    "model_not_found": "model not listed",
+    "no_models": "no models listed",
+}
+EXCERPT_CHARS = 300
+MAX_BODY_BYTES = 16 * 1024 * 1024
+HEALTH_PROMPT = "Reply with the single word OK."
+_REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows)
+
+
+class LLMError(Exception):
+    """An LLM request failed. ``kind`` is one of :data:`KINDS`; ``setting`` is the one to change.
+
+    ``status`` and ``body`` (an excerpt) are set for HTTP errors.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        url: str,
+        setting: str,
+        *,
+        status: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(kind, message, url, setting)
+        self.kind = kind
+        self.message = message
+        self.url = url
+        self.setting = setting
+        self.status = status
+        self.body = body
+
+    def __str__(self) -> str:
+        what = KINDS.get(self.kind, self.kind)
+        return f"LLM {what} at {self.url}: {self.message} (setting: {self.setting})"
+
+    def __reduce__(self) -> Any:  # keep status/body across pickling (xdist)
+        return (_rebuild_error, (self.kind, self.message, self.url, self.setting, self.status, self.body))
+
+
+def _rebuild_error(
+    kind: str, message: str, url: str, setting: str, status: int | None, body: str | None
+) -> LLMError:
+    return LLMError(kind, message, url, setting, status=status, body=body)
+
+
+# ---------------------------------------------------------------------------------------- URLs
+@dataclass(frozen=True)
+class LLMEndpoints:
+    """The URLs derived from one configured LLM URL (``base`` has no ``/v1``)."""
+
+    base: str
+    v1: str
+    models: str
+    chat: str
+    lmstudio_models: str
+
+    @property
+    def display(self) -> str:
+        """``base`` with any user:password removed, for messages."""
+        return redact_url(self.base)
+
+
+_V1_SUFFIXES = ("/v1/chat/completions", "/v1/models", "/v1")
+
+
+def normalize_llm_url(url: str) -> LLMEndpoints:
+    """Accept ``http://host:1234``, ``.../v1`` or ``.../v1/chat/completions`` and derive the endpoints.
+
+    A path prefix (a reverse proxy, ``http://host/lmstudio/v1``) is kept. Raises LLMError
+    (kind ``invalid_url``, setting ``--llm-url``) for anything that is not an http(s) URL.
+    """
+    text = (url or "").strip()
+    if text and "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise LLMError(
+            "invalid_url", f"cannot parse the URL ({exc})", redact_url(url or ""), URL_SETTING
+        ) from None
+    shown = redact_url(url or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LLMError(
+            "invalid_url",
+            "expected an http:// or https:// URL such as http://127.0.0.1:1234",
+            shown or "(empty)",
+            URL_SETTING,
+        )
+    if parts.query or parts.fragment:
+        raise LLMError("invalid_url", "the URL must not carry a query or a fragment", shown, URL_SETTING)
+    if port == 0:
+        raise LLMError("invalid_url", "port 0 is not a server port", shown, URL_SETTING)
+    path = re.sub(r"/+$", "", parts.path)
+    for suffix in _V1_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return LLMEndpoints(
+        base=base,
+        v1=base + "/v1",
+        models=base + "/v1/models",
+        chat=base + "/v1/chat/completions",
+        lmstudio_models=base + "/api/v0/models",
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- results
+@dataclass
+class ChatResult:
+    """One chat completion: the assistant text, why it stopped and how long it took."""
+
+    content: str
+    finish_reason: str | None
+    latency_s: float
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    response_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class HealthResult:
+    """What the LLM health check found."""
+
+    url: str
+    models: list[str]
+    model: str
+    model_source: str  # "configured" | "first listed"
+    lmstudio_rest: bool
+    model_state: str | None  # LM Studio REST "loaded" / "not-loaded"; None without /api/v0
+    loaded: bool | None
+    list_latency_s: float
+    first_latency_s: float
+    second_latency_s: float
+    first_reply: str
+    finish_reason: str | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------- client
+class LLMClient:
+    """Talks to one OpenAI-compatible server. ``timeout_s`` bounds every single request."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+        self.endpoints = normalize_llm_url(url)
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be above 0")
+        self.timeout_s = float(timeout_s)
+        self.__api_key = api_key or None
+        self._session = requests.Session()
+        # A local server must not be reached through an HTTP(S)_PROXY from the environment.
+        self._session.trust_env = not _is_loopback(urlsplit(self.endpoints.base).hostname)
+        self._session.headers["Accept"] = "application/json"
+        if self.__api_key:
+            self._session.headers["Authorization"] = f"Bearer {self.__api_key}"
+
+    @property
+    def url(self) -> str:
+        """The base URL (credentials in it redacted)."""
+        return self.endpoints.display
+
+    def __repr__(self) -> str:
+        key = "'***'" if self.__api_key else "None"
+        return f"LLMClient({self.url!r}, api_key={key}, timeout_s={self.timeout_s:g})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> LLMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- API -------------------------------------------------------------------------------
+    def list_models(self, *, deadline: Deadline | None = None) -> list[str]:
+        """The model ids of ``GET /v1/models``."""
+        data, _ = self._request("GET", self.endpoints.models, deadline=deadline)
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise self._error(
+                "bad_response", "GET /v1/models: no 'data' list in the answer", self.endpoints.models
+            )
+        ids = [item.get("id") for item in items if isinstance(item, dict)]
+        return [i for i in ids if isinstance(i, str) and i]
+
+    def lmstudio_models(self, *, deadline: Deadline | None = None) -> list[dict[str, Any]] | None:
+        """LM Studio's ``GET /api/v0/models`` entries, or None when the server does not offer it."""
+        try:
+            data, _ = self._request("GET", self.endpoints.lmstudio_models, deadline=deadline)
+        except LLMError as exc:
+            if exc.kind in ("http", "non_json", "bad_response"):
+                return None
+            raise
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            return None
+        return [item for item in items if isinstance(item, dict)]
+
+    def lmstudio_model_state(self, model: str, *, deadline: Deadline | None = None) -> str | None:
+        """``"loaded"`` / ``"not-loaded"`` from LM Studio's REST API; None when it is not offered
+        (or does not list ``model``)."""
+        items = self.lmstudio_models(deadline=deadline)
+        for item in items or ():
+            if item.get("id") == model and isinstance(item.get("state"), str):
+                return item["state"]
+        return None
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str,
+        seed: int | None,
+        temperature: float | None,
+        response_format: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+        deadline: Deadline | None = None,
+    ) -> ChatResult:
+        """``POST /v1/chat/completions`` (not streamed) and the first choice's text."""
+        body: dict[str, Any] = {"model": model, "messages": list(messages)}
+        if temperature is not None:
+            body["temperature"] = temperature
+        if seed is not None:
+            body["seed"] = seed
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if response_format is not None:
+            body["response_format"] = response_format
+        body["stream"] = False
+        data, latency = self._request("POST", self.endpoints.chat, json_body=body, deadline=deadline)
+        url = self.endpoints.chat
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise self._error("bad_response", "POST /v1/chat/completions: no 'choices' in the answer", url)
+        choice = choices[0]
+        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        content = message.get("content")
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if content is not None and not isinstance(content, str):
+            raise self._error("bad_response", "the first choice's message content is not text", url)
+        finish = choice.get("finish_reason")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        return ChatResult(
+            content=content or "",
+            finish_reason=finish if isinstance(finish, str) else None,
+            latency_s=round(latency, 4),
+            model=data.get("model") if isinstance(data.get("model"), str) else None,
+            usage=usage,
+            response_id=data.get("id") if isinstance(data.get("id"), str) else None,
+        )
+
+    # --- plumbing --------------------------------------------------------------------------
+    def _redact(self, text: str) -> str:
+        key = self.__api_key
+        if key and key in text:
+            text = text.replace(key, "***")
+        return text
+
+    def _error(self, kind: str, message: str, url: str, setting: str = URL_SETTING, **extra: Any) -> LLMError:
+        return LLMError(kind, self._redact(message), redact_url(url), setting, **extra)
+
+    def _timeout_for(self, deadline: Deadline | None) -> tuple[float, str]:
+        """Seconds this request may take, and the setting that bounds it."""
+        timeout, setting = self.timeout_s, TIMEOUT_SETTING
+        if deadline is not None and deadline.remaining() < timeout:
+            timeout = deadline.remaining()
+            if deadline.setting:
+                setting = "--" + deadline.setting.replace("_", "-")
+        return timeout, setting
+
+    def _request(
+        self, method: str, url: str, *, json_body: Any = None, deadline: Deadline | None = None
+    ) -> tuple[Any, float]:
+        timeout, timeout_setting = self._timeout_for(deadline)
+        route = f"{method} {urlsplit(url).path}"
+        if timeout <= 0:
+            raise self._error(
+                "timeout", f"{route}: the time budget was spent before sending", url, timeout_setting
+            )
+        started = time.monotonic()
+        try:
+            response = self._session.request(
+                method, url, json=json_body, timeout=(timeout, timeout), stream=True, allow_redirects=False
+            )
+            try:
+                raw = self._read_body(response, started, timeout, route, url, timeout_setting)
+            finally:
+                response.close()
+        except LLMError:
+            raise
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+        ) as exc:
+            raise self._error("invalid_url", f"{route}: {exc}", url) from None
+        except requests.exceptions.Timeout:
+            raise self._timeout_error(route, url, timeout, timeout_setting) from None
+        except requests.exceptions.RequestException as exc:
+            raise self._connection_error(exc, route, url, timeout, timeout_setting) from None
+        latency = time.monotonic() - started
+        log.debug("%s -> HTTP %s in %.3f s", route, response.status_code, latency)
+        status = response.status_code
+        ctype = response.headers.get("Content-Type", "")
+        text = raw.decode("utf-8", errors="replace")
+        if status >= 300:
+            raise self._http_error(status, text, response.headers.get("Location"), route, url)
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            kind = ctype.split(";")[0].strip() or "no content type"
+            raise self._error(
+                "non_json",
+                f"{route} answered HTTP {status} ({kind}), not JSON: {_excerpt(text)!r};"
+                " is this URL an OpenAI-compatible server?",
+                url,
+            ) from None
+        return data, latency
+
+    def _read_body(
+        self, response: requests.Response, started: float, timeout: float, route: str, url: str, setting: str
+    ) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_content(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise self._error("bad_response", f"{route}: the answer exceeds {MAX_BODY_BYTES} bytes", url)
+            if time.monotonic() - started > timeout:
+                raise self._timeout_error(route, url, timeout, setting)
+        return b"".join(chunks)
+
+    def _timeout_error(self, route: str, url: str, timeout: float, setting: str) -> LLMError:
+        return self._error(
+            "timeout",
+            f"{route}: no complete answer within {timeout:.3g} s (raise it if the model is only slow)",
+            url,
+            setting,
+        )
+
+    def _connection_error(
+        self, exc: BaseException, route: str, url: str, timeout: float, timeout_setting: str
+    ) -> LLMError:
+        kind = classify_connection_error(exc)
+        host = urlsplit(url).hostname or "?"
+        port = urlsplit(url).port
+        where = f"{host}:{port}" if port else host
+        if kind == "timeout":
+            return self._timeout_error(route, url, timeout, timeout_setting)
+        if kind == "connection_refused":
+            message = (
+                f"{route}: nothing listens on {where}; start the LLM server"
+                " (LM Studio: `lms server start`) or fix the URL"
+            )
+        elif kind == "dns":
+            message = f"{route}: cannot resolve the host name {host!r}"
+        else:
+            message = f"{route}: {type(_innermost(exc)).__name__}: {_innermost(exc)}"
+        return self._error(kind, message, url)
+
+    def _http_error(self, status: int, text: str, location: str | None, route: str, url: str) -> LLMError:
+        detail = _error_message(text)
+        setting = URL_SETTING
+        lowered = detail.lower()
+        if status in (401, 403):
+            setting = KEY_SETTING
+        elif "model" in lowered and (
+            "model_not_found" in text or "invalid model" in lowered or "not found" in lowered
+        ):
+            setting = MODEL_SETTING
+        message = f"{route} answered HTTP {status}: {_excerpt(detail)!r}"
+        if 300 <= status < 400:
+            message += f"; redirected to {redact_url(location or '?')} (set the setting to that URL)"
+        return self._error("http", message, url, setting, status=status, body=self._redact(_excerpt(text)))
+
+
+def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "?", text).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error_message(text: str) -> str:
+    """The ``error.message`` (OpenAI) or ``error`` string (LM Studio) of an error body, else the body."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+        if isinstance(error, str):
+            return error
+        if isinstance(data.get("message"), str):
+            return data["message"]
+    return text
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, urllib3 ``reason``, args)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        item = todo.pop()
+        if any(item is s for s in seen):
+            continue
+        seen.append(item)
+        for nxt in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return seen
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    return _chain(exc)[-1]
+
+
+def classify_connection_error(exc: BaseException) -> str:
+    """``connection_refused``, ``dns``, ``timeout`` or ``connection`` for a requests/urllib3/OS error."""
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    for item in chain:
+        if isinstance(item, ConnectionRefusedError) or (
+            isinstance(item, OSError) and item.errno in _REFUSED_ERRNOS
+        ):
+            return "connection_refused"
+    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in names:
+        return "dns"
+    if any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain) or names & {
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ReadTimeout",
+        "ConnectTimeout",
+    }:
+        return "timeout"
+    text = " ".join(str(e) for e in chain).lower()
+    if "connection refused" in text or "actively refused" in text:
+        return "connection_refused"
+    if "name or service not known" in text or "getaddrinfo failed" in text or "nodename nor servname" in text:
+        return "dns"
+    return "connection"
+
+
+# ---------------------------------------------------------------------------------------- health
+def _looks_like_embedding(model_id: str) -> bool:
+    return "embed" in model_id.lower()
+
+
+def _pick_model(models: list[str], rest: list[dict[str, Any]] | None) -> str:
+    """The first listed model that can chat: loaded LLM/VLM first (LM Studio), never an embedding one."""
+    if rest:
+        by_id = {item.get("id"): item for item in rest}
+        for wanted_loaded in (True, False):
+            for model in models:
+                info = by_id.get(model) or {}
+                if info.get("type") in ("llm", "vlm") and (info.get("state") == "loaded") == wanted_loaded:
+                    return model
+    for model in models:
+        if not _looks_like_embedding(model):
+            return model
+    return models[0]
+
+
+def check_health(client: LLMClient, *, model: str | None, timeout_s: float) -> HealthResult:
+    """List the models, pick the model, ask LM Studio whether it is loaded, time two tiny chats.
+
+    Raises LLMError: the server's own errors, ``no_models`` when nothing is listed, and
+    ``model_not_found`` (setting ``--llm-model``, naming the offered models) when the
+    configured ``model`` is not listed.
+    """
+    notes: list[str] = []
+    started = time.monotonic()
+    models = client.list_models(deadline=Deadline(timeout_s, setting="llm_timeout"))
+    list_latency = time.monotonic() - started
+    if not models:
+        raise LLMError(
+            "no_models",
+            "GET /v1/models lists no models; load one (LM Studio: `lms load <model>`)",
+            redact_url(client.endpoints.models),
+            MODEL_SETTING,
+        )
+    rest = client.lmstudio_models(deadline=Deadline(timeout_s, setting="llm_timeout"))
+    if model:
+        if model not in models:
+            offered = ", ".join(models[:20]) + (" ..." if len(models) > 20 else "")
+            raise LLMError(
+                "model_not_found",
+                f"model {model!r} is not listed by GET /v1/models; the server offers: {offered}",
+                redact_url(client.endpoints.models),
+                MODEL_SETTING,
+            )
+        used, source = model, "configured"
+    else:
+        used, source = _pick_model(models, rest), "first listed"
+        if used != models[0]:
+            notes.append(f"skipped {models[0]!r}: not a loaded chat model")
+    state: str | None = None
+    if rest is not None:
+        for item in rest:
+            if item.get("id") == used and isinstance(item.get("state"), str):
+                state = item["state"]
+        if state is not None and state != "loaded":
+            notes.append(f"{used} is {state}: the first completion includes loading it")
+    messages = [
+        {"role": "system", "content": "You are a health check. Answer with one word."},
+        {"role": "user", "content": HEALTH_PROMPT},
+    ]
+    first = client.chat(
+        messages,
+        model=used,
+        seed=0,
+        temperature=0.0,
+        max_tokens=16,
+        deadline=Deadline(timeout_s, setting="llm_timeout"),
+    )
+    second = client.chat(
+        messages,
+        model=used,
+        seed=0,
+        temperature=0.0,
+        max_tokens=16,
+        deadline=Deadline(timeout_s, setting="llm_timeout"),
+    )
+    return HealthResult(
+        url=client.url,
+        models=models,
+        model=used,
+        model_source=source,
+        lmstudio_rest=rest is not None,
+        model_state=state,
+        loaded=None if state is None else state == "loaded",
+        list_latency_s=round(list_latency, 4),
+        first_latency_s=first.latency_s,
+        second_latency_s=second.latency_s,
+        first_reply=_excerpt(first.content, 80),
+        finish_reason=first.finish_reason,
+        notes=notes,
+    )
