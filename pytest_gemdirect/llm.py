@@ -525,7 +525,7 @@ def _looks_like_embedding(model_id: str) -> bool:
     return "embed" in model_id.lower()
 
 
-def _pick_model(models: list[str], rest: list[dict[str, Any]] | None) -> str:
+def pick_chat_model(models: list[str], rest: list[dict[str, Any]] | None) -> str:
     """The first listed model that can chat: loaded LLM/VLM first (LM Studio), never an embedding one."""
     if rest:
         by_id = {item.get("id"): item for item in rest}
@@ -570,7 +570,7 @@ def check_health(client: LLMClient, *, model: str | None, timeout_s: float) -> H
             )
         used, source = model, "configured"
     else:
-        used, source = _pick_model(models, rest), "first listed"
+        used, source = pick_chat_model(models, rest), "first listed"
         if used != models[0]:
             notes.append(f"skipped {models[0]!r}: not a loaded chat model")
     state: str | None = None
