@@ -283,7 +283,7 @@ class ComfyLaunch:
             owner = port_owner(port)
             who = f"pid {owner[0]}, {owner[1]}" if owner else "the program could not be identified"
             raise LaunchError(
-                f"port {port} on {HOST} is in use by another program ({who}; {detail}); "
+                f"port {port} on {HOST} is in use by another program ({who}): {detail}; "
                 f"choose {PORT_SETTING}",
                 setting=PORT_SETTING,
                 port=port,
