@@ -199,7 +199,9 @@ def port_owner(port: int) -> tuple[int, str] | None:
     # macOS needs root for the system-wide table: look at the processes we may inspect
     for proc in psutil.process_iter():
         try:
-            conns = proc.net_connections(kind="tcp")
+            # net_connections() since psutil 6, connections() before (pyproject allows 5.9)
+            method = getattr(proc, "net_connections", None) or proc.connections
+            conns = method(kind="tcp")
         except (psutil.Error, OSError):
             continue
         for conn in conns:
