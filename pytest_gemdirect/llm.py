@@ -310,7 +310,8 @@ class LLMClient:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise self._error("bad_response", "POST /v1/chat/completions: no 'choices' in the answer", url)
         choice = choices[0]
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        raw_message = choice.get("message")
+        message: dict[str, Any] = raw_message if isinstance(raw_message, dict) else {}
         content = message.get("content")
         if isinstance(content, list):  # content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))

@@ -533,7 +533,7 @@ def make_story(
 
     def fallback(reason: str | None, **extra: Any) -> dict[str, Any]:
         story = fallback_story(scene_count, seed)
-        values = {
+        values: dict[str, Any] = {
             "mode": "fallback",
             "requested_mode": mode,
             "fallback_reason": reason,
