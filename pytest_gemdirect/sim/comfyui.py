@@ -283,7 +283,11 @@ class ComfyUIState:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 1.0)
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            # Let an image write in flight finish (bounded) so nothing writes after stop() returns.
+            pool = self._pool
+            self._pool = None
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.to_thread(pool.shutdown, True, cancel_futures=True), 1.0)
 
     async def offload(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking image work off the event loop."""
@@ -1555,12 +1559,14 @@ def _save_frames(
         state.reserve_counter(folder, filename, counter + len(frames))
     if write:
         pnginfo = _png_info(run)
-        encoded: dict[int, Any] = {}
-        assert state._pool is not None
+        encoded: dict[int, bytes]
         unique = {id(f): f for f in frames}
-        futures = {key: state._pool.submit(_encode_png, f, pnginfo, level) for key, f in unique.items()}
-        for key, fut in futures.items():
-            encoded[key] = fut.result()
+        pool = state._pool
+        if pool is None:  # shutting down: encode here
+            encoded = {key: _encode_png(f, pnginfo, level) for key, f in unique.items()}
+        else:
+            futures = {key: pool.submit(_encode_png, f, pnginfo, level) for key, f in unique.items()}
+            encoded = {key: fut.result() for key, fut in futures.items()}
         for frame, name in zip(frames, names, strict=True):
             with open(os.path.join(folder, name), "wb") as fh:
                 fh.write(encoded[id(frame)])

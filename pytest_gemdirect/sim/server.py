@@ -196,6 +196,13 @@ class ServerThread:
         runner = self._runner
         if runner is None:
             return
+        if self._sock is not None:
+            # Stop accepting first and let accepts already under way finish: closing the listening
+            # server while asyncio is still wiring up an accepted socket leaks that socket.
+            with contextlib.suppress(Exception):  # the Windows proactor loop has no readers
+                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            for _ in range(3):
+                await asyncio.sleep(0)
         app = self.app
         if app is not None:
             sockets = app.get(WEBSOCKETS)
@@ -205,8 +212,18 @@ class ServerThread:
                     await asyncio.wait_for(
                         asyncio.gather(*closes, return_exceptions=True), self.shutdown_timeout
                     )
+        low_level = runner.server  # web.Server; runner.cleanup() forgets it
         with contextlib.suppress(Exception):
             await asyncio.wait_for(runner.cleanup(), self.shutdown_timeout * 3 + 1.0)
+        # A connection accepted while the site was closing registers after the server's shutdown
+        # pass: let those callbacks run, then cut whatever is still open.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for handler in list(getattr(low_level, "connections", None) or []):
+            transport = getattr(handler, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        await asyncio.sleep(0)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
