@@ -201,6 +201,21 @@ def test_a_model_that_is_not_listed_gets_lmstudios_error(make_sim: MakeSim) -> N
     assert DEFAULT_MODEL in error["message"]
 
 
+def test_response_format_rejections_read_like_the_servers(make_sim: MakeSim) -> None:
+    lmstudio = make_sim(formats=("json_schema", "text"))
+    answer = post_chat(lmstudio, story_request("Write a story", response_format={"type": "json_object"}))
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "'response_format.type' must be 'json_schema' or 'text'"}
+    no_schema = make_sim("llm-reject-json-schema")
+    fmt = {
+        "type": "json_schema",
+        "json_schema": {"name": "story", "strict": True, "schema": request_schema(2)},
+    }
+    rejected = post_chat(no_schema, story_request("Write a story", response_format=fmt))
+    assert rejected.status_code == 400 and rejected.json()["error"]["param"] == "response_format"
+    assert post_chat(no_schema, story_request("Write a story", response_format={"type": "json_object"})).ok
+
+
 def test_scene_count_comes_from_the_schema_then_the_text_then_three(make_sim: MakeSim) -> None:
     sim = make_sim()
     fmt = {
@@ -211,10 +226,9 @@ def test_scene_count_comes_from_the_schema_then_the_text_then_three(make_sim: Ma
     from_text = post_chat(sim, story_request("Write a story in 4 scenes")).json()
     default = post_chat(sim, story_request("Write a story", response_format={"type": "json_object"})).json()
     assert len(json.loads(pinned["choices"][0]["message"]["content"])["scenes"]) == 5
-    text_story, _ = parse_story_text(from_text["choices"][0]["message"]["content"])
-    assert len(text_story["scenes"]) == 4
+    assert len(json.loads(from_text["choices"][0]["message"]["content"])["scenes"]) == 4
     assert len(json.loads(default["choices"][0]["message"]["content"])["scenes"]) == 3
-    for content in (pinned, default):
+    for content in (pinned, from_text, default):
         jsonschema.validate(json.loads(content["choices"][0]["message"]["content"]), STORY_SCHEMA)
 
 
@@ -407,6 +421,10 @@ def test_health_without_lmstudio_rest(make_sim: MakeSim, make_client: MakeClient
     sim = make_sim(lmstudio_rest=False)
     client = make_client(sim.url)
     assert client.lmstudio_model_state(DEFAULT_MODEL) is None
+    with_rest = make_client(make_sim().url)
+    assert with_rest.lmstudio_model_state(DEFAULT_MODEL) == "loaded"
+    assert with_rest.lmstudio_model_state("gemdirect-sim-13b") == "not-loaded"
+    assert with_rest.lmstudio_model_state("unknown") is None
     health = check_health(client, model=None, timeout_s=10)
     assert (health.lmstudio_rest, health.model_state, health.loaded) == (False, None, None)
 
@@ -464,7 +482,7 @@ def test_llm_story_sends_what_lmstudio_documents(make_sim: MakeSim, make_client:
     [
         (["llm-reject-json-schema"], {}, "json_object", 2, "rejected"),
         (["llm-json-object-only"], {}, "json_object", 2, "rejected"),
-        ([], {"formats": ("text",)}, "plain", 3, "removed the code fence"),
+        ([], {"formats": ("text",), "plain_fenced": True}, "plain", 3, "removed the code fence"),
         (["llm-control-chars"], {}, "json_schema", 1, "raw control character"),
     ],
 )

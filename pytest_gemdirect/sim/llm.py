@@ -15,9 +15,10 @@ story/scenes in its messages) gets a story JSON of N scenes valid against
 ``schemas/story.schema.json`` (no ``metadata``): N is the ``minItems`` of ``scenes`` in the
 response_format's schema, else ``(\\d+) scenes`` in the last user message, else 3. The story is a
 pure function of the simulator's seed and the request (model, messages, request ``seed``), so the
-same request gets the same content bytes and another seed gets another story. Without a
-response_format the story comes wrapped in prose and a fenced code block, as chat models tend to
-answer. Any other chat gets a short text (``OK`` when the prompt asks for it).
+same request gets the same content bytes and another seed gets another story. The content is the
+bare JSON; with ``plain_fenced=True`` a request without a JSON response_format gets it wrapped in
+prose and a fenced code block, as chat models tend to answer. Any other chat gets a short text
+(``OK`` when the prompt asks for it).
 
 Faults (``FaultPlan.active(name)``):
 
@@ -111,6 +112,7 @@ class LLMState:
     lmstudio_rest: bool
     api_key: str | None
     formats: tuple[str, ...]
+    plain_fenced: bool = False
     requests: list[dict[str, Any]] = field(default_factory=list)
     completions: int = 0
     closing: asyncio.Event | None = None
@@ -428,7 +430,7 @@ class LLMHandlers:
                 text = json.dumps(story, ensure_ascii=False, indent=2)
                 if faults.active("llm-control-chars"):
                     text = _with_raw_control_chars(text)
-                if rtype is None or rtype == "text":
+                if state.plain_fenced and rtype in (None, "text"):
                     text = f"Here is your story:\n\n```json\n{text}\n```\n"
                 content = text
                 if faults.active("llm-truncated"):
@@ -489,11 +491,15 @@ def create_llm_app(
     lmstudio_rest: bool = True,
     api_key: str | None = None,
     formats: Iterable[str] = ALL_FORMATS,
+    plain_fenced: bool = False,
 ) -> web.Application:
     """The simulator as an aiohttp application (see the module docstring for routes and faults).
 
-    ``api_key``: when set, every route but ``/api/v0`` answers 401 unless the request carries
-    ``Authorization: Bearer <api_key>``. ``formats``: the ``response_format`` types accepted.
+    ``models``: what the server lists (the first one is the default). ``slow_first_s``: the delay
+    of ``llm-slow-first``. ``lmstudio_rest=False``: no ``/api/v0`` routes (HTTP 404, like a plain
+    OpenAI-compatible server). ``api_key``: when set, every route answers 401 unless the request
+    carries ``Authorization: Bearer <api_key>``. ``formats``: the ``response_format`` types
+    accepted (others get LM Studio's HTTP 400). ``plain_fenced``: see the module docstring.
     """
     if not models:
         raise ValueError("the LLM simulator needs at least one model")
@@ -505,6 +511,7 @@ def create_llm_app(
         lmstudio_rest=bool(lmstudio_rest),
         api_key=api_key,
         formats=tuple(formats),
+        plain_fenced=bool(plain_fenced),
     )
     middlewares = [_down_middleware] if state.faults.active("llm-down") else []
     app = web.Application(middlewares=middlewares)
@@ -549,6 +556,7 @@ class LLMSimulator:
         lmstudio_rest: bool = True,
         api_key: str | None = None,
         formats: Iterable[str] = ALL_FORMATS,
+        plain_fenced: bool = False,
     ) -> None:
         self.host = host
         self.requested_port = int(port)
@@ -562,6 +570,7 @@ class LLMSimulator:
             lmstudio_rest=lmstudio_rest,
             api_key=api_key,
             formats=formats,
+            plain_fenced=plain_fenced,
         )
         self.state = self.app[STATE_KEY]
         self._server: ServerThread | None = None
