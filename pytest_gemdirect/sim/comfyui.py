@@ -562,8 +562,8 @@ class ComfyUIState:
         except FileNotFoundError:
             os.makedirs(full_output_folder, exist_ok=True)
             counter = 1
-        key = (os.path.normcase(os.path.abspath(full_output_folder)), os.path.normcase(filename))
-        counter = max(counter, self._counters.get(key, 1))
+        counter_key = (os.path.normcase(os.path.abspath(full_output_folder)), os.path.normcase(filename))
+        counter = max(counter, self._counters.get(counter_key, 1))
         return full_output_folder, filename, counter, subfolder
 
     def reserve_counter(self, folder: str, filename: str, next_counter: int) -> None:

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -133,12 +133,11 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def call(self, coro: Awaitable[Any], timeout: float | None = 5.0) -> Any:
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = 5.0) -> Any:
         """Run a coroutine on the server's loop from another thread and return its result."""
         if self.loop is None:
             raise RuntimeError("server not started")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        return fut.result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     # ------------------------------------------------------------------ thread body
     def _bind(self) -> socket.socket:
