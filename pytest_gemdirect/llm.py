@@ -16,6 +16,7 @@ import logging
 import re
 import socket
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -224,6 +225,8 @@ class LLMClient:
         self.timeout_s = float(timeout_s)
         self.__api_key = api_key or None
         self._session = requests.Session()
+        # Pooled sockets are closed even when nobody calls close() (no ResourceWarning at GC).
+        self._finalizer = weakref.finalize(self, self._session.close)
         # A local server must not be reached through an HTTP(S)_PROXY from the environment.
         self._session.trust_env = not _is_loopback(urlsplit(self.endpoints.base).hostname)
         self._session.headers["Accept"] = "application/json"
@@ -240,7 +243,7 @@ class LLMClient:
         return f"LLMClient({self.url!r}, api_key={key}, timeout_s={self.timeout_s:g})"
 
     def close(self) -> None:
-        self._session.close()
+        self._finalizer()
 
     def __enter__(self) -> LLMClient:
         return self

@@ -288,7 +288,16 @@ def test_connection_refused_on_a_closed_port(make_client: MakeClient) -> None:
     assert "connection refused" in str(error) and "--llm-url" in str(error)
 
 
-def test_an_unknown_host_is_a_dns_error(make_client: MakeClient) -> None:
+def test_an_unknown_host_is_a_dns_error(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The resolver answers at once (no dependence on this machine's DNS servers being reachable).
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "gemdirect-no-such-host.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     client = make_client("http://gemdirect-no-such-host.invalid:1234", timeout_s=5)
     with pytest.raises(LLMError) as info:
         client.list_models()
