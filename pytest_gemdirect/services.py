@@ -7,6 +7,7 @@ simulated crash is a real dead process and the harness's handling of one is the 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
 from pytest_gemdirect.settings import Settings
 
@@ -42,7 +44,12 @@ class Backend:
 
 def describe_targets(settings: Settings) -> dict[str, str]:
     """Each service's target in words, for the terminal header (nothing is booted)."""
-    comfy = f"attach {settings.comfyui_url}" if settings.comfyui_url else "embedded simulator (SIMULATED)"
+    if settings.comfyui_url:
+        comfy = f"attach {settings.comfyui_url}"
+    elif settings.comfyui_dir:
+        comfy = f"launch {settings.comfyui_dir} (main.py)"
+    else:
+        comfy = "embedded simulator (SIMULATED)"
     llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
     if settings.story_mode == "fallback" and not settings.llm_url:
         llm += ", story mode fallback"
@@ -53,14 +60,21 @@ class Services:
     """Boots or attaches each service on first use, and ends what it started at close()."""
 
     def __init__(
-        self, settings: Settings, run_root: Path, *, handed_urls: dict[str, Any] | None = None
+        self,
+        settings: Settings,
+        run_root: Path,
+        *,
+        handed: dict[str, Any] | None = None,
+        handed_error: str | None = None,
     ) -> None:
         self.settings = settings
+        self.handed_error = handed_error  # the xdist controller could not boot the services
         self.run_root = run_root
-        self.handed_urls = handed_urls  # from the xdist controller: the controller owns the simulator
         self._sim: subprocess.Popen[bytes] | None = None
-        self._sim_urls: dict[str, str] | None = None
-        self._backends: dict[str, Backend] = {}
+        self._sim_urls: dict[str, Any] | None = None
+        self._launch: ComfyLaunch | None = None
+        # Under xdist the controller owns the services and hands each worker the backends it booted.
+        self._backends: dict[str, Backend] = {name: Backend(**info) for name, info in (handed or {}).items()}
 
     # --- public --------------------------------------------------------------------------
 
@@ -71,18 +85,28 @@ class Services:
         return self._backend("llm", self.settings.llm_url)
 
     def comfyui_alive(self) -> bool:
-        """False as soon as a simulator process the harness started has died."""
-        backend = self._backends.get("comfyui")
-        if backend is None or backend.target != "embedded" or self._sim is None:
-            return True
-        return self._sim.poll() is None
+        """False as soon as a ComfyUI process the harness started (simulator or launched) has died."""
+        if self._launch is not None:
+            return self._launch.alive()
+        comfy = self._backends.get("comfyui")
+        if self._sim is not None and comfy is not None and comfy.target == "embedded":
+            return self._sim.poll() is None
+        return True
 
-    def embedded_urls(self) -> dict[str, Any] | None:
-        """What the xdist controller hands its workers (None when nothing is embedded)."""
-        return dict(self._sim_urls) if self._sim_urls else None
+    def comfyui_launched_locally(self) -> bool:
+        return self._launch is not None and not self._launch.attached
+
+    def boot_all(self) -> dict[str, dict[str, Any]]:
+        """Boot or attach both services now; what the xdist controller hands its workers."""
+        return {
+            name: backend.to_dict() for name, backend in (("comfyui", self.comfyui()), ("llm", self.llm()))
+        }
 
     def close(self) -> None:
-        """End the simulator's whole process tree (also after Ctrl-C)."""
+        """End what the harness started, whole process trees (also after Ctrl-C)."""
+        if self._launch is not None:
+            self._launch.stop()
+            self._launch = None
         if self._sim is not None:
             kill_tree(self._sim, grace_s=3.0)
             self._sim = None
@@ -92,8 +116,12 @@ class Services:
     def _backend(self, name: str, url: str | None) -> Backend:
         if name in self._backends:
             return self._backends[name]
+        if self.handed_error:
+            raise ServiceError(self.handed_error)
         if url:
             backend = Backend(name, "attached", url, simulated=False)
+        elif name == "comfyui" and self.settings.comfyui_dir:
+            backend = self._launch_comfyui()
         else:
             if self.settings.require_real_backends:
                 raise ServiceError(
@@ -112,9 +140,27 @@ class Services:
         self._backends[name] = backend
         return backend
 
+    def _launch_comfyui(self) -> Backend:
+        s = self.settings
+        log_path = self.run_root / "comfyui.log"
+        self._launch = ComfyLaunch(
+            s.comfyui_dir,
+            python=s.comfyui_python,
+            port=s.comfyui_port,
+            extra_args=shlex.split(s.comfyui_args),
+            log_path=log_path,
+            boot_timeout_s=s.comfyui_boot_timeout,
+        )
+        try:
+            url = self._launch.start()
+        except LaunchError as exc:
+            self._launch = None
+            raise ServiceError(str(exc)) from None
+        if self._launch.attached:
+            return Backend("comfyui", "attached", url, simulated=False)
+        return Backend("comfyui", "launched", url, simulated=False, pid=self._launch.pid, log=str(log_path))
+
     def _embedded(self) -> dict[str, Any]:
-        if self.handed_urls:
-            return self.handed_urls
         if self._sim_urls is None:
             self._sim_urls = self._boot_simulator()
         return self._sim_urls

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_gemdirect.progress import ProgressDisplay
 from pytest_gemdirect.rundir import RunDirectory
-from pytest_gemdirect.services import Services, describe_targets
+from pytest_gemdirect.services import ServiceError, Services, describe_targets
 from pytest_gemdirect.settings import SPECS, Settings
 from pytest_gemdirect.stages import Stages, scene_ids
 from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, RunSummary, verdict
@@ -55,6 +55,7 @@ class GemdirectRun:
         handed = config.workerinput.get(WORKER_INPUT_KEY) if self.is_worker else None  # type: ignore[attr-defined]
         self.handed: dict[str, Any] | None = handed
         self._stages: Stages | None = None
+        self._handed: dict[str, Any] | None = None  # xdist controller: what every worker gets
         self.run: RunDirectory | None = None
         self.services: Services | None = None
         self.summary: RunSummary | None = None
@@ -101,7 +102,10 @@ class GemdirectRun:
                 scene_ids=self.scene_ids(),
             )
             self.services = Services(
-                self.settings, run.root, handed_urls=self.handed.get("urls") if self.handed else None
+                self.settings,
+                run.root,
+                handed=self.handed.get("backends") if self.handed else None,
+                handed_error=self.handed.get("error") if self.handed else None,
             )
             self._stages = Stages(
                 self.settings,
@@ -154,7 +158,7 @@ class GemdirectRun:
             i for i, item in enumerate(items) if _PIPELINE_FIXTURE in getattr(item, "fixturenames", ())
         ]
         ordered = sorted((items[i] for i in pipeline), key=self._order_key)
-        for slot, item in zip(pipeline, ordered):
+        for slot, item in zip(pipeline, ordered, strict=True):
             items[slot] = item
         self._add_timeout_backstop(ordered)
 
@@ -189,16 +193,18 @@ class GemdirectRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: boot the embedded services once and hand their URLs to every worker."""
-        stages = self.stages()
+        self.stages()
         assert self.services is not None and self.run is not None
-        if not (self.settings.comfyui_url and self.settings.llm_url):
-            self.services.comfyui() if not self.settings.comfyui_url else self.services.llm()
+        if self._handed is None:
+            try:
+                self._handed = {"backends": self.services.boot_all(), "error": None}
+            except ServiceError as exc:  # each worker's stage shows it, instead of xdist crashing
+                self._handed = {"backends": {}, "error": str(exc)}
         node.workerinput[WORKER_INPUT_KEY] = {
             "run_dir": str(self.run.root),
             "run_id": self.run.run_id,
-            "urls": self.services.embedded_urls(),
+            **self._handed,
         }
-        del stages
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
         if self.summary is not None:

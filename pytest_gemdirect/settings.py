@@ -56,6 +56,13 @@ def _url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a port number from 1 to 65535")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -127,6 +134,21 @@ SPECS: tuple[SettingSpec, ...] = (
     # services
     SettingSpec("comfyui_url", _url, None, "attach to the ComfyUI server at this URL", metavar="URL"),
     SettingSpec(
+        "comfyui_dir", _existing_dir, None, "launch ComfyUI's main.py from this install folder", metavar="DIR"
+    ),
+    SettingSpec(
+        "comfyui_port", _port, None, "port for a launched ComfyUI (default: a free port)", metavar="PORT"
+    ),
+    SettingSpec(
+        "comfyui_python", str, None, "Python that runs a launched ComfyUI (default: this one)", metavar="EXE"
+    ),
+    SettingSpec(
+        "comfyui_args", str, "", 'extra arguments for a launched ComfyUI, e.g. "--lowvram"', metavar="ARGS"
+    ),
+    SettingSpec(
+        "comfyui_boot_timeout", _positive_float, 120.0, "seconds a launched ComfyUI may take to answer"
+    ),
+    SettingSpec(
         "llm_url", _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
     ),
     SettingSpec("llm_model", str, None, "LLM model id (default: the first one the server lists)"),
@@ -152,6 +174,7 @@ SPECS: tuple[SettingSpec, ...] = (
     # run directory
     SettingSpec("logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories"),
     SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)"),
+    SettingSpec("baseline", _existing_dir, None, "an earlier run directory to compare timings and VRAM with"),
     SettingSpec(
         "workflow", _existing_file, None, "API-format ComfyUI workflow (default: the shipped SVD graph)"
     ),
@@ -262,6 +285,11 @@ def _check_together(settings: Settings) -> None:
         FaultPlan.parse(settings.values["sim_fault"])
     except ValueError as exc:
         raise SettingError(f"invalid value for sim_fault ({settings.sources['sim_fault']}): {exc}") from None
+    if settings.comfyui_url and settings.comfyui_dir:
+        raise SettingError(
+            f"comfyui_url ({settings.sources['comfyui_url']}) and comfyui_dir ({settings.sources['comfyui_dir']})"
+            " both say where ComfyUI comes from; set only one"
+        )
     if settings.history_poll_interval >= settings.scene_max_wait:
         raise SettingError(
             f"history_poll_interval ({settings.history_poll_interval:g} s,"

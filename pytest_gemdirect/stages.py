@@ -26,12 +26,14 @@ from pytest_gemdirect.comfyui.workflow import (
 )
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.environment import EnvironmentProblem, check_environment
+from pytest_gemdirect.gpu_sampler import GpuSampler
 from pytest_gemdirect.llm import LLMClient, LLMError, check_health
 from pytest_gemdirect.pipeline import NotReached, Pipeline, StageFailed, StageSkipped
 from pytest_gemdirect.rundir import RunDirectory, append_jsonl, atomic_write_json
 from pytest_gemdirect.schemas_io import load_schema
 from pytest_gemdirect.services import ServiceError, Services
 from pytest_gemdirect.settings import Settings
+from pytest_gemdirect.startup_log import find_startup_warnings
 from pytest_gemdirect.story import StoryError, make_story, render_keyframes
 from pytest_gemdirect.suites import SuiteSpec, parse_suite_specs, run_suite
 from pytest_gemdirect.summary import RunSummary, validate_summary
@@ -65,6 +67,8 @@ class Generation:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     vram_free_before: int | None = None
     vram_free_after: int | None = None
+    gpu_samples: list[dict[str, Any]] = field(default_factory=list)
+    gpu_note: str | None = None
 
 
 class Stages:
@@ -185,7 +189,7 @@ class Stages:
         keyframes = render_keyframes(
             story, self.run.story_dir / "keyframes", size=self.settings.keyframe_size
         )
-        for scene, path in zip(story["scenes"], keyframes):
+        for scene, path in zip(story["scenes"], keyframes, strict=True):
             self.summary.update_scene(scene["id"], title=scene["title"])
             scene_dir = self.run.scene_dir(scene["id"])
             scene_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +225,7 @@ class Stages:
             raise StageFailed(str(exc)) from None
         problems = preflight(workflow, object_info)
         devices = stats.get("devices", [])
+        startup_warnings = self._startup_warnings(backend.log)
         facts = {
             "url": backend.url,
             "version": backend.version,
@@ -232,11 +237,22 @@ class Stages:
             "object_info_hash": workflow_hash(object_info),
             "node_classes": len(object_info),
             "preflight_problems": problems,
+            "startup_log": self.run.relative(backend.log) if backend.log else None,
+            "startup_warnings": [w.to_dict() for w in startup_warnings],
         }
         self.summary.set_section("comfyui", facts)
         if problems:
             raise StageFailed(f"workflow {workflow_path} cannot run on {backend.url}: " + "; ".join(problems))
         return {"client": client, "workflow": workflow, "facts": facts}
+
+    def _startup_warnings(self, log: str | None) -> list[Any]:
+        """Non-blocking problems in a launched ComfyUI's startup log, as warnings of the run."""
+        if not log or not Path(log).is_file() or self.services.comfyui_launched_locally() is False:
+            return []
+        warnings = find_startup_warnings(Path(log).read_text(encoding="utf-8", errors="replace"))
+        for warning in warnings:
+            self.summary.warn(f"ComfyUI startup ({warning.kind}): {warning.message}")
+        return warnings
 
     # --- 5 generation ----------------------------------------------------------------------
 
@@ -295,14 +311,7 @@ class Stages:
                 events, {"t": _now(), "event": "attempt_start", "attempt": number, "scene": scene_id}
             )
             try:
-                result = run_job(
-                    client,
-                    prompt,
-                    policy=self._policy(),
-                    on_event=lambda e, n=number: append_jsonl(events, {"attempt": n, **e}),
-                    on_progress=lambda v, m: self.progress and self.progress(scene_id, v, m),
-                    is_server_alive=self.services.comfyui_alive,
-                )
+                result = self._follow(generation, prompt, number)
             except PromptRejected as exc:
                 attempt.update(ended_at=_now(), outcome="rejected", reason=str(exc))
                 self._record_scene(generation)
@@ -339,6 +348,30 @@ class Stages:
                 self.summary.warn(f"{scene_id}: {note}")
             return generation
         raise AssertionError("unreachable: the attempt loop returns or raises")
+
+    def _follow(self, generation: Generation, prompt: dict[str, Any], number: int) -> JobResult:
+        """One attempt: queue and follow the job; sample the GPU meanwhile when ComfyUI runs here."""
+        scene_id, events = generation.scene_id, self.run.events_path(generation.scene_id)
+        sampler = GpuSampler(interval_s=1.0) if self.services.comfyui_launched_locally() else None
+        if sampler is not None:
+            sampler.start()
+        try:
+            return run_job(
+                generation.client,
+                prompt,
+                policy=self._policy(),
+                on_event=lambda event: append_jsonl(events, {"attempt": number, **event}),
+                on_progress=lambda value, maximum: self.progress and self.progress(scene_id, value, maximum),
+                is_server_alive=self.services.comfyui_alive,
+            )
+        finally:
+            if sampler is not None:
+                generation.gpu_samples += sampler.stop()
+                generation.gpu_note = sampler.note
+            else:
+                generation.gpu_note = (
+                    "GPU not sampled: ComfyUI was not launched by the harness on this machine"
+                )
 
     def _record_scene(self, generation: Generation, *, evidence: dict[str, Any] | None = None) -> None:
         result = generation.result
@@ -422,6 +455,8 @@ class Stages:
             )
         }
         record["frames"] = [_as_dict(f) for f in frames]
+        record["gpu_samples"] = generation.gpu_samples
+        record["gpu_note"] = generation.gpu_note
         if generation.result is not None:
             record["progress"] = generation.result.progress
         atomic_write_json(self.run.scene_dir(generation.scene_id) / "scene.json", record)
