@@ -322,8 +322,14 @@ def _vram_total(data: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _peak_vram_used(data: Mapping[str, Any], scene: Mapping[str, Any]) -> float | None:
-    """Bytes of VRAM in use at the scene's lowest free figure (before/after it ran)."""
+def _peak_vram_used(
+    data: Mapping[str, Any], scene: Mapping[str, Any], run_root: Path | None = None
+) -> float | None:
+    """Bytes of VRAM in use at the scene's peak: its nvidia-smi samples when there are some, else
+    the lowest free figure ComfyUI reported before/after it ran."""
+    used = [s.used_mib for s in _scene_gpu_samples(run_root, scene) if s.used_mib is not None]
+    if used:
+        return max(used) * 1024**2
     total = _vram_total(data)
     tele = _d(scene.get("telemetry"))
     frees = [
@@ -755,12 +761,20 @@ def _timeline_svg(rows: list[_Row], data: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _sample_series(data: Mapping[str, Any]) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    """(seconds, MiB used) and (seconds, utilisation %) from ComfyUI's GPU samples, when recorded."""
+def _sample_series(
+    rows: list[_Row], data: Mapping[str, Any], run_root: Path
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], float | None]:
+    """(seconds, MiB used), (seconds, utilisation %) and the total MiB from the GPU samples.
+
+    Run-wide samples (``comfyui.gpu_samples``) when recorded; else each scene's samples from its
+    scene.json, placed at its generation bar on the timeline's clock.
+    """
+    memory: list[tuple[float, float]] = []
+    util: list[tuple[float, float]] = []
+    totals: list[float] = []
     samples = [s for s in _l(_d(data.get("comfyui")).get("gpu_samples")) if isinstance(s, dict)]
     origin: float | None = None
     started = _parse_time(data.get("started_at"))
-    memory, util = [], []
     for sample in samples:
         t = sample.get("t")
         when = _num(t)
@@ -783,7 +797,22 @@ def _sample_series(data: Mapping[str, Any]) -> tuple[list[tuple[float, float]], 
         pct = _num(sample.get("utilization_pct"))
         if pct is not None:
             util.append((when, pct))
-    return memory, util
+        total = _num(sample.get("memory_total_mib"))
+        if total:
+            totals.append(total)
+    if not samples:
+        scenes = _scene_by_id(data)
+        for bar in _bars(rows, data):
+            if bar.row != "svd" or not bar.scene:
+                continue
+            for gs in _scene_gpu_samples(run_root, scenes.get(bar.scene, {})):
+                if gs.used_mib is not None:
+                    memory.append((bar.start + gs.t, gs.used_mib))
+                if gs.util_pct is not None:
+                    util.append((bar.start + gs.t, gs.util_pct))
+                if gs.total_mib:
+                    totals.append(gs.total_mib)
+    return memory, util, (max(totals) if totals else None)
 
 
 def _scene_vram_series(rows: list[_Row], data: Mapping[str, Any]) -> list[tuple[float, float, str]]:
@@ -805,9 +834,9 @@ def _scene_vram_series(rows: list[_Row], data: Mapping[str, Any]) -> list[tuple[
     return points
 
 
-def _vram_svg(rows: list[_Row], data: Mapping[str, Any]) -> str:
-    memory, util = _sample_series(data)
-    source = "sampled during the run"
+def _vram_svg(rows: list[_Row], data: Mapping[str, Any], run_root: Path) -> str:
+    memory, util, sampled_total = _sample_series(rows, data, run_root)
+    source = "nvidia-smi samples while the scenes ran, on the timeline's clock"
     labelled: list[tuple[float, float, str]] = [(t, v, "") for t, v in memory]
     if not memory:
         labelled = _scene_vram_series(rows, data)
@@ -822,7 +851,7 @@ def _vram_svg(rows: list[_Row], data: Mapping[str, Any]) -> str:
     xs = [t for t, _, _ in labelled] + [t for t, _ in util]
     t0, t1 = min(xs), max(xs)
     span = (t1 - t0) or 1.0
-    total_mib = (_vram_total(data) or 0) / 1024**2
+    total_mib = sampled_total or (_vram_total(data) or 0) / 1024**2
     top_mib = max([v for _, v, _ in labelled] + [total_mib, 1.0])
     in_gib = top_mib >= 1024
     ystep = _nice_step(top_mib / 1024, 4) * 1024 if in_gib else _nice_step(top_mib, 4)
@@ -1228,18 +1257,67 @@ def _failure_block(row: _Row, data: Mapping[str, Any], links: _Links) -> str:
     )
 
 
-def _scene_progress(run_root: Path, scene: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
-    """The ``progress`` samples of a scene's scene.json, when it was written."""
+_RECORDS: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
+def _scene_record(run_root: Path | None, scene: Mapping[str, Any]) -> dict[str, Any]:
+    """A scene's scene.json (progress and GPU samples), read again only when it changed."""
+    if run_root is None:
+        return {}
     sid = str(scene.get("id") or "")
     rel = _d(scene.get("files")).get("scene") or (f"{sid}/scene.json" if _SCENE_ID.match(sid) else None)
     path = _inside(run_root, rel)
-    if path is None or not path.is_file():
-        return []
+    if path is None:
+        return {}
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in _RECORDS:
+            if len(_RECORDS) > 256:
+                _RECORDS.clear()
+            _RECORDS[key] = _d(json.loads(path.read_text(encoding="utf-8")))
+        return _RECORDS[key]
     except (OSError, ValueError):
-        return []
-    return [tuple(p[:3]) for p in _l(_d(record).get("progress")) if isinstance(p, list) and len(p) >= 3]
+        return {}
+
+
+def _scene_progress(run_root: Path, scene: Mapping[str, Any]) -> list[tuple[Any, Any, Any]]:
+    """The ``progress`` samples ``[t, value, max]`` of a scene's scene.json, when it was written."""
+    progress = _l(_scene_record(run_root, scene).get("progress"))
+    return [tuple(p[:3]) for p in progress if isinstance(p, list) and len(p) >= 3]
+
+
+@dataclass
+class _GpuSample:
+    t: float  # seconds from the start of the scene's first attempt
+    used_mib: float | None
+    util_pct: float | None
+    total_mib: float | None
+
+
+def _scene_gpu_samples(run_root: Path | None, scene: Mapping[str, Any]) -> list[_GpuSample]:
+    """The first GPU's nvidia-smi samples taken while the scene ran (attempts laid end to end)."""
+    samples = [s for s in _l(_scene_record(run_root, scene).get("gpu_samples")) if isinstance(s, dict)]
+    gpus = [s["gpu"] for s in samples if isinstance(s.get("gpu"), int)]
+    first_gpu = min(gpus) if gpus else None
+    found: list[_GpuSample] = []
+    offset, last = 0.0, -1.0
+    for sample in samples:
+        t = _num(sample.get("t"))
+        if t is None or sample.get("gpu", first_gpu) != first_gpu:
+            continue
+        if t < last:  # a new attempt: its sampler's clock began again
+            offset += last
+        last = t
+        found.append(
+            _GpuSample(
+                offset + t,
+                _num(sample.get("memory_used_mib")),
+                _num(sample.get("utilization_pct")),
+                _num(sample.get("memory_total_mib")),
+            )
+        )
+    return found
 
 
 def _failures_section(rows: list[_Row], data: Mapping[str, Any], links: _Links) -> str:
@@ -1395,7 +1473,7 @@ def _mib(value: Any) -> str:
     return f"{value} MiB" if value not in (None, "") else ""
 
 
-def _gpu_section(rows: list[_Row], data: Mapping[str, Any]) -> str:
+def _gpu_section(rows: list[_Row], data: Mapping[str, Any], run_root: Path) -> str:
     parts = []
     devices = _devices(data)
     body = [
@@ -1432,13 +1510,14 @@ def _gpu_section(rows: list[_Row], data: Mapping[str, Any]) -> str:
     for scene in _scenes(data):
         tele = _d(scene.get("telemetry"))
         before, after = _num(tele.get("vram_free_before")), _num(tele.get("vram_free_after"))
-        if before is None and after is None:
+        peak = _peak_vram_used(data, scene, run_root)
+        if before is None and after is None and peak is None:
             continue
         delta = before - after if before is not None and after is not None else None
         scene_body.append(
             f"<tr><td>{_esc(scene.get('id'))}</td><td class='gd-num'>{_esc(_bytes(before))}</td>"
             f"<td class='gd-num'>{_esc(_bytes(after))}</td><td class='gd-num'>{_esc(_bytes(delta))}</td>"
-            f"<td class='gd-num'>{_esc(_bytes(_peak_vram_used(data, scene)))}</td></tr>"
+            f"<td class='gd-num'>{_esc(_bytes(peak))}</td></tr>"
         )
     if scene_body:
         parts.append(
@@ -1448,7 +1527,10 @@ def _gpu_section(rows: list[_Row], data: Mapping[str, Any]) -> str:
                 scene_body,
             )
         )
-    parts.append("<h4>VRAM over the run</h4>" + _vram_svg(rows, data))
+    notes = sorted({str(_scene_record(run_root, s).get("gpu_note")) for s in _scenes(data)} - {"None", ""})
+    for note in notes:
+        parts.append(f'<p class="gd-muted">{_esc(note)}</p>')
+    parts.append("<h4>VRAM over the run</h4>" + _vram_svg(rows, data, run_root))
     return _section("gpu", "GPU", "".join(parts))
 
 
@@ -1659,7 +1741,11 @@ def _artifacts_section(data: Mapping[str, Any], links: _Links) -> str:
 
 
 def load_baseline(run_dir: Path) -> dict[str, Any]:
-    """The run summary of an earlier run directory (or of a run-summary.json given directly)."""
+    """The run summary of an earlier run directory (or of a run-summary.json given directly).
+
+    Its ``run_dir`` is set to where it lies now (a run directory copied from another machine
+    still gives its GPU samples to the comparison).
+    """
     run_dir = Path(run_dir)
     path = run_dir if run_dir.suffix == ".json" else run_dir / "run-summary.json"
     try:
@@ -1678,6 +1764,7 @@ def load_baseline(run_dir: Path) -> dict[str, Any]:
         raise BaselineError(
             f"baseline: {path} is not a gemdirect run summary (expected a JSON object with stages)"
         )
+    data["run_dir"] = str(path.parent.resolve())
     return data
 
 
@@ -1714,7 +1801,7 @@ _MEASURES = (
 )
 
 
-def _metrics(data: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
+def _metrics(data: Mapping[str, Any], run_root: Path | None) -> dict[str, dict[str, float | None]]:
     """Per stage (its title) and per scene (its id): the measures compared against a baseline."""
     rows = _stage_rows(data)
     found: dict[str, dict[str, float | None]] = {}
@@ -1737,13 +1824,17 @@ def _metrics(data: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
             "generation": _num(tele.get("generation_s")),
             "retrieval": _num(tele.get("retrieval_s")),
             "seconds per step": _num(tele.get("seconds_per_step")),
-            "peak VRAM used": _peak_vram_used(data, scene),
+            "peak VRAM used": _peak_vram_used(data, scene, run_root),
         }
     return found
 
 
-def _changes(data: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[tuple[str, list[_Change]]]:
-    now, before = _metrics(data), _metrics(baseline)
+def _changes(
+    data: Mapping[str, Any], run_root: Path, baseline: Mapping[str, Any]
+) -> list[tuple[str, list[_Change]]]:
+    baseline_root = Path(str(baseline.get("run_dir") or ""))
+    now = _metrics(data, run_root)
+    before = _metrics(baseline, baseline_root if baseline.get("run_dir") and baseline_root.is_dir() else None)
     table = []
     for group in list(now) + [g for g in before if g not in now]:
         changes = [
@@ -1781,8 +1872,8 @@ def _change_cell(change: _Change) -> str:
     )
 
 
-def _baseline_section(data: Mapping[str, Any], baseline: Mapping[str, Any]) -> str:
-    table_rows = _changes(data, baseline)
+def _baseline_section(data: Mapping[str, Any], run_root: Path, baseline: Mapping[str, Any]) -> str:
+    table_rows = _changes(data, run_root, baseline)
     body = [
         f'<tr data-group="{_esc(group)}"><th>{_esc(group)}</th>'
         + "".join(_change_cell(c) for c in changes)
@@ -1988,8 +2079,8 @@ def render_overview(
         _backends_section(data, links),
         _config_section(data),
         _timings_section(rows, data),
-        _baseline_section(data, baseline) if baseline is not None else "",
-        _gpu_section(rows, data),
+        _baseline_section(data, run_root, baseline) if baseline is not None else "",
+        _gpu_section(rows, data, run_root),
         _story_section(data, links),
         _gallery_section(data, links),
         _suites_section(data, links),

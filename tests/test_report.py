@@ -505,6 +505,48 @@ def test_gpu_section_with_vram_per_scene_and_a_plot(failed_run):
     assert svg.find("polyline", class_="gd-line-util") is not None
 
 
+def test_gpu_samples_of_each_scene_are_plotted_on_the_run_clock(failed_run):
+    run_dir, data = failed_run
+    for sid, peak in (("scene-001", 14000), ("scene-003", 15000)):
+        record = json.loads((run_dir / sid / "scene.json").read_text(encoding="utf-8"))
+        samples = []
+        for gpu in (0, 1):  # two GPUs: the first one is plotted
+            samples += [
+                {
+                    "t": t,
+                    "gpu": gpu,
+                    "memory_used_mib": peak - 400 * (5 - t),
+                    "memory_total_mib": 24576,
+                    "utilization_pct": 95,
+                }
+                for t in range(6)
+            ]
+        samples += [
+            {"t": 0.5, "gpu": 0, "memory_used_mib": 3000, "memory_total_mib": 24576, "utilization_pct": 5}
+        ]
+        record["gpu_samples"] = samples  # the last one: a second attempt, its clock began again
+        record["gpu_note"] = None
+        (run_dir / sid / "scene.json").write_text(json.dumps(record), encoding="utf-8")
+    record = json.loads((run_dir / "scene-002" / "scene.json").read_text(encoding="utf-8"))
+    record["gpu_note"] = "GPU not sampled: ComfyUI was not launched by the harness on this machine"
+    (run_dir / "scene-002" / "scene.json").write_text(json.dumps(record), encoding="utf-8")
+    gpu = section(parse(render_overview(data, run_dir)), "gpu")
+    svg = gpu.find("svg", class_="gd-vram")
+    points = [
+        tuple(map(float, p.split(","))) for p in svg.find("polyline", class_="gd-line-vram")["points"].split()
+    ]
+    assert len(points) == 2 * 7
+    assert [x for x, _ in points] == sorted(
+        x for x, _ in points
+    )  # scene-001 before scene-003, attempts in order
+    assert svg.find("polyline", class_="gd-line-util") is not None
+    assert "total 24.00 GiB" in text_of(svg)
+    assert "nvidia-smi samples" in text_of(gpu)
+    assert "GPU not sampled: ComfyUI was not launched" in text_of(gpu)
+    peak = next(tr for tr in gpu.find_all("tr") if tr.td and tr.td.get_text() == "scene-003")
+    assert peak.find_all("td")[-1].get_text() == f"{15000 / 1024:.2f} GiB"
+
+
 def test_story_with_prompts_and_mode_model_seed(failed_run):
     run_dir, data = failed_run
     story = section(parse(render_overview(data, run_dir)), "story")
