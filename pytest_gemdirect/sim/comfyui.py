@@ -354,18 +354,24 @@ class ComfyUIState:
         await self.send("status", {"status": self.queue_info()})
 
     async def drop_client(self, sid: str | None) -> None:
-        """ws-drop: cut every socket of ``sid`` (abruptly, like a network drop)."""
+        """ws-drop: cut every socket of ``sid`` without a close frame, like a network drop.
+
+        What was already sent is flushed first, so the client sees every message up to the drop.
+        """
         if sid is None:
             return
         for conn in list(self.conns):
             if conn.sid == sid:
-                self._abort(conn)
+                self._abort(conn, flush=True)
 
     @staticmethod
-    def _abort(conn: _Conn) -> None:
+    def _abort(conn: _Conn, flush: bool = False) -> None:
         transport = conn.transport
         if transport is not None and not transport.is_closing():
-            transport.abort()
+            if flush:
+                transport.close()
+            else:
+                transport.abort()
         else:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().create_task(conn.ws.close())
