@@ -1545,6 +1545,7 @@ def _story_section(data: Mapping[str, Any], links: _Links) -> str:
     meta = _d(story.get("metadata"))
     head = [
         ("title", _esc(story.get("title"))),
+        ("logline", _esc(story.get("logline"))),
         ("file", links.link(story.get("path")) if story.get("path") else None),
     ]
     head += [
@@ -1909,6 +1910,7 @@ _CSS = """
 .gemdirect-report{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans",sans-serif;font-size:14px;
  color:#1b1b1b;line-height:1.4;max-width:1400px;text-align:left}
 .gemdirect-report *{box-sizing:border-box}
+.gemdirect-report a{color:#1a56c4;text-decoration:underline}
 .gemdirect-report h2{font-size:22px;margin:8px 0 4px}
 .gemdirect-report h3{font-size:17px;margin:20px 0 6px;border-bottom:1px solid #ddd;padding-bottom:3px}
 .gemdirect-report h4{font-size:14px;margin:12px 0 4px}

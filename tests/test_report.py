@@ -21,7 +21,8 @@ from pytest_gemdirect.report import (
     render_page,
     write_report,
 )
-from pytest_gemdirect.summary import validate_summary
+from pytest_gemdirect.rundir import RunDirectory
+from pytest_gemdirect.summary import RunSummary, validate_summary
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -810,6 +811,68 @@ def test_a_partial_or_odd_summary_never_breaks_the_report(tmp_path):
     assert "RUNNING" in text_of(running.find("div", class_="gd-verdict"))
     assert "rewritten as the run goes" in text_of(running)
     assert len(stage_rows(running)) == 8  # all eight, not reached yet
+
+
+def test_the_report_follows_a_live_run_summary_as_it_is_rewritten(tmp_path):
+    run = RunDirectory.create(logs_dir=tmp_path, run_dir=tmp_path / "live")
+    summary = RunSummary(
+        run,
+        settings={"scenes": 2, "llm_api_key": "***"},
+        sources={"scenes": "default"},
+        scene_ids=["scene-001", "scene-002"],
+    )
+
+    def report() -> BeautifulSoup:
+        write_report(run.report_html, summary.data, run.root)
+        return parse(run.report_html.read_text(encoding="utf-8"))
+
+    soup = report()
+    assert "RUNNING" in text_of(soup.find("div", class_="gd-verdict"))
+    assert {row["data-stage"]: row["class"][1] for row in stage_rows(soup).values()}["env"] == (
+        "gd-status-not_reached"
+    )
+    summary.record_item("env", "passed", duration_s=0.2)
+    summary.record_item("llm", "failed", duration_s=3.0, message="LLM health: GET /v1/models timed out")
+    summary.record_item("story", "not_reached", message="not reached: llm failed")
+    soup = report()
+    rows = stage_rows(soup)
+    assert "✅ passed" in text_of(rows["env"]) and "❌ failed" in text_of(rows["llm"])
+    assert "⏸ not reached" in text_of(rows["story"]) and "not reached: llm failed" in text_of(rows["story"])
+    assert "step 2 (LLM health)" in text_of(soup.find("p", class_="gd-headline"))
+    summary.finish("interrupted", "interrupted")
+    soup = report()
+    assert soup.find("div", class_="gd-verdict")["data-status"] == "interrupted"
+    assert [f["data-key"] for f in soup.find_all("div", class_="gd-failure")] == ["llm"]
+    assert "llm_timeout" in text_of(soup.find("div", class_="gd-failure"))
+
+
+def test_the_block_works_inside_pytest_htmls_report(failed_run, pytester):
+    run_dir, data = failed_run
+    pytester.makeconftest(
+        f"""
+        import json
+        from pathlib import Path
+        from pytest_gemdirect.report import render_overview
+
+        RUN = Path({str(run_dir)!r})
+
+        def pytest_html_results_summary(prefix, summary, postfix):
+            data = json.loads((RUN / "run-summary.json").read_text(encoding="utf-8"))
+            prefix.append(render_overview(data, RUN))
+        """
+    )
+    pytester.makepyfile("def test_one():\n    pass\n")
+    html_path = run_dir / "pytest-report.html"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--html={html_path}", "--self-contained-html"
+    )
+    result.assert_outcomes(passed=1)
+    soup = parse(html_path.read_text(encoding="utf-8"))
+    block = soup.select_one("div.additional-summary.prefix > div.gemdirect-report")
+    assert block is not None
+    assert block.find("div", class_="gd-verdict")["data-status"] == "failed"
+    assert len(block.find_all("img")) == 1 + 2 * (1 + 1 + 6)
+    assert all(img["src"].startswith("data:image/") for img in block.find_all("img"))
 
 
 def test_write_report_writes_atomically_with_links_relative_to_the_report(failed_run, tmp_path):
