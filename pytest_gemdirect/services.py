@@ -7,6 +7,7 @@ simulated crash is a real dead process and the harness's handling of one is the 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -183,6 +184,8 @@ class Services:
             str(self.settings.sim_step_seconds),
             "--seed",
             str(self.settings.llm_seed),
+            "--parent-pid",
+            str(os.getpid()),
         ]
         for spec in self.settings.faults.specs():
             args += ["--fault", spec]

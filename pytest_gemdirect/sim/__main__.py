@@ -18,6 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pytest_gemdirect.sim.comfyui import ComfyUISimulator
 from pytest_gemdirect.sim.faults import KNOWN_FAULTS, FaultPlan
 
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault", action="append", default=[], metavar="SPEC", help="NAME or NAME@scene-NNN (repeatable)"
     )
     parser.add_argument("--ready-file", type=Path, default=None, help="write the URLs here (JSON) when ready")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process is gone (no orphan after a killed run)",
+    )
     return parser
 
 
@@ -67,6 +75,13 @@ def _start_llm(host: str, port: int, plan: FaultPlan, seed: int) -> Any | None:
     llm = LLMSimulator(host, port, faults=plan, seed=seed)
     llm.start()
     return llm
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gemdirect simulator: comfyui {comfy.url} llm {llm_url or '-'}", flush=True)
         # Wake up now and then so Ctrl-C is delivered promptly on Windows too.
         while not stop.wait(0.5):
-            pass
+            if args.parent_pid is not None and not _alive(args.parent_pid):
+                print("gemdirect simulator: the harness is gone; exiting", file=sys.stderr, flush=True)
+                break
     except KeyboardInterrupt:
         pass
     except OSError as exc:
