@@ -578,7 +578,7 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
             with Image.open(keyframe) as image:
                 _atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
             manifest["keyframe"] = "keyframe.jpg"
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # a bad file never stops the report
             manifest["problems"].append(f"keyframe {keyframe.name} could not be read: {exc}")
     if not frames:
         return manifest
@@ -618,7 +618,7 @@ def _decoded_frames(
                 else:
                     image.load()
                     images[index] = [_scaled(image, ANIM_WIDTH)]
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # a bad file never stops the report
             manifest["problems"].append(f"frame {path.name} could not be decoded: {exc}")
     return images
 
@@ -1579,7 +1579,10 @@ def _gallery_section(data: Mapping[str, Any], links: _Links) -> str:
     story_scenes = _story_scenes(data)
     for scene in _scenes(data):
         sid = str(scene.get("id") or "")
-        preview = _scene_preview(links.run_root, scene)
+        try:
+            preview = _scene_preview(links.run_root, scene)
+        except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
+            preview = _Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
         title = scene.get("title") or _d(story_scenes.get(sid)).get("title")
         parts = [
             f"<h4>{_status_cell(scene.get('status'))} {_esc(sid)}"
@@ -2058,6 +2061,19 @@ _NAV = (
 )
 
 
+def _guarded(name: str, render: Any, *args: Any) -> str:
+    """One section; an unexpected shape of data costs that section, never the whole report."""
+    try:
+        return str(render(*args))
+    except Exception as exc:
+        return _section(
+            name,
+            name.capitalize(),
+            f'<p class="gd-warn">This section could not be drawn: {_esc(type(exc).__name__)}:'
+            f" {_esc(exc)}</p>",
+        )
+
+
 def render_overview(
     data: Mapping[str, Any],
     run_root: Path,
@@ -2075,19 +2091,19 @@ def render_overview(
     links = _Links(run_root, Path(link_base) if link_base is not None else run_root)
     rows = _stage_rows(data)
     sections = [
-        _header(rows, data, links),
-        _steps_section(rows, data),
-        _failures_section(rows, data, links),
-        _backends_section(data, links),
-        _config_section(data),
-        _timings_section(rows, data),
-        _baseline_section(data, run_root, baseline) if baseline is not None else "",
-        _gpu_section(rows, data, run_root),
-        _story_section(data, links),
-        _gallery_section(data, links),
-        _suites_section(data, links),
-        _warnings_section(data),
-        _artifacts_section(data, links),
+        _guarded("verdict", _header, rows, data, links),
+        _guarded("steps", _steps_section, rows, data),
+        _guarded("failures", _failures_section, rows, data, links),
+        _guarded("backends", _backends_section, data, links),
+        _guarded("config", _config_section, data),
+        _guarded("timings", _timings_section, rows, data),
+        _guarded("baseline", _baseline_section, data, run_root, baseline) if baseline is not None else "",
+        _guarded("gpu", _gpu_section, rows, data, run_root),
+        _guarded("story", _story_section, data, links),
+        _guarded("gallery", _gallery_section, data, links),
+        _guarded("suites", _suites_section, data, links),
+        _guarded("warnings", _warnings_section, data),
+        _guarded("artifacts", _artifacts_section, data, links),
     ]
     present = [(sid, label) for sid, label in _NAV if any(f'id="gd-{sid}"' in s for s in sections)]
     nav = (

@@ -624,6 +624,33 @@ def test_previews_are_cached_and_made_again_only_when_the_frames_change(failed_r
     assert links[-1]["href"].endswith("frame_00026_.png")
 
 
+def test_a_frame_that_does_not_decode_is_named_and_the_rest_are_shown(failed_run):
+    run_dir, data = failed_run
+    frames = run_dir / "scene-003" / "generated-frames"
+    (frames / "frame_00025_.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    card = section(parse(render_overview(data, run_dir)), "gallery").find(
+        "div", attrs={"data-scene": "scene-003"}
+    )
+    assert "frame frame_00025_.png could not be decoded" in text_of(card.find("p", class_="gd-warn"))
+    assert len(card.find("div", class_="gd-strip").find_all("img")) == 5
+    assert card.find("figure", class_="gd-anim") is not None
+
+
+def test_previews_that_cannot_be_cached_cost_only_the_previews(failed_run, monkeypatch):
+    run_dir, data = failed_run
+    import pytest_gemdirect.report as report
+
+    def refuse(path: Path, payload: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(report, "_atomic_write_bytes", refuse)
+    soup = parse(render_overview(data, run_dir))
+    card = section(soup, "gallery").find("div", attrs={"data-scene": "scene-001"})
+    assert "previews could not be made: PermissionError" in text_of(card)
+    assert soup.find("div", class_="gd-verdict")["data-status"] == "failed"
+    assert len(stage_rows(soup)) == 8
+
+
 def test_warnings_and_artifacts_say_where_every_file_lies(failed_run):
     run_dir, data = failed_run
     soup = parse(render_overview(data, run_dir))
