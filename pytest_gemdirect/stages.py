@@ -14,7 +14,7 @@ import jsonschema
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
 from pytest_gemdirect.comfyui.job import JobFailed, JobPolicy, JobResult, run_job
-from pytest_gemdirect.comfyui.outputs import download_outputs
+from pytest_gemdirect.comfyui.outputs import download_outputs, safe_name
 from pytest_gemdirect.comfyui.workflow import (
     ScenePatch,
     WorkflowError,
@@ -291,7 +291,7 @@ class Stages:
             comfy["workflow"],
             ScenePatch(
                 image_name=image_name,
-                filename_prefix=f"gemdirect/{self.run.run_id}/{scene_id}/frame",
+                filename_prefix=f"gemdirect/{scene_id}/{safe_name(self.run.run_id)}/frame",
                 seed=self.settings.llm_seed,
             ),
         )
@@ -378,7 +378,9 @@ class Stages:
         timings = result.timings if result else {}
         telemetry = {
             "queue_wait_s": _delta(timings, "started_s", None),
-            "generation_s": _delta(timings, "completed_s", "started_s"),
+            "generation_s": _delta(
+                timings, "completed_s", "started_s" if timings.get("started_s") else "queued_s"
+            ),
             "seconds_per_step": result.seconds_per_step if result else None,
             "steps": result.progress[-1][2] if result and result.progress else None,
             "vram_free_before": generation.vram_free_before,
@@ -490,7 +492,7 @@ class Stages:
             if scene["status"] != "passed":
                 continue
             tele = scene["telemetry"]
-            missing = [k for k in ("queue_wait_s", "generation_s", "retrieval_s") if tele.get(k) is None]
+            missing = [k for k in ("generation_s", "retrieval_s") if tele.get(k) is None]
             if missing:
                 problems.append(f"{scene['id']}: telemetry lacks {', '.join(missing)}")
             if scene["frame_count"] < 1:
