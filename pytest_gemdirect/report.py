@@ -1074,7 +1074,9 @@ def _bounding_settings(
         for name in [value] if isinstance(value, str) else _l(value):
             if isinstance(name, str) and name in settings and name not in named:
                 named.append(name)
-    text = str(row.message or "") + " " + _compact(evidence, 4000)
+    # the failure's own words (the policy the job ran under names every limit, so it is left out)
+    said = {k: v for k, v in evidence.items() if k not in ("policy", "settings")}
+    text = str(row.message or "") + " " + _compact(said, 4000)
     for name in settings:
         if name in named:
             continue
@@ -1119,20 +1121,34 @@ def _evidence_html(evidence: Mapping[str, Any]) -> str:
     elif progress is not None:
         rows.append(("last progress", _esc(_compact(progress))))
     polls = take("poll_attempts", "history_polls", "polls", "history_attempts")
+    counted = take("counted_poll_attempts")
     if polls is not None:
-        rows.append(("/history polls", _esc(_compact(polls))))
+        extra = f" ({counted} counted against history_max_attempts)" if counted is not None else ""
+        rows.append(("/history polls", _esc(_compact(polls) + extra)))
+    last_poll = take("last_poll_answer")
+    if last_poll is not None:
+        rows.append(("last /history answer", _pre(_compact(last_poll, 1500))))
     for key, label in (
         ("elapsed_s", "elapsed"),
         ("waited_s", "waited"),
         ("deadline_s", "deadline"),
+        ("completion_signal_s", "completion signal after"),
         ("completion_seen_s", "completion seen after"),
+        ("outputs_announced_s", "outputs announced after"),
     ):
         value = take(key)
         if value is not None:
             rows.append((label, _esc(_secs(value) or _compact(value))))
+        elif key in ("completion_signal_s", "outputs_announced_s") and key in evidence:
+            shown.add(key)
+            rows.append((label.replace(" after", ""), "none seen"))
     completion = take("completion", "completion_signal")
     if completion is not None:
         rows.append(("completion signal", _esc(_compact(completion))))
+    if isinstance(evidence.get("interrupt_sent"), bool):
+        shown.add("interrupt_sent")
+        sent = evidence["interrupt_sent"]
+        rows.append(("interrupt sent", "yes (POST /interrupt for this prompt)" if sent else "no"))
     error = take("error", "execution_error", "server_error", "exception")
     traceback = take("traceback")
     if isinstance(error, dict):
@@ -1147,7 +1163,7 @@ def _evidence_html(evidence: Mapping[str, Any]) -> str:
         rows.append(
             (
                 "server error",
-                _esc(message or _compact(error))
+                f'<span class="gd-prewrap">{_esc(message or _compact(error))}</span>'
                 + (f" <span class='gd-muted'>in {_esc(node)}</span>" if node else ""),
             )
         )
@@ -1157,21 +1173,41 @@ def _evidence_html(evidence: Mapping[str, Any]) -> str:
     if traceback:
         text = "".join(traceback) if isinstance(traceback, list) else str(traceback)
         rows.append(("traceback", _pre(text, "gd-traceback")))
-    queue = take("queue", "queue_state")
+    queue = take("queue", "queue_state", "queue_at_end")
     if queue is not None:
-        rows.append(("queue", _pre(_compact(queue, 1500))))
+        rows.append(("queue at the end", _pre(_compact(queue, 1500))))
     messages = take("last_messages", "messages", "ws_messages", "recent_messages")
     if isinstance(messages, list):
-        lines = [m if isinstance(m, str) else _compact(m, 300) for m in messages[-12:]]
+        lines = [_message_line(m) for m in messages[-12:]]
         rows.append((f"last WebSocket messages ({len(messages)})", _pre("\n".join(lines), "gd-messages")))
     elif messages is not None:
         rows.append(("last WebSocket messages", _pre(_compact(messages, 3000), "gd-messages")))
+    counts = take("message_counts")
+    if isinstance(counts, dict):
+        rows.append(("messages received", _esc(", ".join(f"{k} ×{v}" for k, v in counts.items()))))
+    policy = take("policy")
+    if isinstance(policy, dict):
+        rows.append(("queue policy", _esc(", ".join(f"{k} = {v}" for k, v in policy.items()))))
     for key, value in evidence.items():
         if key in shown or key in ("setting", "bounded_by", "limit_setting") or value in (None, "", [], {}):
             continue
         rendered = _esc(value) if isinstance(value, str | int | float | bool) else _pre(_compact(value, 1500))
         rows.append((str(key).replace("_", " "), rendered))
     return _kv(rows, "gd-evidence")
+
+
+def _message_line(message: Any) -> str:
+    """One WebSocket message as a line: ``0.118 s  execution_error  node 5  {rest}``."""
+    if not isinstance(message, dict) or "type" not in message:
+        return message if isinstance(message, str) else _compact(message, 300)
+    rest = {k: v for k, v in message.items() if k not in ("t", "type", "node")}
+    t = _num(message.get("t"))
+    parts = [f"{t:8.3f} s" if t is not None else "", str(message["type"])]
+    if message.get("node") is not None:
+        parts.append(f"node {message['node']}")
+    if rest:
+        parts.append(_compact(rest, 240))
+    return "  ".join(p for p in parts if p)
 
 
 def _look_next(row: _Row, data: Mapping[str, Any], links: _Links) -> list[str]:
@@ -1951,6 +1987,7 @@ _CSS = """
  overflow:auto;background:#f6f6f6;padding:4px 6px;font-family:ui-monospace,Menlo,Consolas,monospace}
 .gemdirect-report code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
 .gemdirect-report .gd-muted{color:#666}
+.gemdirect-report .gd-prewrap{white-space:pre-wrap}
 .gemdirect-report .gd-none{color:#1b5e20}
 .gemdirect-report .gd-warn{color:#8a4b00}
 .gemdirect-report .gd-caption{color:#555;font-size:12px;margin:2px 0 8px}

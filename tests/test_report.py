@@ -980,46 +980,98 @@ CHROMIUM_ARGS = [
 ]
 
 
-def test_report_of_a_run_with_one_failed_scene_opens_in_chromium(failed_run, tmp_path):
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+
+
+@pytest.fixture
+def real_failed_run(pytester: pytest.Pytester) -> Path:
+    """A real run on the embedded stack whose scene-002 fails in generation (no re-queue)."""
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
+    run_dir = pytester.path / "run"
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "e2e",
+        "--sim-fault",
+        "execution-error@scene-002",
+        "--max-scene-retries",
+        "0",
+        "--run-dir",
+        str(run_dir),
+    )
+    result.assert_outcomes(failed=1, passed=9, skipped=2)
+    return run_dir
+
+
+def browser_tools() -> Any:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install it with `apt-get install chromium` (CI installs it)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="pip install -e '.[dev]' installs playwright"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        pytest.fail(
+            "the playwright package is missing: pip install -e '.[dev]' (it drives the system Chromium)"
+        )
+    return sync_api
+
+
+def watch(page: Any, problems: list[str]) -> None:
+    """Collect JavaScript errors, failed loads and console errors of a page."""
+    page.on(
+        "console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
     )
-    run_dir, data = failed_run
-    report = run_dir / "report.html"
-    write_report(report, data, run_dir)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+
+
+def test_report_of_a_real_run_with_one_failed_scene_opens_in_chromium(real_failed_run, tmp_path):
+    sync_api = browser_tools()
+    run_dir = real_failed_run
+    report = run_dir / "gemdirect-report.html"
+    write_report(report, load_baseline(run_dir), run_dir)
     problems: list[str] = []
     screenshot = tmp_path / "report.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on(
-                "console",
-                lambda m: (
-                    problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None
-                ),
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+            watch(page, problems)
             page.goto(report.as_uri(), wait_until="load")
             verdict = page.locator(".gd-verdict")
             assert verdict.is_visible()
-            assert "FAILED" in verdict.inner_text()
+            assert "FAILED" in verdict.inner_text() and "SIMULATED" in verdict.inner_text()
+            assert page.locator(".gd-simulated").is_visible()
             failed_row = page.locator('#gd-steps tr.gd-stage.gd-status-failed[data-stage="svd"]')
             assert failed_row.is_visible() and "generation" in failed_row.inner_text()
-            assert page.locator('#gd-failures .gd-failure[data-key="svd[scene-002]"]').is_visible()
+            assert page.locator(
+                '#gd-steps tr.gd-item.gd-status-failed[data-key="svd[scene-002]"]'
+            ).is_visible()
+            failure = page.locator('#gd-failures .gd-failure[data-key="svd[scene-002]"]')
+            assert failure.is_visible()
+            seen = failure.inner_text()
+            for words in (
+                "last progress",
+                "server error",
+                "OutOfMemoryError",
+                "traceback",
+                "max_scene_retries = 0",
+            ):
+                assert words in seen, words
             images = page.locator("#gd-gallery img")
-            assert images.count() == 3 + 2 + 2 * 6
+            assert images.count() == 3 + 2 + 2 * 6  # 3 keyframes, 2 previews, 2 strips of 6
             for index in range(images.count()):
                 image = images.nth(index)
                 image.scroll_into_view_if_needed()
                 assert image.is_visible()
                 assert image.evaluate("i => i.complete && i.naturalWidth > 0"), image.get_attribute("alt")
-            page.locator(".gd-verdict").scroll_into_view_if_needed()
+            page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshot), full_page=True)
+            # the run's own report.html (pytest-html, with the run's block) opens cleanly too
+            page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+            assert page.get_by_text("FAILED", exact=False).first.is_visible()
         finally:
             browser.close()
     assert problems == []
-    assert screenshot.stat().st_size > 10_000
+    with Image.open(screenshot) as shot:
+        assert shot.width == 1400
