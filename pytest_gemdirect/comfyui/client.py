@@ -1,155 +1,491 @@
-"""ComfyUI's HTTP API (0.3.x) as plain calls, each bounded by a deadline; imports nothing from pytest."""
+"""HTTP client for ComfyUI (0.3.64 protocol, see shared/reference/comfyui); imports nothing from pytest.
+
+Every call takes an optional ``deadline`` (:class:`~pytest_gemdirect.deadline.Deadline`): the
+request timeout is ``deadline.timeout(cap=request_timeout_s)``, never more than what is left,
+and a response body is read only while the deadline lasts. A refused or reset connection raises
+:class:`ServerGone`, so a caller following a job fails at once when the server died instead of
+waiting for its deadline.
+"""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import json
 import mimetypes
+import time
+import weakref
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
 from pytest_gemdirect.deadline import Deadline
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+_REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows)
+_RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, 10053, 10054}  # WSAECONNABORTED/RESET
+_CHUNK = 256 * 1024
+_MIN_TIMEOUT_S = 0.001
 
 
 class ComfyError(Exception):
-    """A ComfyUI call failed; the message names the route and what came back."""
+    """A ComfyUI request failed; the message names the route, the URL and what came back.
+
+    ``kind``: ``http`` (unexpected status), ``timeout``, ``connection``, ``bad_response``,
+    ``server_gone``, ``rejected`` (HTTP 400 on /prompt) or ``missing`` (/view 404).
+    """
+
+    kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        route: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        body: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.route = route
+        self.url = url
+        self.status = status
+        self.body = body
+        if kind is not None:
+            self.kind = kind
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ServerGone(ComfyError):
-    """Nothing answers at the server's address any more (refused or reset): fail fast."""
+    """The server refused or reset the connection: it is not running (any more) at that URL."""
+
+    kind = "server_gone"
 
 
 class ComfyTimeout(ComfyError):
-    """A single call did not answer within its time (or the deadline had no time left)."""
+    """No answer within the request timeout or what was left of the deadline."""
 
-
-class ComfyHTTPError(ComfyError):
-    def __init__(self, message: str, *, status: int, body: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
+    kind = "timeout"
 
 
 class PromptRejected(ComfyError):
-    """``POST /prompt`` answered 400: the graph failed validation; ``node_errors`` per node."""
+    """POST /prompt answered HTTP 400: validation failed before anything ran (the WebSocket sees nothing).
 
-    def __init__(self, error: dict[str, Any], node_errors: dict[str, Any]) -> None:
+    ``error`` and ``node_errors`` are the server's fields; ``node_messages`` one plain line per
+    node error, e.g. ``node 5 (KSampler): Value 0 smaller than min of 1: steps``.
+    """
+
+    kind = "rejected"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: Any = None,
+        node_errors: dict[str, Any] | None = None,
+        node_messages: list[str] | None = None,
+        route: str | None = None,
+        url: str | None = None,
+        status: int | None = 400,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message, route=route, url=url, status=status, body=body)
         self.error = error
-        self.node_errors = node_errors
-        super().__init__(describe_rejection(error, node_errors))
+        self.node_errors = node_errors or {}
+        self.node_messages = node_messages or []
 
 
-def describe_rejection(error: dict[str, Any], node_errors: dict[str, Any]) -> str:
-    """``POST /prompt``'s 400 body in plain words, one clause per node error."""
-    parts = []
-    for node_id, info in sorted(node_errors.items()):
-        for err in info.get("errors", []):
-            detail = err.get("details") or ""
-            parts.append(
-                f"node {node_id} ({info.get('class_type', '?')}): {err.get('message', '?')}"
-                + (f": {detail}" if detail else "")
-            )
-    head = error.get("message") or error.get("type") or "invalid prompt"
-    details = error.get("details")
-    if not parts and details:
-        head = f"{head}: {details}"
-    return head + ("; " + "; ".join(parts) if parts else "")
+class ComfyHTTPError(ComfyError):
+    """An unexpected HTTP status; ``status`` and ``body`` (an excerpt) say what came back."""
+
+    kind = "http"
 
 
+class OutputMissing(ComfyHTTPError):
+    """/view answered 404: the file history names is not on the server's disk."""
+
+    kind = "missing"
+
+    def __init__(self, message: str, *, filename: str, subfolder: str, type: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.filename = filename
+        self.subfolder = subfolder
+        self.type = type
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def node_sort_key(node_id: Any) -> tuple[int, int, str]:
+    """Natural order of node ids ("2" before "10"; non-numeric ids after)."""
+    text = str(node_id)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def describe_rejection(body: Any) -> tuple[str, list[str]]:
+    """(headline, one line per node error) of a POST /prompt 400 body, in plain words."""
+    error = body.get("error") if isinstance(body, dict) else body
+    node_errors = body.get("node_errors") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        head = str(error.get("message") or error.get("type") or "validation failed")
+        details = error.get("details")
+        if details and str(details) not in head:
+            head += f" ({details})"
+    else:
+        head = str(error) if error else "validation failed"
+    lines: list[str] = []
+    if isinstance(node_errors, dict):
+        for node_id in sorted(node_errors, key=node_sort_key):
+            info = node_errors[node_id] if isinstance(node_errors[node_id], dict) else {}
+            where = f"node {node_id}" + (f" ({info['class_type']})" if info.get("class_type") else "")
+            errors = info.get("errors") or []
+            if not errors:
+                lines.append(f"{where}: invalid")
+            for err in errors:
+                if not isinstance(err, dict):
+                    lines.append(f"{where}: {err}")
+                    continue
+                message = str(err.get("message") or err.get("type") or "invalid")
+                details = err.get("details")
+                lines.append(f"{where}: {message}: {details}" if details else f"{where}: {message}")
+    return head, lines
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        item = todo.pop()
+        if any(item is s for s in seen):
+            continue
+        seen.append(item)
+        for nxt in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args):
+            if isinstance(nxt, BaseException):
+                todo.append(nxt)
+    return seen
+
+
+def classify_connection_error(exc: BaseException) -> str:
+    """``refused``, ``reset``, ``timeout``, ``dns`` or ``connection`` for a requests/urllib3/socket error."""
+    chain = _chain(exc)
+    names = {type(e).__name__ for e in chain}
+    for item in chain:
+        if isinstance(item, ConnectionRefusedError) or (
+            isinstance(item, OSError) and item.errno in _REFUSED_ERRNOS
+        ):
+            return "refused"
+    text = " ".join(str(e) for e in chain).lower()
+    if "connection refused" in text or "actively refused" in text:
+        return "refused"
+    for item in chain:
+        if isinstance(item, ConnectionResetError | ConnectionAbortedError | BrokenPipeError) or (
+            isinstance(item, OSError) and item.errno in _RESET_ERRNOS
+        ):
+            return "reset"
+    if names & {"RemoteDisconnected", "ProtocolError"} or "connection aborted" in text:
+        return "reset"
+    if names & {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "timeout"}:
+        return "timeout"
+    if any(isinstance(e, TimeoutError) for e in chain):
+        return "timeout"
+    if "NameResolutionError" in names or "getaddrinfo failed" in text or "name or service not known" in text:
+        return "dns"
+    return "connection"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _excerpt(raw: bytes, limit: int = 300) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def queue_item(item: Any) -> dict[str, Any]:
+    """A /queue item ``[number, prompt_id, prompt, extra_data, outputs]`` without the (large) prompt."""
+    if not isinstance(item, list | tuple) or len(item) < 2:
+        return {"number": None, "prompt_id": None, "raw": str(item)[:200]}
+    extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+    return {
+        "number": item[0],
+        "prompt_id": item[1],
+        "client_id": extra.get("client_id"),
+        "outputs_to_execute": list(item[4]) if len(item) > 4 and isinstance(item[4], list) else [],
+    }
+
+
+def _number_key(item: dict[str, Any]) -> tuple[int, float]:
+    number = item.get("number")
+    return (0, float(number)) if isinstance(number, int | float) else (1, 0.0)
+
+
+# ---------------------------------------------------------------------------------------- client
 class ComfyClient:
-    """One ComfyUI server. Every call takes an optional deadline that caps its timeout."""
+    """Blocking ComfyUI HTTP client; one pooled ``requests`` session, closed by :meth:`close` or GC."""
 
-    def __init__(self, base_url: str, *, request_timeout_s: float = 10.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.request_timeout_s = request_timeout_s
+    def __init__(self, base_url: str, *, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        url = base_url.strip()
+        if "://" not in url:
+            url = "http://" + url
+        self.base_url = url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"ComfyUI URL {base_url!r} is not an http(s)://host:port URL")
+        if request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
+        self.request_timeout_s = float(request_timeout_s)
         self._session = requests.Session()
-        # A local server must never be reached through a proxy from the environment.
-        self._session.trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK
+        self._session.trust_env = not _is_loopback(parts.hostname)
+        self._session.headers["Accept"] = "application/json"
+        self._finalizer = weakref.finalize(self, self._session.close)
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.base_url!r})"
 
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> ComfyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def ws_url(self, client_id: str) -> str:
-        parts = urlsplit(self.base_url)
-        scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{parts.path}/ws?clientId={client_id}"
+        """``ws://host:port[/prefix]/ws?clientId=<id>`` for this server."""
+        scheme = "wss" if self.base_url.startswith("https:") else "ws"
+        rest = self.base_url.split("://", 1)[1]
+        return f"{scheme}://{rest}/ws?clientId={quote(client_id, safe='')}"
 
-    # --- transport -----------------------------------------------------------------------
-
-    def _timeout(self, deadline: Deadline | None) -> float:
+    # ------------------------------------------------------------------ plumbing
+    def _timeout(self, deadline: Deadline | None, route: str, url: str) -> float:
         if deadline is None:
             return self.request_timeout_s
-        left = deadline.timeout(cap=self.request_timeout_s)
-        if left <= 0:
-            raise ComfyTimeout(f"no time left ({deadline.setting or 'deadline'} = {deadline.seconds:g} s)")
-        return left
-
-    def _request(self, method: str, route: str, *, deadline: Deadline | None = None, **kwargs: Any) -> Any:
-        url = self.base_url + route
-        timeout = self._timeout(deadline)
-        try:
-            response = self._session.request(method, url, timeout=timeout, **kwargs)
-        except requests.ConnectionError as exc:
-            raise ServerGone(
-                f"{method} {route}: ComfyUI at {self.base_url} does not answer ({_reason(exc)})"
-            ) from None
-        except requests.Timeout:
-            raise ComfyTimeout(f"{method} {route}: no answer within {timeout:.1f} s") from None
-        return response
-
-    def _json(self, method: str, route: str, *, deadline: Deadline | None = None, **kwargs: Any) -> Any:
-        response = self._request(method, route, deadline=deadline, **kwargs)
-        if response.status_code != 200:
-            raise ComfyHTTPError(
-                f"{method} {route}: HTTP {response.status_code} {response.text[:300]!r}",
-                status=response.status_code,
-                body=response.text[:2000],
+        timeout = deadline.timeout(cap=self.request_timeout_s)
+        if timeout < _MIN_TIMEOUT_S:
+            bound = f" ({deadline.setting} = {deadline.seconds:g} s)" if deadline.setting else ""
+            raise ComfyTimeout(
+                f"{route}: not sent, the deadline of {deadline.seconds:g} s{bound} has passed",
+                route=route,
+                url=url,
             )
+        return timeout
+
+    def _timeout_text(self, deadline: Deadline | None, timeout: float) -> str:
+        if deadline is not None and timeout < self.request_timeout_s - 1e-6:
+            bound = f" ({deadline.setting} = {deadline.seconds:g} s)" if deadline.setting else ""
+            return f"within the {timeout:.3g} s left of its deadline{bound}"
+        return f"within {timeout:g} s (the client's request timeout)"
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        deadline: Deadline | None = None,
+        retry_reset: bool | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One HTTP exchange; the body is read fully, bounded by the deadline."""
+        route = f"{method} {path.split('?')[0]}"
+        url = self.base_url + path
+        tries = 2 if (retry_reset if retry_reset is not None else method == "GET") else 1
+        for attempt in range(tries):
+            timeout = self._timeout(deadline, route, url)
+            started = time.monotonic()
+            try:
+                response = self._session.request(
+                    method, url, timeout=(timeout, timeout), stream=True, allow_redirects=False, **kwargs
+                )
+                try:
+                    chunks = []
+                    for chunk in response.iter_content(_CHUNK):
+                        chunks.append(chunk)
+                        if deadline is not None and deadline.expired():
+                            raise ComfyTimeout(
+                                f"{route} to {url}: the body was still arriving when the deadline"
+                                f" of {deadline.seconds:g} s passed",
+                                route=route,
+                                url=url,
+                                status=response.status_code,
+                            )
+                    body = b"".join(chunks)
+                finally:
+                    response.close()
+                return response.status_code, body, dict(response.headers)
+            except ComfyError:
+                raise
+            except requests.exceptions.RequestException as exc:
+                kind = classify_connection_error(exc)
+                took = time.monotonic() - started
+                if kind == "refused":
+                    raise ServerGone(
+                        f"{route}: connection refused at {self.base_url};"
+                        " ComfyUI is not running there (any more)",
+                        route=route,
+                        url=url,
+                    ) from None
+                if kind == "reset":
+                    if attempt + 1 < tries:
+                        continue  # a pooled keep-alive socket closed under us: one fresh try
+                    raise ServerGone(
+                        f"{route}: the connection to {self.base_url} was reset or closed without an answer;"
+                        " the ComfyUI server went away",
+                        route=route,
+                        url=url,
+                    ) from None
+                if kind == "timeout":
+                    raise ComfyTimeout(
+                        f"{route} to {url}: no answer {self._timeout_text(deadline, timeout)}"
+                        f" (waited {took:.1f} s)",
+                        route=route,
+                        url=url,
+                    ) from None
+                raise ComfyError(
+                    f"{route} to {url} failed ({kind}): {exc}", route=route, url=url, kind="connection"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _json(self, status: int, body: bytes, route: str, path: str) -> Any:
         try:
-            return response.json()
-        except ValueError:
-            raise ComfyError(f"{method} {route}: the answer is not JSON: {response.text[:200]!r}") from None
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ComfyError(
+                f"{route} at {self.base_url} answered HTTP {status} that is not JSON: {_excerpt(body)!r}",
+                route=route,
+                url=self.base_url + path,
+                status=status,
+                body=_excerpt(body),
+                kind="bad_response",
+            ) from None
 
-    # --- routes --------------------------------------------------------------------------
+    def _http_error(self, status: int, body: bytes, route: str, path: str, what: str = "") -> ComfyHTTPError:
+        text = _excerpt(body)
+        detail = f": {text}" if text else " (empty body)"
+        return ComfyHTTPError(
+            f"{route} at {self.base_url} answered HTTP {status}{what}{detail}",
+            route=route,
+            url=self.base_url + path,
+            status=status,
+            body=text,
+            kind="http",
+        )
 
+    def _get_json(self, path: str, deadline: Deadline | None) -> Any:
+        status, body, _ = self._send("GET", path, deadline=deadline)
+        route = f"GET {path.split('?')[0]}"
+        if status != 200:
+            raise self._http_error(status, body, route, path)
+        return self._json(status, body, route, path)
+
+    def _post_ok(self, path: str, payload: Any, deadline: Deadline | None) -> None:
+        kwargs: dict[str, Any] = {} if payload is None else {"json": payload}
+        status, body, _ = self._send("POST", path, deadline=deadline, retry_reset=True, **kwargs)
+        if status != 200:
+            raise self._http_error(status, body, f"POST {path}", path)
+
+    # ------------------------------------------------------------------ routes
     def system_stats(self, *, deadline: Deadline | None = None) -> dict[str, Any]:
-        return self._json("GET", "/system_stats", deadline=deadline)
+        """GET /system_stats: ``{system: {comfyui_version, python_version, ...}, devices: [...]}``."""
+        data = self._get_json("/system_stats", deadline)
+        if not isinstance(data, dict):
+            raise ComfyError(
+                f"GET /system_stats at {self.base_url} answered {type(data).__name__}, not an object"
+            )
+        return data
 
     def object_info(
         self, class_name: str | None = None, *, deadline: Deadline | None = None
     ) -> dict[str, Any]:
-        return self._json("GET", "/object_info" + (f"/{class_name}" if class_name else ""), deadline=deadline)
+        """GET /object_info (every node class) or /object_info/<class> (``{}`` for an unknown class)."""
+        path = "/object_info" if class_name is None else f"/object_info/{quote(class_name, safe='')}"
+        data = self._get_json(path, deadline)
+        if not isinstance(data, dict):
+            raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not an object")
+        return data
 
     def models(self, folder: str, *, deadline: Deadline | None = None) -> list[str]:
-        return self._json("GET", f"/models/{folder}", deadline=deadline)
+        """GET /models/<folder> (e.g. ``checkpoints``): the model file names the server sees."""
+        path = f"/models/{quote(folder, safe='')}"
+        status, body, _ = self._send("GET", path, deadline=deadline)
+        if status == 404:
+            raise ComfyHTTPError(
+                f"GET {path} at {self.base_url} answered 404: ComfyUI has no model folder {folder!r}",
+                route=f"GET {path}",
+                url=self.base_url + path,
+                status=404,
+                kind="http",
+            )
+        if status != 200:
+            raise self._http_error(status, body, f"GET {path}", path)
+        data = self._json(status, body, f"GET {path}", path)
+        if not isinstance(data, list):
+            raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not a list")
+        return [str(x) for x in data]
 
     def upload_image(
         self,
-        path: Path,
+        path: Path | str,
         *,
         name: str | None = None,
         subfolder: str = "",
         overwrite: bool = True,
         deadline: Deadline | None = None,
-    ) -> dict[str, Any]:
-        """Upload a keyframe to ComfyUI's input folder; returns ``{name, subfolder, type}``."""
-        path = Path(path)
-        filename = name or path.name
-        mime = mimetypes.guess_type(filename)[0] or "image/png"
-        data = {"overwrite": "true" if overwrite else "false", "type": "input"}
-        if subfolder:
-            data["subfolder"] = subfolder
-        with open(path, "rb") as handle:
-            return self._json(
-                "POST",
-                "/upload/image",
-                deadline=deadline,
-                files={"image": (filename, handle, mime)},
-                data=data,
+    ) -> dict[str, str]:
+        """POST /upload/image (multipart): ``{name, subfolder, type}`` as ComfyUI stored it.
+
+        Without ``overwrite`` the server keeps an identical file's name and renames a different
+        one to ``name (1).png``: always use the returned name in the workflow.
+        """
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise ComfyError(f"cannot read the image to upload: {source}: {exc}", kind="connection") from None
+        upload_name = name or source.name
+        content_type = mimetypes.guess_type(upload_name)[0] or "application/octet-stream"
+        fields = {"type": "input", "subfolder": subfolder}
+        if overwrite:
+            fields["overwrite"] = "true"
+        status, body, _ = self._send(
+            "POST",
+            "/upload/image",
+            deadline=deadline,
+            retry_reset=True,  # idempotent with overwrite / hash de-duplication
+            files={"image": (upload_name, data, content_type)},
+            data=fields,
+        )
+        if status != 200:
+            why = (
+                " (ComfyUI answers 400 for a subfolder outside its input folder or a missing image)"
+                if status == 400
+                else ""
             )
+            raise self._http_error(status, body, "POST /upload/image", "/upload/image", f" for {source}{why}")
+        answer = self._json(status, body, "POST /upload/image", "/upload/image")
+        if not isinstance(answer, dict) or not answer.get("name"):
+            raise ComfyError(
+                f"POST /upload/image at {self.base_url} answered {answer!r},"
+                " expected {name, subfolder, type}",
+                kind="bad_response",
+            )
+        return {
+            "name": str(answer["name"]),
+            "subfolder": str(answer.get("subfolder") or ""),
+            "type": str(answer.get("type") or "input"),
+        }
 
     def queue_prompt(
         self,
@@ -159,75 +495,125 @@ class ComfyClient:
         prompt_id: str | None = None,
         deadline: Deadline | None = None,
     ) -> dict[str, Any]:
-        """``POST /prompt``; a 400 raises PromptRejected with the server's node_errors."""
-        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id}
-        if prompt_id:
-            body["prompt_id"] = prompt_id
-        response = self._request("POST", "/prompt", deadline=deadline, json=body)
-        if response.status_code == 400:
+        """POST /prompt: ``{prompt_id, number, node_errors}``; HTTP 400 raises :class:`PromptRejected`.
+
+        Passing ``prompt_id`` (ComfyUI keeps a client-chosen id) lets the caller find, interrupt
+        and remove its prompt even when the answer to this request is lost.
+        """
+        payload: dict[str, Any] = {"prompt": prompt, "client_id": client_id}
+        if prompt_id is not None:
+            payload["prompt_id"] = prompt_id
+        route = "POST /prompt"
+        # Never re-sent on a reset: a second POST could queue the prompt twice.
+        status, body, _ = self._send("POST", "/prompt", deadline=deadline, retry_reset=False, json=payload)
+        if status == 400:
             try:
-                answer = response.json()
-            except ValueError:
-                answer = {"error": {"message": response.text[:300]}}
-            raise PromptRejected(answer.get("error") or {}, answer.get("node_errors") or {})
-        if response.status_code != 200:
-            raise ComfyHTTPError(
-                f"POST /prompt: HTTP {response.status_code} {response.text[:300]!r}",
-                status=response.status_code,
-                body=response.text[:2000],
+                data = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                data = {"error": _excerpt(body)}
+            head, lines = describe_rejection(data)
+            message = f"ComfyUI rejected the prompt (HTTP 400): {head}"
+            if lines:
+                message += "; " + "; ".join(lines)
+            raise PromptRejected(
+                message,
+                error=data.get("error") if isinstance(data, dict) else data,
+                node_errors=data.get("node_errors") if isinstance(data, dict) else None,
+                node_messages=lines,
+                route=route,
+                url=self.base_url + "/prompt",
+                body=_excerpt(body, 2000),
             )
-        return response.json()
-
-    def history(self, prompt_id: str, *, deadline: Deadline | None = None) -> dict[str, Any] | None:
-        """The prompt's history entry, or None while ComfyUI has none (it answers ``{}``)."""
-        answer = self._json("GET", f"/history/{prompt_id}", deadline=deadline)
-        return answer.get(prompt_id) if isinstance(answer, dict) else None
-
-    def queue(self, *, deadline: Deadline | None = None) -> dict[str, list[Any]]:
-        """Running and pending items; pending sorted by number (the server sends heap order)."""
-        answer = self._json("GET", "/queue", deadline=deadline)
+        if status != 200:
+            raise self._http_error(status, body, route, "/prompt")
+        answer = self._json(status, body, route, "/prompt")
+        if not isinstance(answer, dict) or not answer.get("prompt_id"):
+            raise ComfyError(
+                f"POST /prompt at {self.base_url} answered {_excerpt(body)!r},"
+                " expected {prompt_id, number}",
+                kind="bad_response",
+            )
         return {
-            "running": list(answer.get("queue_running", [])),
-            "pending": sorted(answer.get("queue_pending", []), key=lambda item: item[0]),
+            "prompt_id": str(answer["prompt_id"]),
+            "number": answer.get("number"),
+            "node_errors": answer.get("node_errors") or {},
         }
 
+    def history(self, prompt_id: str, *, deadline: Deadline | None = None) -> dict[str, Any] | None:
+        """GET /history/<id>: the entry ``{prompt, outputs, status, meta}``, or None while there is none."""
+        path = f"/history/{quote(prompt_id, safe='')}"
+        data = self._get_json(path, deadline)
+        if not isinstance(data, dict):
+            raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not an object")
+        entry = data.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def queue(self, *, deadline: Deadline | None = None) -> dict[str, list[dict[str, Any]]]:
+        """GET /queue as ``{running: [...], pending: [...]}``; pending sorted by number (run order).
+
+        Items are ``{number, prompt_id, client_id, outputs_to_execute}`` (the prompt is left out).
+        """
+        data = self._get_json("/queue", deadline)
+        if not isinstance(data, dict):
+            raise ComfyError(f"GET /queue at {self.base_url} answered {type(data).__name__}, not an object")
+        running = [queue_item(i) for i in data.get("queue_running") or []]
+        pending = sorted((queue_item(i) for i in data.get("queue_pending") or []), key=_number_key)
+        return {"running": running, "pending": pending}
+
     def interrupt(self, prompt_id: str | None = None, *, deadline: Deadline | None = None) -> None:
-        """Interrupt ``prompt_id`` only (the server ignores it unless that prompt is running)."""
-        body = {"prompt_id": prompt_id} if prompt_id else {}
-        self._request("POST", "/interrupt", deadline=deadline, json=body)
+        """POST /interrupt; with ``prompt_id`` it stops only that prompt, and only if it is running.
+
+        ComfyUI honours it at the next node start or progress tick, not at once.
+        """
+        self._post_ok("/interrupt", {"prompt_id": prompt_id} if prompt_id else None, deadline)
 
     def delete_from_queue(self, prompt_ids: list[str], *, deadline: Deadline | None = None) -> None:
-        self._request("POST", "/queue", deadline=deadline, json={"delete": prompt_ids})
+        """POST /queue {"delete": ids}: removes pending prompts (a running one is not affected)."""
+        self._post_ok("/queue", {"delete": list(prompt_ids)}, deadline)
 
     def free(
         self, *, unload_models: bool = False, free_memory: bool = True, deadline: Deadline | None = None
-    ):
-        self._request(
-            "POST",
-            "/free",
-            deadline=deadline,
-            json={"unload_models": unload_models, "free_memory": free_memory},
-        )
+    ) -> None:
+        """POST /free: unload models and/or free memory (takes effect before the next prompt)."""
+        self._post_ok("/free", {"unload_models": unload_models, "free_memory": free_memory}, deadline)
 
     def view(
         self, filename: str, subfolder: str = "", type: str = "output", *, deadline: Deadline | None = None
-    ):
-        """The bytes of an output file through ``/view``; 404 raises ComfyHTTPError naming the file."""
+    ) -> bytes:
+        """GET /view: the file's bytes; 404 raises :class:`OutputMissing` naming the file."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
-        response = self._request("GET", "/view", deadline=deadline, params=params)
-        if response.status_code != 200:
-            where = f"{subfolder}/{filename}" if subfolder else filename
-            raise ComfyHTTPError(
-                f"GET /view {where} ({type}): HTTP {response.status_code}",
-                status=response.status_code,
-                body="",
+        path = "/view"
+        where = f"{subfolder}/{filename}" if subfolder else filename
+        status, body, _ = self._send("GET", path, deadline=deadline, params=params)
+        if status == 404:
+            raise OutputMissing(
+                f"GET /view at {self.base_url}: ComfyUI has no file {where} (type {type}): HTTP 404",
+                filename=filename,
+                subfolder=subfolder,
+                type=type,
+                route="GET /view",
+                url=self.base_url + path,
+                status=404,
             )
-        return response.content
+        if status != 200:
+            why = {
+                400: " (a name with '..' or a leading '/', or a bad type)",
+                403: " (a subfolder outside ComfyUI's folder)",
+            }.get(status, "")
+            raise self._http_error(status, body, "GET /view", path, f" for {where} (type {type}){why}")
+        return body
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("Connection refused", "Connection reset", "Connection aborted", "RemoteDisconnected"):
-        if marker in text:
-            return marker.lower()
-    return text[:160]
+__all__ = [
+    "ComfyClient",
+    "ComfyError",
+    "ComfyHTTPError",
+    "ComfyTimeout",
+    "OutputMissing",
+    "PromptRejected",
+    "ServerGone",
+    "classify_connection_error",
+    "describe_rejection",
+    "node_sort_key",
+    "queue_item",
+]
