@@ -1,84 +1,176 @@
-"""Output files listed in a history entry: safe local names, download through /view, decode checks."""
+"""Output files listed in a history entry: safe local names, download through /view, decode checks.
+
+File names come from the server and are untrusted: :func:`safe_output_path` keeps every file
+inside the destination folder on Windows and POSIX alike (no ``..``, no absolute or drive paths,
+no backslashes or NUL, no reserved device names such as ``CON`` or ``aux.png``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, ComfyHTTPError
+from pytest_gemdirect.comfyui.client import (
+    ComfyClient,
+    ComfyError,
+    ComfyTimeout,
+    OutputMissing,
+    ServerGone,
+    node_sort_key,
+)
 from pytest_gemdirect.deadline import Deadline
 
+# SaveImage/PreviewImage and the animated/video saves use "images" (with "animated": [true]);
+# some custom nodes (VideoHelperSuite) use "gifs" or "videos".
 OUTPUT_KEYS = ("images", "gifs", "videos")
-_WINDOWS_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
-_BAD_CHARS = re.compile(r'[\x00-\x1f<>:"|?*\\/]')
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".apng")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
+MAX_NAME = 180
+_WINDOWS_RESERVED = re.compile(
+    r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE
+)
+_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
+_DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class OutputsMissing(ComfyError):
-    """Files the history lists that /view does not serve; the message names all of them."""
-
-    def __init__(self, missing: list[str]) -> None:
-        self.missing = missing
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        super().__init__(
-            f"{len(missing)} output file(s) listed in /history are missing from /view (404): {shown}"
-        )
+class UnsafeOutputName(ComfyError, ValueError):
+    """A server-given name that cannot be made into a path inside the destination folder."""
 
 
 class UndecodableOutput(ComfyError):
-    """A retrieved image that does not decode."""
+    """A retrieved image that does not decode with Pillow."""
+
+
+class OutputDownloadError(ComfyError):
+    """Some output files could not be fetched or checked; the message names every one of them.
+
+    ``missing`` (404 from /view), ``undecodable`` and ``failed`` hold ``subfolder/filename``
+    names (the last two with the reason); ``downloaded`` the files that did arrive (they are
+    kept on disk); ``server_gone`` is true when the server went away part-way.
+    """
+
+    kind = "download"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: list[str],
+        undecodable: list[tuple[str, str]],
+        failed: list[tuple[str, str]],
+        downloaded: list[DownloadedFile],
+        server_gone: bool = False,
+    ) -> None:
+        super().__init__(message, kind="missing" if missing and not (undecodable or failed) else "download")
+        self.missing = missing
+        self.undecodable = undecodable
+        self.failed = failed
+        self.downloaded = downloaded
+        self.server_gone = server_gone
+
+
+OutputsMissing = OutputDownloadError  # the earlier name
 
 
 @dataclass(frozen=True)
 class OutputFile:
+    """One file a node wrote, as /history lists it."""
+
     node_id: str
     filename: str
     subfolder: str
-    type: str
+    type: str = "output"
     animated: bool = False
 
     def where(self) -> str:
         return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, value: OutputFile | Mapping[str, Any]) -> OutputFile:
+        """An OutputFile from itself or from its dict form (``JobResult.outputs``)."""
+        if isinstance(value, OutputFile):
+            return value
+        return cls(
+            node_id=str(value.get("node_id", "")),
+            filename=str(value["filename"]),
+            subfolder=str(value.get("subfolder") or ""),
+            type=str(value.get("type") or "output"),
+            animated=bool(value.get("animated", False)),
+        )
+
 
 @dataclass(frozen=True)
 class DownloadedFile:
+    """One output file on local disk: where it came from, its hash and what Pillow saw in it."""
+
     path: str
     node_id: str
     source: str  # subfolder/filename on the server
     sha256: str
     size: int
-    frames: int  # images in the file (animated files hold several)
+    frames: int  # images in the file (an animated file holds several; 1 for a file Pillow cannot read)
     width: int | None
     height: int | None
-    flat: bool  # one flat colour: the commonest silent failure of a video graph
+    flat: bool  # a single flat colour: the commonest silent failure of a video graph
+    filename: str = ""
+    subfolder: str = ""
+    type: str = "output"
+    animated: bool = False
+    format: str | None = None  # Pillow's format name; None when not an image Pillow reads
+    decoded: bool = True  # every frame decoded; False for video files (not checked here)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def list_outputs(history_entry: dict[str, Any]) -> list[OutputFile]:
-    """Every output file of a history entry (SaveImage, animated and video saves, custom-node keys)."""
+def list_outputs(history_entry: Mapping[str, Any] | None, *, include_temp: bool = False) -> list[OutputFile]:
+    """Every output file of a history entry, nodes in natural id order, files in server order.
+
+    SaveImage lists ``images``; SaveAnimatedWEBP/PNG, SaveWEBM and SaveVideo list their one file
+    under ``images`` with ``animated: [true]``; ``gifs``/``videos`` (custom nodes) count as
+    animated. Files of ``type: temp`` (PreviewImage) are left out unless ``include_temp``.
+    """
+    outputs = (history_entry or {}).get("outputs") or {}
+    if not isinstance(outputs, Mapping):
+        return []
     found: list[OutputFile] = []
-    for node_id, output in (history_entry.get("outputs") or {}).items():
-        animated_flags = output.get("animated") or []
+    for node_id in sorted(outputs, key=node_sort_key):
+        output = outputs[node_id]
+        if not isinstance(output, Mapping):
+            continue
+        flags = output.get("animated")
+        flags = list(flags) if isinstance(flags, list | tuple) else []
         for key in OUTPUT_KEYS:
-            for index, item in enumerate(output.get(key) or []):
-                if not isinstance(item, dict) or "filename" not in item:
+            items = output.get(key)
+            if not isinstance(items, list):
+                continue
+            for index, item in enumerate(items):
+                if not isinstance(item, Mapping) or not item.get("filename"):
                     continue
-                animated = bool(animated_flags[index]) if index < len(animated_flags) else key != "images"
+                kind = str(item.get("type") or "output")
+                if kind == "temp" and not include_temp:
+                    continue
+                if key == "images":
+                    animated = bool(flags[index]) if index < len(flags) else bool(flags and flags[-1])
+                else:
+                    animated = True
                 found.append(
                     OutputFile(
                         node_id=str(node_id),
                         filename=str(item["filename"]),
                         subfolder=str(item.get("subfolder") or ""),
-                        type=str(item.get("type") or "output"),
+                        type=kind,
                         animated=animated,
                     )
                 )
@@ -86,85 +178,212 @@ def list_outputs(history_entry: dict[str, Any]) -> list[OutputFile]:
 
 
 def safe_name(name: str) -> str:
-    """One path component from an untrusted server name: no separators, ``..``, drives or device names."""
-    cleaned = _BAD_CHARS.sub("_", name).strip(" .")
+    """One path component from an untrusted name: no separators, ``..``, drives, NUL or device names."""
+    cleaned = _BAD_CHARS.sub("_", str(name)).strip(" .")
     if not cleaned or cleaned in (".", ".."):
         cleaned = "unnamed"
     if _WINDOWS_RESERVED.match(cleaned):
         cleaned = "_" + cleaned
-    return cleaned[:180]
+    if len(cleaned) > MAX_NAME:
+        stem, dot, suffix = cleaned.rpartition(".")
+        if dot and 0 < len(suffix) <= 10:
+            cleaned = stem[: MAX_NAME - len(suffix) - 1] + "." + suffix
+        else:
+            cleaned = cleaned[:MAX_NAME]
+    return cleaned
 
 
-def safe_output_path(dest_dir: Path, subfolder: str, filename: str) -> Path:
-    """A path for a server-named file that always lies inside ``dest_dir``."""
-    parts = [p for p in re.split(r"[\\/]+", subfolder or "") if p not in ("", ".", "..")]
-    parts = [safe_name(p) for p in parts if not re.match(r"^[A-Za-z]:$", p)]
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    target = Path(dest_dir).joinpath(*parts, safe_name(base))
-    root = Path(dest_dir).resolve()
-    if root != target.resolve() and root not in target.resolve().parents:
-        raise ComfyError(f"refusing output name {subfolder!r}/{filename!r}: it would leave {dest_dir}")
+def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Path:
+    """Where a server-named file goes: always inside ``dest_dir``.
+
+    ``subfolder`` is split on ``/`` and ``\\``; empty, ``.`` and ``..`` parts and a drive
+    (``C:``) are dropped, the rest made safe. Of ``filename`` only the last component is kept
+    (``../../x.png`` becomes ``x.png``); a name with nothing usable left is refused.
+    """
+    if "\x00" in str(filename) or "\x00" in str(subfolder or ""):
+        raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: it contains NUL")
+    root = Path(dest_dir)
+    parts = []
+    for index, part in enumerate(re.split(r"[\\/]+", str(subfolder or ""))):
+        if index == 0 and _DRIVE.match(part):
+            part = part[2:]
+        if part in ("", ".", ".."):
+            continue
+        parts.append(safe_name(part))
+    base = re.split(r"[\\/]+", str(filename))[-1]
+    if _DRIVE.match(base):
+        base = base[2:]
+    if base.strip(" .") in ("", ".."):
+        raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: no file name is left")
+    target = root.joinpath(*parts, safe_name(base))
+    resolved_root = root.resolve()
+    resolved = target.resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: it would leave {root}")
+    if resolved == resolved_root:
+        raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: it names {root} itself")
     return target
 
 
-def _inspect(data: bytes, name: str) -> tuple[int, int | None, int | None, bool]:
-    """Frames, size and flatness of an image file; raises UndecodableOutput."""
+def _inspect(data: bytes, name: str) -> tuple[int, int | None, int | None, bool, str | None]:
+    """(frames, width, height, flat, format) of an image file, every frame decoded; or UndecodableOutput."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            frames = getattr(image, "n_frames", 1)
-            image.seek(frames - 1)
-            image.load()
-            image.seek(0)
-            thumb = image.convert("RGB")
-            thumb.thumbnail((64, 64))
-            flat = all(low == high for low, high in thumb.getextrema())
-            return frames, image.width, image.height, flat
-    except (UnidentifiedImageError, OSError, ValueError, EOFError) as exc:
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            fmt = image.format
+            width, height = image.width, image.height
+            first = None
+            for index in range(frames):
+                image.seek(index)
+                image.load()
+                if first is None:
+                    first = image.convert("RGB")
+            assert first is not None
+            first.thumbnail((64, 64))
+            flat = all(low == high for low, high in first.getextrema())
+            return frames, width, height, flat, fmt
+    except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError) as exc:
         raise UndecodableOutput(f"{name} does not decode as an image: {exc}") from None
 
 
-def download_outputs(
-    client: ComfyClient, outputs: list[OutputFile], dest_dir: Path, *, deadline: Deadline
-) -> list[DownloadedFile]:
-    """Fetch every output through /view into ``dest_dir``, check each decodes, record sha256.
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    os.replace(part, path)
 
-    All missing files are collected and named together, not just the first one.
+
+def _names(items: Iterable[str]) -> str:
+    return ", ".join(items)
+
+
+def download_outputs(
+    client: ComfyClient,
+    outputs: Iterable[OutputFile | Mapping[str, Any]],
+    dest_dir: Path | str,
+    *,
+    deadline: Deadline | None,
+) -> list[DownloadedFile]:
+    """Fetch every output through /view into ``dest_dir`` (flat), check each decodes, record sha256.
+
+    Every problem is collected and the error names all the files concerned, not just the
+    first; files that did arrive stay on disk and are listed in the error's ``downloaded``.
+    A server that goes away or a spent deadline stops the loop; the files not fetched are named.
     """
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = [OutputFile.coerce(o) for o in outputs]
     files: list[DownloadedFile] = []
     missing: list[str] = []
-    used: set[Path] = set()
-    for output in outputs:
+    undecodable: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+    used: set[str] = set()
+    stopped: str | None = None
+    not_fetched: list[str] = []
+    server_gone = False
+    for index, output in enumerate(wanted):
+        where = output.where()
+        try:
+            path = safe_output_path(dest, "", output.filename)
+        except UnsafeOutputName as exc:
+            failed.append((where, str(exc)))
+            continue
+        key = os.path.normcase(str(path))
+        if key in used:  # the same name from two subfolders or nodes: keep both
+            path = safe_output_path(dest, "", f"node{output.node_id}-{index}-{path.name}")
+            key = os.path.normcase(str(path))
+        used.add(key)
         try:
             data = client.view(output.filename, output.subfolder, output.type, deadline=deadline)
-        except ComfyHTTPError as exc:
-            if exc.status == 404:
-                missing.append(output.where())
-                continue
-            raise
-        path = safe_output_path(dest_dir, "", output.filename)
-        if path in used:
-            path = safe_output_path(dest_dir, "", f"{output.node_id}-{output.filename}")
-        used.add(path)
-        path.write_bytes(data)
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            frames, width, height, flat = 1, None, None, False  # no video decoder here: counted as one file
+        except OutputMissing:
+            missing.append(where)
+            continue
+        except (ServerGone, ComfyTimeout) as exc:
+            server_gone = isinstance(exc, ServerGone)
+            stopped = str(exc)
+            not_fetched = [o.where() for o in wanted[index:]]
+            break
+        except ComfyError as exc:
+            failed.append((where, str(exc)))
+            continue
+        _write_atomically(path, data)
+        suffix = path.suffix.lower()
+        decoded, fmt = True, None
+        if suffix in VIDEO_SUFFIXES:
+            frames, width, height, flat = 1, None, None, False  # no video decoder here: one file
+            decoded = False
         else:
-            frames, width, height, flat = _inspect(data, output.where())
+            try:
+                frames, width, height, flat, fmt = _inspect(data, where)
+            except UndecodableOutput as exc:
+                if suffix in IMAGE_SUFFIXES:
+                    undecodable.append((where, str(exc).split(": ", 1)[-1]))
+                    continue
+                frames, width, height, flat, decoded = 1, None, None, False, False  # not an image format
         files.append(
             DownloadedFile(
                 path=str(path),
                 node_id=output.node_id,
-                source=output.where(),
+                source=where,
                 sha256=hashlib.sha256(data).hexdigest(),
                 size=len(data),
                 frames=frames,
                 width=width,
                 height=height,
                 flat=flat,
+                filename=output.filename,
+                subfolder=output.subfolder,
+                type=output.type,
+                animated=output.animated or frames > 1,
+                format=fmt,
+                decoded=decoded,
             )
         )
+    if not (missing or undecodable or failed or stopped):
+        return files
+    total = len(wanted)
+    clauses = []
     if missing:
-        raise OutputsMissing(missing)
-    return files
+        clauses.append(
+            f"{len(missing)} listed in /history but missing from /view (HTTP 404): {_names(missing)}"
+        )
+    if undecodable:
+        clauses.append(
+            f"{len(undecodable)} do not decode as images: "
+            + _names(f"{name} ({why})" for name, why in undecodable)
+        )
+    if failed:
+        clauses.append(f"{len(failed)} could not be fetched: " + _names(f"{n} ({why})" for n, why in failed))
+    if stopped:
+        clauses.append(f"stopped: {stopped}; {len(not_fetched)} not fetched: {_names(not_fetched)}")
+    bad = len(missing) + len(undecodable) + len(failed) + len(not_fetched)
+    message = (
+        f"{bad} of {total} output files could not be retrieved through /view from {client.base_url}: "
+        + "; ".join(clauses)
+        + f"; {len(files)} saved in {dest}"
+    )
+    raise OutputDownloadError(
+        message,
+        missing=missing,
+        undecodable=undecodable,
+        failed=failed,
+        downloaded=files,
+        server_gone=server_gone,
+    )
+
+
+__all__ = [
+    "DownloadedFile",
+    "IMAGE_SUFFIXES",
+    "OUTPUT_KEYS",
+    "OutputDownloadError",
+    "OutputFile",
+    "OutputsMissing",
+    "UndecodableOutput",
+    "UnsafeOutputName",
+    "VIDEO_SUFFIXES",
+    "download_outputs",
+    "list_outputs",
+    "safe_name",
+    "safe_output_path",
+]
