@@ -1,104 +1,174 @@
 """Following one ComfyUI job to its end under the queue policy's deadlines (design §4).
 
-The WebSocket is the fast path; ``/history`` and ``/queue`` are the truth. Completion is
-``execution_success``, ``executing`` with ``node: null`` for our prompt, or a history entry with a
-final status — never ``executed``, which is a per-node output event (taking it for the end is how
-the old script hung). Once the outputs are announced (every output node executed, the completion
-signal, or the prompt gone from the queue) the history entry must appear within the completion
-grace, polled at most ``history_max_attempts`` times. Nothing here waits without a deadline.
+The WebSocket is the fast path; ``/history`` and ``/queue`` are the truth.
+
+- The socket ``ws://…/ws?clientId=<uuid4>`` is opened, and its first frame (``status`` with
+  ``sid``) awaited, **before** ``POST /prompt``; the prompt id is chosen here, so the prompt can
+  be found, interrupted and removed even when the answer to the POST is lost.
+- Completion is ``execution_success``, ``executing`` with ``node: null`` for our prompt, a
+  ``/history/<id>`` entry with a final ``status``, or (seen by polling) the prompt gone from
+  ``/queue``. ``executed`` is a per-node output event, **never** completion: taking it for the end
+  is how the old script hung. It only schedules one check of ``/history`` + ``/queue`` when
+  nothing follows it.
+- ``execution_error`` / ``execution_interrupted`` for our prompt end the attempt at once.
+  Messages of other prompts (``execution_interrupted`` is broadcast) are ignored.
+- A dropped socket, a socket silent for ``ws_idle_timeout_s`` (no message about our prompt) or
+  a missed message falls back to polling ``/history`` every ``history_poll_interval_s``. While
+  ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait_s``; once
+  completion is signalled, the entry must appear within ``completion_grace_s`` and at most
+  ``history_max_attempts`` polls that find nothing.
+- When a deadline passes, our prompt (only ours) is interrupted and removed from the queue,
+  then :class:`JobFailed` is raised with the evidence. A dead server fails at once.
+- No socket is ever reopened with the same client id while the old one is open (the server
+  orphans the new one); this follower does not reconnect at all: it polls.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import websocket
 
-from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, ServerGone
-from pytest_gemdirect.comfyui.outputs import OutputFile, list_outputs
-from pytest_gemdirect.comfyui.workflow import SAVE_CLASSES
+from pytest_gemdirect.comfyui.client import (
+    ComfyClient,
+    ComfyError,
+    PromptRejected,
+    ServerGone,
+    classify_connection_error,
+)
+from pytest_gemdirect.comfyui.outputs import list_outputs
 from pytest_gemdirect.deadline import Deadline
 
 EventSink = Callable[[dict[str, Any]], None]
 ProgressSink = Callable[[int, int], None]
-WS_CONNECT_TIMEOUT_S = 5.0
+
+KINDS = (
+    "execution_error",
+    "interrupted",
+    "scene_max_wait",
+    "completion_grace",
+    "history_max_attempts",
+    "server_gone",
+    "rejected",
+)
+FLAGS = {
+    "scene_max_wait": "--scene-max-wait",
+    "history_poll_interval": "--history-poll-interval",
+    "history_max_attempts": "--history-max-attempts",
+    "completion_grace": "--completion-grace",
+    "ws_idle_timeout": "--ws-idle-timeout",
+}
+ALIVE_CHECK_S = 0.5  # how often is_server_alive is asked while waiting
+CLEANUP_BUDGET_S = 5.0  # interrupt + dequeue + queue snapshot after a deadline, at most
+WS_CLOSE_TIMEOUT_S = 0.5
+FIRST_FRAME_WAIT_S = 2.0  # the real server sends status{sid} at once after the handshake
+LAST_MESSAGES = 10
+HISTORY_LATE_NOTE_S = 1.0
 
 
 @dataclass(frozen=True)
 class JobPolicy:
-    """The queue policy; each field is named after its setting."""
+    """The queue policy; each field is named after its setting (``--scene-max-wait`` …)."""
 
-    scene_max_wait_s: float = 180.0  # --scene-max-wait
+    scene_max_wait_s: float = 180.0  # --scene-max-wait: the whole attempt, queue to history
     history_poll_interval_s: float = 2.0  # --history-poll-interval
-    history_max_attempts: int = 30  # --history-max-attempts
-    completion_grace_s: float = 30.0  # --completion-grace
-    ws_idle_timeout_s: float = 15.0  # --ws-idle-timeout
+    history_max_attempts: int = 30  # --history-max-attempts: polls that find nothing after completion
+    completion_grace_s: float = 30.0  # --completion-grace: completion signal -> history entry
+    ws_idle_timeout_s: float = 15.0  # --ws-idle-timeout: silence before polling
+
+    def __post_init__(self) -> None:
+        for name in (
+            "scene_max_wait_s",
+            "history_poll_interval_s",
+            "completion_grace_s",
+            "ws_idle_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not float(value) > 0:
+                raise ValueError(f"JobPolicy.{name} must be positive, got {value!r}")
+        if int(self.history_max_attempts) < 1:
+            raise ValueError(
+                f"JobPolicy.history_max_attempts must be >= 1, got {self.history_max_attempts!r}"
+            )
+
+    def settings(self) -> dict[str, float | int]:
+        """The values under their setting names (``scene_max_wait`` …), as the summary records them."""
+        return {
+            "scene_max_wait": self.scene_max_wait_s,
+            "history_poll_interval": self.history_poll_interval_s,
+            "history_max_attempts": self.history_max_attempts,
+            "completion_grace": self.completion_grace_s,
+            "ws_idle_timeout": self.ws_idle_timeout_s,
+        }
 
 
 class JobFailed(Exception):
-    """The attempt ended without a result. ``kind`` says how; ``evidence`` is JSON-serialisable."""
+    """The attempt ended without a result.
 
-    KINDS = (
-        "execution_error",
-        "interrupted",
-        "scene_max_wait",
-        "completion_grace",
-        "history_max_attempts",
-        "server_gone",
-    )
+    ``kind`` is one of :data:`KINDS`; ``message`` says in plain words what was expected, what was
+    seen last and the setting that bounds it; ``evidence`` is a JSON-serialisable dict.
+    """
+
+    KINDS = KINDS
 
     def __init__(self, kind: str, message: str, evidence: dict[str, Any]) -> None:
         super().__init__(message)
         self.kind = kind
+        self.message = message
         self.evidence = evidence
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class JobRejected(JobFailed, PromptRejected):
+    """POST /prompt answered 400 (kind ``rejected``): both a JobFailed and the client's PromptRejected."""
+
+    def __init__(self, message: str, evidence: dict[str, Any], rejection: PromptRejected) -> None:
+        Exception.__init__(self, message)
+        self.kind = "rejected"
+        self.message = message
+        self.evidence = evidence
+        self.route = rejection.route
+        self.url = rejection.url
+        self.status = rejection.status
+        self.body = rejection.body
+        self.error = rejection.error
+        self.node_errors = rejection.node_errors
+        self.node_messages = rejection.node_messages
 
 
 @dataclass
 class JobResult:
+    """A finished job. Times are seconds after ``POST /prompt`` was sent."""
+
     prompt_id: str
-    number: int | None
+    number: int | float | None
     client_id: str
-    history: dict[str, Any]
-    outputs: list[OutputFile]
-    cached: bool
-    progress: list[tuple[float, int, int]]
+    history: dict[str, Any]  # the /history/<id> entry
+    outputs: list[dict[str, Any]]  # {node_id, filename, subfolder, type, animated}
+    cached: bool  # every node came from ComfyUI's cache: no new files were written
+    progress: list[tuple[float, int, int]]  # (t, value, max) of sampler progress
     seconds_per_step: float | None
-    timings: dict[str, float | None]
+    timings: dict[str, float | None]  # queued_s, started_s, completed_s, history_s
     notes: list[str]
     poll_attempts: int
     message_counts: dict[str, int]
+    completion_signal: str | None = None
 
-
-@dataclass
-class _State:
-    prompt_id: str = ""
-    number: int | None = None
-    queued_s: float | None = None
-    started_s: float | None = None
-    signal_s: float | None = None  # completion signal (success / executing null)
-    signal_source: str | None = None
-    announced_s: float | None = None  # outputs announced: grace starts here
-    history_s: float | None = None
-    executed_nodes: set[str] = field(default_factory=set)
-    cached_nodes: set[str] = field(default_factory=set)
-    progress: list[tuple[float, int, int]] = field(default_factory=list)
-    last_messages: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=10))
-    counts: Counter[str] = field(default_factory=Counter)
-    polls: int = 0  # every /history poll
-    counted_polls: int = 0  # polls that count against history_max_attempts
-    last_poll_answer: str | None = None
-    last_message_s: float = 0.0
-    polling: bool = False
-    notes: list[str] = field(default_factory=list)
-    interrupt_sent: bool = False
-    server_error: dict[str, Any] | None = None
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["progress"] = [list(p) for p in self.progress]
+        return data
 
 
 def run_job(
@@ -111,11 +181,109 @@ def run_job(
     is_server_alive: Callable[[], bool] | None = None,
     client_id: str | None = None,
 ) -> JobResult:
-    """Queue ``prompt`` and follow it to its end; raise JobFailed with evidence otherwise."""
-    return _Follower(client, prompt, policy, on_event, on_progress, is_server_alive, client_id).run()
+    """Queue ``prompt`` and follow it to its end; raise :class:`JobFailed` otherwise.
+
+    ``on_event(dict)`` gets every job event as it happens (WebSocket message types, polls,
+    fallbacks, interrupts), small enough for an events.jsonl line; ``on_progress(value, max)``
+    gets sampler progress; ``is_server_alive()`` false means the server process died.
+    """
+    return _Job(client, prompt, policy, on_event, on_progress, is_server_alive, client_id).run()
 
 
-class _Follower:
+# ---------------------------------------------------------------------------------------- helpers
+def _now_iso() -> str:
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def _secs(value: float | None) -> str:
+    """Seconds for people: two decimals below 10 s, one above."""
+    if value is None:
+        return "? s"
+    return f"{value:.2f} s" if abs(value) < 10 else f"{value:.1f} s"
+
+
+def _one_line(text: Any, limit: int = 240) -> str:
+    flat = re.sub(r"\s+", " ", str(text or "")).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _needed_nodes(prompt: Mapping[str, Any], outputs: list[str] | None) -> set[str]:
+    """The nodes ComfyUI runs for ``outputs`` (the output nodes and everything linked upstream)."""
+    if not outputs:
+        return {str(k) for k in prompt}
+    needed: set[str] = set()
+    todo = [str(o) for o in outputs]
+    while todo:
+        node_id = todo.pop()
+        if node_id in needed or node_id not in prompt:
+            continue
+        needed.add(node_id)
+        node = prompt[node_id] if isinstance(prompt[node_id], Mapping) else {}
+        for value in (node.get("inputs") or {}).values():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                todo.append(value[0])
+    return needed
+
+
+def _answer_text(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return "{}"
+    status = entry.get("status") if isinstance(entry.get("status"), Mapping) else None
+    files = len(list_outputs(entry))
+    if status is None:
+        return f"an entry without status ({files} output files)"
+    return (
+        f"an entry with status {status.get('status_str')!r}, completed {status.get('completed')}"
+        f" ({files} output files)"
+    )
+
+
+def _final(entry: Mapping[str, Any] | None) -> bool:
+    status = entry.get("status") if entry else None
+    return isinstance(status, Mapping) and (
+        status.get("completed") is True or status.get("status_str") in ("success", "error")
+    )
+
+
+# ---------------------------------------------------------------------------------------- follower
+@dataclass
+class _Incident:
+    kind: str  # "dropped", "silent", "no_connect"
+    s: float
+    detail: str = ""
+    resumed_s: float | None = None
+
+
+@dataclass
+class _State:
+    prompt_id: str = ""
+    number: int | float | None = None
+    queued_s: float | None = None
+    started_s: float | None = None
+    completion: str | None = None
+    completed_s: float | None = None
+    history_s: float | None = None
+    history_entry: dict[str, Any] | None = None
+    cached_nodes: set[str] | None = None
+    executing_nodes: list[str] = field(default_factory=list)
+    announced: dict[str, Any] = field(default_factory=dict)  # node -> output from `executed`
+    announced_s: float | None = None  # the first `executed` with output files
+    progress: list[tuple[float, int, int]] = field(default_factory=list)
+    progress_node: str | None = None
+    current_node: str | None = None
+    last_messages: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LAST_MESSAGES))
+    counts: Counter[str] = field(default_factory=Counter)
+    polls: int = 0
+    empty_polls: int = 0  # polls that found no entry after completion (history_max_attempts)
+    last_answer: str | None = None
+    last_poll_s: float | None = None
+    queue_where: str | None = None
+    incidents: list[_Incident] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    server_error: dict[str, Any] | None = None
+
+
+class _Job:
     def __init__(
         self,
         client: ComfyClient,
@@ -131,265 +299,613 @@ class _Follower:
         self.policy = policy
         self.on_event = on_event
         self.on_progress = on_progress
-        self.is_server_alive = is_server_alive or (lambda: True)
+        self.is_server_alive = is_server_alive
         self.client_id = client_id or str(uuid.uuid4())
-        self.output_nodes = {nid for nid, node in prompt.items() if node.get("class_type") in SAVE_CLASSES}
-        self.state = _State()
-        self.t0 = time.monotonic()
         self.deadline = Deadline(policy.scene_max_wait_s, setting="scene_max_wait")
+        self.grace: Deadline | None = None
+        self.t_post = time.monotonic()  # reset when POST /prompt is sent
+        self.state = _State(prompt_id=str(uuid.uuid4()))
         self.ws: websocket.WebSocket | None = None
-        self.next_poll = 0.0
-        self._pause = threading.Event()
+        self.ws_state = "not connected"
+        self.silent = False  # socket open but quiet for ws_idle_timeout_s: polling meanwhile
+        self.last_activity = time.monotonic()
+        self.next_poll: float | None = None  # polling schedule (fallback, or after completion)
+        self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
+        self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
+        self._sink_failed = False
 
-    # --- small helpers -----------------------------------------------------------------------
-
-    def now(self) -> float:
-        return round(time.monotonic() - self.t0, 3)
+    # ------------------------------------------------------------------ small helpers
+    def s(self) -> float:
+        """Seconds since POST /prompt was sent (slightly negative before)."""
+        return round(time.monotonic() - self.t_post, 3)
 
     def emit(self, event: str, **fields: Any) -> None:
-        if self.on_event is not None:
-            self.on_event({"t": self.now(), "event": event, **fields})
+        if self.on_event is None:
+            return
+        try:
+            self.on_event({"t": _now_iso(), "s": self.s(), "event": event, **fields})
+        except Exception as exc:  # noqa: BLE001 - a broken sink must not end the job
+            if not self._sink_failed:
+                self._sink_failed = True
+                self.state.notes.append(
+                    f"on_event failed ({type(exc).__name__}: {exc}); events after it were lost"
+                )
 
-    def note(self, text: str) -> None:
-        self.state.notes.append(text)
-        self.emit("note", text=text)
+    def progress_text(self) -> str:
+        p = self.state.progress
+        if not p:
+            return "no sampler progress seen"
+        t, value, maximum = p[-1]
+        return f"last progress {value}/{maximum} at {_secs(t)}"
 
-    def evidence(self) -> dict[str, Any]:
+    def messages_text(self) -> str:
+        kinds = [m["type"] for m in self.state.last_messages]
+        return "last messages: " + (", ".join(kinds) if kinds else "none")
+
+    def polls_text(self) -> str:
+        s = self.state
+        if not s.polls:
+            return "no /history polls"
+        where = f" (in /queue: {s.queue_where})" if s.queue_where else ""
+        return f"{s.polls} /history polls, last answer {s.last_answer}{where}"
+
+    def ws_text(self) -> str:
+        if self.ws is not None and self.silent:
+            return f"websocket open but silent since {_secs(self._rel(self.last_activity))}"
+        return f"websocket {self.ws_state}"
+
+    def seen_last(self) -> str:
+        return "; ".join([self.progress_text(), self.messages_text(), self.polls_text(), self.ws_text()])
+
+    def _rel(self, monotonic: float) -> float:
+        return round(monotonic - self.t_post, 3)
+
+    # ------------------------------------------------------------------ evidence and failure
+    def evidence(self, kind: str, setting: str | None) -> dict[str, Any]:
         s = self.state
         last = s.progress[-1] if s.progress else None
-        return {
-            "prompt_id": s.prompt_id or None,
+        announced = [o.where() for o in list_outputs({"outputs": s.announced}, include_temp=True)]
+        evidence: dict[str, Any] = {
+            "kind": kind,
+            "prompt_id": s.prompt_id,
+            "number": s.number,
             "client_id": self.client_id,
-            "elapsed_s": self.now(),
-            "last_progress": {"value": last[1], "max": last[2]} if last else None,
+            "server": self.client.base_url,
+            "setting": setting,
+            "elapsed_s": self.s(),
+            "deadline_s": self.policy.settings().get(setting) if setting else None,
+            "completion": s.completion,
+            "completion_signal_s": s.completed_s,
+            "outputs_announced_s": s.announced_s,
+            "last_progress": (
+                {"value": last[1], "max": last[2], "t": last[0], "node": s.progress_node} if last else None
+            ),
+            "current_node": s.current_node,
             "last_messages": list(s.last_messages),
             "message_counts": dict(s.counts),
             "poll_attempts": s.polls,
-            "counted_poll_attempts": s.counted_polls,
-            "last_poll_answer": s.last_poll_answer,
-            "completion_signal_s": s.signal_s,
-            "outputs_announced_s": s.announced_s,
-            "interrupt_sent": s.interrupt_sent,
-            "server_error": s.server_error,
-            "notes": list(s.notes),
-            "policy": {
-                "scene_max_wait": self.policy.scene_max_wait_s,
-                "history_poll_interval": self.policy.history_poll_interval_s,
-                "history_max_attempts": self.policy.history_max_attempts,
-                "completion_grace": self.policy.completion_grace_s,
-                "ws_idle_timeout": self.policy.ws_idle_timeout_s,
-            },
+            "counted_poll_attempts": s.empty_polls,
+            "last_poll_answer": s.last_answer,
+            "last_poll_s": s.last_poll_s,
+            "websocket": self.ws_text(),
+            "announced_outputs": announced[:50],
+            "timings": self.timings(),
+            "notes": self.notes(),
+            "policy": self.policy.settings(),
         }
+        if s.server_error is not None:
+            evidence["error"] = s.server_error
+        return evidence
 
-    def seen_last(self) -> str:
+    def fail(
+        self, kind: str, message: str, *, setting: str | None = None, cleanup: bool = False
+    ) -> JobFailed:
+        """A JobFailed with the evidence; for a spent deadline, interrupt and dequeue our prompt first."""
         s = self.state
-        parts = []
-        if s.progress:
-            parts.append(f"last progress {s.progress[-1][1]}/{s.progress[-1][2]}")
-        kinds = [m["type"] for m in s.last_messages]
-        parts.append(f"last messages: {', '.join(kinds[-6:]) if kinds else 'none'}")
-        parts.append(f"{s.polls} /history polls, last answer {s.last_poll_answer or 'none'}")
-        return "; ".join(parts)
+        evidence = self.evidence(kind, setting)
+        self.close_ws()
+        if cleanup:
+            actions = self.stop_own_prompt()
+            evidence.update(actions)
+            message += "; " + actions["cleanup"]
+        elif kind not in ("server_gone", "rejected"):
+            evidence["queue"] = self.queue_snapshot(self.cleanup_budget())
+        else:
+            evidence["queue"] = None
+        evidence.setdefault("interrupt_sent", False)
+        self.emit("failed", kind=kind, message=_one_line(message, 500))
+        return JobFailed(kind, message, {**evidence, "prompt_id": s.prompt_id})
 
-    def fail(self, kind: str, message: str, *, interrupt: bool) -> JobFailed:
-        if interrupt:
-            self.interrupt_own_prompt()
-        evidence = self.evidence()
-        evidence["queue_at_end"] = self.queue_snapshot()
-        self.emit("failed", kind=kind, message=message)
-        return JobFailed(kind, message, evidence)
+    def cleanup_budget(self) -> Deadline:
+        """A fresh, short budget for the calls made after a deadline has passed."""
+        return Deadline(min(CLEANUP_BUDGET_S, self.client.request_timeout_s))
 
-    def interrupt_own_prompt(self) -> None:
-        """Interrupt and dequeue our prompt only; never touch anyone else's."""
-        if not self.state.prompt_id:
-            return
-        budget = Deadline(5.0)
+    def queue_snapshot(self, budget: Deadline) -> dict[str, Any] | None:
         try:
-            self.client.interrupt(self.state.prompt_id, deadline=budget)
-            self.client.delete_from_queue([self.state.prompt_id], deadline=budget)
-            self.state.interrupt_sent = True
-            self.emit("interrupt", prompt_id=self.state.prompt_id)
+            queue = self.client.queue(deadline=budget)
         except ComfyError as exc:
-            self.emit("interrupt_failed", error=str(exc))
+            return {"error": str(exc)}
+        pid = self.state.prompt_id
+        running = [i.get("prompt_id") for i in queue["running"]]
+        pending = [[i.get("number"), i.get("prompt_id")] for i in queue["pending"]]
+        if pid in running:
+            ours = "running"
+        elif any(p[1] == pid for p in pending):
+            ahead = next(n for n, p in enumerate(pending) if p[1] == pid)
+            ours = f"pending ({ahead} ahead)"
+        else:
+            ours = "absent"
+        return {"ours": ours, "running": running, "pending": pending[:20], "pending_count": len(pending)}
 
-    def queue_snapshot(self) -> dict[str, Any] | None:
+    def stop_own_prompt(self) -> dict[str, Any]:
+        """POST /interrupt {prompt_id: ours} and remove ours from the queue; never anyone else's.
+
+        The interrupt is left out only when /queue shows another prompt running and not ours
+        (a server that ignores ``prompt_id`` would stop that one).
+        """
+        pid = self.state.prompt_id
+        budget = self.cleanup_budget()
+        queue = self.queue_snapshot(budget)
+        ours = (queue or {}).get("ours")
+        others_running = bool(queue and queue.get("running") and ours != "running")
+        done: list[str] = []
+        errors: list[str] = []
+        interrupt_sent = False
+        removed = False
+        if not others_running:
+            try:
+                self.client.interrupt(pid, deadline=budget)
+                interrupt_sent = True
+                done.append(f"sent POST /interrupt {{prompt_id: {pid}}}")
+                self.emit("interrupt", prompt_id=pid, queue=ours)
+            except ComfyError as exc:
+                errors.append(f"POST /interrupt failed: {exc}")
+        else:
+            done.append("no interrupt sent: another prompt is running, ours is not")
         try:
-            queue = self.client.queue(deadline=Deadline(3.0))
-        except ComfyError:
-            return None
+            self.client.delete_from_queue([pid], deadline=budget)
+            removed = ours is not None and ours.startswith("pending")
+            done.append("removed it from the queue" if removed else "asked /queue to delete it")
+            self.emit("dequeue", prompt_id=pid, queue=ours)
+        except ComfyError as exc:
+            errors.append(f"POST /queue delete failed: {exc}")
+        if ours is None:
+            where = "at the end /queue could not be read"
+        elif ours == "absent":
+            where = "at the end it was not in /queue"
+        else:
+            where = f"at the end it was {ours} in /queue"
+        text = f"{where}; " + ", ".join(done + errors)
+        if interrupt_sent and ours == "running":
+            text += " (ComfyUI honours an interrupt at the next node or progress tick)"
         return {
-            "running": [item[1] for item in queue["running"]],
-            "pending": [item[1] for item in queue["pending"]],
+            "queue": queue,
+            "interrupt_sent": interrupt_sent,
+            "removed_from_queue": removed,
+            "cleanup": text,
+            "cleanup_errors": errors,
         }
 
-    # --- the follow loop -------------------------------------------------------------------
-
+    # ------------------------------------------------------------------ main
     def run(self) -> JobResult:
         try:
+            self.check_alive()
             self.connect()
             self.queue()
-            while True:
-                result = self.step()
-                if result is not None:
-                    return result
+            return self.follow()
         finally:
             self.close_ws()
 
-    def connect(self) -> None:
+    def check_alive(self) -> None:
+        if self.is_server_alive is None:
+            return
         try:
-            self.ws = websocket.create_connection(
-                self.client.ws_url(self.client_id), timeout=self.deadline.timeout(cap=WS_CONNECT_TIMEOUT_S)
+            alive = self.is_server_alive()
+        except Exception:  # noqa: BLE001 - a broken probe is not a dead server
+            return
+        if not alive:
+            raise self.fail(
+                "server_gone",
+                f"the ComfyUI server at {self.client.base_url} went away while following prompt"
+                f" {self.state.prompt_id} at {_secs(self.s())}: the harness reports its process has"
+                f" exited; {self.seen_last()}",
             )
-            self.state.last_message_s = self.now()
-            self.emit("ws_connected")
+
+    def server_gone(self, exc: ServerGone) -> JobFailed:
+        return self.fail(
+            "server_gone",
+            f"the ComfyUI server at {self.client.base_url} went away while following prompt"
+            f" {self.state.prompt_id} at {_secs(self.s())}: {exc}; {self.seen_last()}",
+        )
+
+    def connect(self) -> None:
+        url = self.client.ws_url(self.client_id)
+        timeout = self.deadline.timeout(cap=self.client.request_timeout_s)
+        try:
+            self.ws = websocket.create_connection(url, timeout=max(timeout, 0.01))
         except (OSError, websocket.WebSocketException) as exc:
+            if classify_connection_error(exc) == "refused":
+                raise self.fail(
+                    "server_gone",
+                    f"the ComfyUI server at {self.client.base_url} refused the WebSocket connection"
+                    f" ({url}) before prompt {self.state.prompt_id} was queued; it is not running there",
+                ) from None
             self.ws = None
-            self.state.polling = True
-            self.note(f"websocket could not connect ({exc}); following by polling /history")
+            self.ws_state = f"could not connect ({type(exc).__name__}: {_one_line(exc, 120)})"
+            self.state.incidents.append(_Incident("no_connect", self.s(), _one_line(exc, 120)))
+            self.next_poll = time.monotonic()
+            self.emit("ws_connect_failed", error=_one_line(exc, 200))
+            return
+        self.ws_state = "open"
+        self.last_activity = time.monotonic()
+        self.emit("ws_connected", client_id=self.client_id)
+        # The server registers the socket, then sends status{sid}: wait (briefly) for it so no
+        # message of our prompt can be sent before the server knows where to send it.
+        self.read_ws(min(self.policy.ws_idle_timeout_s, FIRST_FRAME_WAIT_S, self.deadline.remaining()))
 
     def queue(self) -> None:
-        answer = self.client.queue_prompt(self.prompt, client_id=self.client_id, deadline=self.deadline)
-        self.state.prompt_id = answer["prompt_id"]
-        self.state.number = answer.get("number")
-        self.state.queued_s = self.now()
-        self.emit("queued", prompt_id=self.state.prompt_id, number=self.state.number)
+        s = self.state
+        self.t_post = time.monotonic()
+        self.last_activity = self.t_post  # silence is counted from the moment there is a prompt
+        self.emit("post_prompt", prompt_id=s.prompt_id, client_id=self.client_id)
+        try:
+            answer = self.client.queue_prompt(
+                self.prompt, client_id=self.client_id, prompt_id=s.prompt_id, deadline=self.deadline
+            )
+        except PromptRejected as exc:
+            self.close_ws()
+            evidence = self.evidence("rejected", None)
+            evidence.update(
+                {
+                    "interrupt_sent": False,
+                    "queue": None,
+                    "error": {"error": exc.error, "node_errors": exc.node_errors, "status": exc.status},
+                    "node_messages": exc.node_messages,
+                }
+            )
+            self.emit("rejected", message=_one_line(exc, 500))
+            raise JobRejected(str(exc), evidence, exc) from None
+        except ServerGone as exc:
+            raise self.server_gone(exc) from None
+        except ComfyError as exc:
+            self.post_failed(exc)
+            return
+        if answer["prompt_id"] != s.prompt_id:
+            s.notes.append(
+                f"ComfyUI ignored the prompt id this client chose and answered {answer['prompt_id']}"
+            )
+            s.prompt_id = answer["prompt_id"]
+        s.number = answer.get("number")
+        s.queued_s = self.s()
+        self.emit("queued", prompt_id=s.prompt_id, number=s.number)
 
-    def step(self) -> JobResult | None:
-        s, p = self.state, self.policy
-        if not self.is_server_alive():
-            raise self.fail("server_gone", f"the ComfyUI process died ({self.seen_last()})", interrupt=False)
+    def post_failed(self, exc: ComfyError) -> None:
+        """POST /prompt got no usable answer: the prompt id is ours, so ask /queue and /history."""
+        s = self.state
         if self.deadline.expired():
             raise self.fail(
                 "scene_max_wait",
-                f"prompt {s.prompt_id} did not finish within {p.scene_max_wait_s:g} s"
-                f" (--scene-max-wait = {p.scene_max_wait_s:g} s); {self.seen_last()}",
-                interrupt=True,
+                f"POST /prompt for prompt {s.prompt_id} did not answer within"
+                f" {self.policy.scene_max_wait_s:g} s"
+                f" (--scene-max-wait = {self.policy.scene_max_wait_s:g} s): {exc}",
+                setting="scene_max_wait",
+                cleanup=True,
             )
-        if s.announced_s is not None and self.now() - s.announced_s > p.completion_grace_s:
-            raise self.fail(
-                "completion_grace",
-                f"ComfyUI signalled the outputs of prompt {s.prompt_id} at {s.announced_s:.1f} s"
-                f" ({s.signal_source}), but /history/{s.prompt_id} had no finished entry"
-                f" {p.completion_grace_s:g} s later (--completion-grace = {p.completion_grace_s:g} s);"
-                f" {self.seen_last()}",
-                interrupt=True,
-            )
-        if self.ws is not None and not s.polling and self.now() - s.last_message_s > p.ws_idle_timeout_s:
-            s.polling = True
-            self.note(
-                f"websocket silent for {p.ws_idle_timeout_s:g} s (--ws-idle-timeout); polling /history from"
-                f" {self.now():.1f} s"
-            )
-        if (s.polling or s.announced_s is not None) and self.now() >= self.next_poll:
-            result = self.poll()
-            if result is not None:
-                return result
-            self.next_poll = self.now() + p.history_poll_interval_s
-        self.wait_for_something()
-        return None
-
-    def wait_for_something(self) -> None:
-        """Block until a message arrives or the next thing to check is due (never past a deadline)."""
-        s, p = self.state, self.policy
-        due = [self.deadline.remaining()]
-        if s.polling or s.announced_s is not None:
-            due.append(max(0.0, self.next_poll - self.now()))
-        if s.announced_s is not None:
-            due.append(max(0.0, s.announced_s + p.completion_grace_s - self.now()) + 0.001)
-        if self.ws is not None and not s.polling:
-            due.append(max(0.0, s.last_message_s + p.ws_idle_timeout_s - self.now()) + 0.001)
-        timeout = max(0.005, min(min(due), 1.0))  # at most 1 s, so a dead process is seen promptly
-        if self.ws is None:
-            self._pause.wait(timeout)
-            return
-        self.ws.settimeout(timeout)
+        budget = self.deadline.sooner(self.cleanup_budget())
         try:
-            frame = self.ws.recv()
+            entry = self.client.history(s.prompt_id, deadline=budget)
+            queue = self.queue_snapshot(budget) if entry is None else None
+        except ServerGone as gone:
+            raise self.server_gone(gone) from None
+        except ComfyError:
+            entry, queue = None, None
+        taken = entry is not None or (queue is not None and queue.get("ours") not in (None, "absent"))
+        if not taken:
+            evidence = self.evidence("rejected", None)
+            evidence.update({"interrupt_sent": False, "queue": queue, "error": {"post_prompt": str(exc)}})
+            self.close_ws()
+            self.emit("failed", kind="rejected", message=_one_line(exc, 500))
+            raise JobFailed(
+                "rejected",
+                f"POST /prompt failed ({exc}) and prompt {s.prompt_id} is in neither /queue nor /history:"
+                " ComfyUI did not take it",
+                evidence,
+            )
+        s.queued_s = self.s()
+        s.notes.append(f"the answer to POST /prompt was lost ({_one_line(exc, 160)}); ComfyUI had the prompt")
+        self.emit("queued", prompt_id=s.prompt_id, number=None, recovered=True)
+        if entry is not None and _final(entry):
+            self.next_poll = time.monotonic()
+
+    def follow(self) -> JobResult:
+        while True:
+            self.check_alive()
+            if self.deadline.expired():
+                raise self.deadline_failure()
+            if self.grace is not None and self.grace.expired():
+                raise self.grace_failure()
+            now = time.monotonic()
+            if self.ws is not None and not self.silent and self.state.completion is None:
+                if now - self.last_activity >= self.policy.ws_idle_timeout_s:
+                    self.went_silent()
+            due = [t for t in (self.next_poll, self.check_at) if t is not None]
+            if due and now >= min(due):
+                self.check_at = None
+                result = self.poll()
+                if result is not None:
+                    return result
+                continue
+            wait = self.wait_budget(now)
+            if self.ws is not None:
+                self.read_ws(wait)
+            elif wait > 0:
+                self._idle.wait(wait)
+
+    def wait_budget(self, now: float) -> float:
+        due = [self.deadline.remaining()]
+        if self.grace is not None:
+            due.append(self.grace.remaining())
+        if self.next_poll is not None:
+            due.append(self.next_poll - now)
+        if self.check_at is not None:
+            due.append(self.check_at - now)
+        if self.ws is not None and not self.silent and self.state.completion is None:
+            due.append(self.last_activity + self.policy.ws_idle_timeout_s - now)
+        if self.is_server_alive is not None:
+            due.append(ALIVE_CHECK_S)
+        return max(0.0, min(due))
+
+    def went_silent(self) -> None:
+        idle = self.policy.ws_idle_timeout_s
+        self.silent = True
+        self.state.incidents.append(_Incident("silent", self._rel(self.last_activity)))
+        self.next_poll = time.monotonic()
+        self.emit(
+            "fallback",
+            reason="websocket silent",
+            since_s=self._rel(self.last_activity),
+            setting="ws_idle_timeout",
+            value=idle,
+        )
+
+    # ------------------------------------------------------------------ websocket
+    def close_ws(self) -> None:
+        ws, self.ws = self.ws, None
+        if ws is None:
+            return
+        try:
+            ws.close(timeout=WS_CLOSE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - closing a broken socket may fail in many ways
+            try:
+                ws.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.ws_state == "open":
+            self.ws_state = "closed by this client"
+
+    def ws_lost(self, reason: str) -> None:
+        at = self.s()
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.shutdown()  # the connection is gone: no closing handshake to wait for
+            except Exception:  # noqa: BLE001
+                pass
+        self.ws_state = f"dropped at {_secs(at)} ({reason})"
+        self.silent = False
+        self.state.incidents.append(_Incident("dropped", at, reason))
+        self.next_poll = time.monotonic()  # a completion may have been missed: look now
+        self.emit("fallback", reason="websocket dropped", detail=reason)
+
+    def read_ws(self, timeout: float) -> None:
+        ws = self.ws
+        if ws is None or timeout <= 0:
+            return
+        try:
+            ws.settimeout(max(timeout, 0.001))
+            opcode, data = ws.recv_data()
         except websocket.WebSocketTimeoutException:
             return
         except (OSError, websocket.WebSocketException) as exc:
-            self.close_ws()
-            s.polling = True
-            self.next_poll = self.now()
-            self.note(f"websocket dropped at {self.now():.1f} s ({type(exc).__name__}); polling /history")
+            self.ws_lost(f"{type(exc).__name__}: {_one_line(exc, 120)}" if str(exc) else type(exc).__name__)
             return
-        s.last_message_s = self.now()
-        if isinstance(frame, bytes):
-            s.counts["binary_preview"] += 1
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self.ws_lost("closed by the server")
+            return
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            self.state.counts["binary"] += 1
+            self.activity()  # previews go only to the prompt's client
+            event_type = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+            self.emit("ws", type="binary", length=len(data), event_type=event_type)
+            return
+        if opcode != websocket.ABNF.OPCODE_TEXT:
             return
         try:
-            message = json.loads(frame)
-        except ValueError:
-            s.counts["unparseable"] += 1
+            message = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        except (UnicodeDecodeError, ValueError):
+            self.state.counts["unparseable"] += 1
             return
-        self.handle(message)
+        if isinstance(message, dict):
+            self.handle(message)
 
-    def close_ws(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close(timeout=1)
-            except (OSError, websocket.WebSocketException):
-                pass
-            self.ws = None
-
-    # --- messages --------------------------------------------------------------------------
+    def activity(self) -> None:
+        self.last_activity = time.monotonic()
+        if self.silent:
+            self.silent = False
+            for incident in reversed(self.state.incidents):
+                if incident.kind == "silent" and incident.resumed_s is None:
+                    incident.resumed_s = self.s()
+                    break
+            if self.state.completion is None:
+                self.next_poll = None
+            self.emit("ws_resumed")
 
     def handle(self, message: dict[str, Any]) -> None:
         s = self.state
-        kind = message.get("type", "?")
-        data = message.get("data") or {}
-        ours = data.get("prompt_id") == s.prompt_id
-        s.counts[kind] += 1
-        if kind in ("status", "progress_state", "feature_flags") or not ours:
-            return  # broadcast, per-node state, or another client's prompt
-        brief: dict[str, Any] = {"t": self.now(), "type": kind}
-        if "node" in data:
-            brief["node"] = data["node"]
-        s.last_messages.append(brief)
-        if kind == "progress":
-            value, maximum = int(data.get("value", 0)), int(data.get("max", 0))
-            s.progress.append((self.now(), value, maximum))
-            self.emit("ws", type=kind, value=value, max=maximum)
-            if self.on_progress is not None:
-                self.on_progress(value, maximum)
+        kind = str(message.get("type", "?"))
+        raw = message.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        pid = data.get("prompt_id")
+        if pid is not None and pid != s.prompt_id:
+            s.counts["other_prompt"] += 1
             return
-        self.emit("ws", **{k: v for k, v in brief.items() if k != "t"})
-        if kind == "execution_start":
-            s.started_s = self.now()
-        elif kind == "execution_cached":
-            s.cached_nodes = {str(n) for n in data.get("nodes", [])}
-        elif kind == "executed":
-            s.executed_nodes.add(str(data.get("node")))
-            if self.output_nodes and self.output_nodes <= s.executed_nodes:
-                self.announce("every output node executed")
-        elif kind == "execution_success":
-            self.signal("execution_success")
-        elif kind == "executing" and data.get("node") is None:
-            self.signal("executing node=null")
+        s.counts[kind] += 1
+        t = self.s()
+        brief: dict[str, Any] = {"t": t, "type": kind}
+        if "node" in data:
+            brief["node"] = data.get("node")
+        if kind == "status":
+            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            brief["queue_remaining"] = remaining
+        elif kind == "progress":
+            brief.update(value=data.get("value"), max=data.get("max"))
         elif kind in ("execution_error", "execution_interrupted"):
-            self.server_failure(kind, data)
+            brief.update(node=data.get("node_id"), node_type=data.get("node_type"))
+        if kind != "progress_state":
+            s.last_messages.append(brief)
+        # keep events small: progress_state carries every node of the graph
+        if kind == "progress_state":
+            nodes = data.get("nodes")
+            nodes = nodes if isinstance(nodes, dict) else {}
+            running = [k for k, v in nodes.items() if isinstance(v, dict) and v.get("state") == "running"]
+            self.emit("ws", type=kind, running=running)
+        elif kind == "execution_error":
+            self.emit(
+                "ws",
+                type=kind,
+                node=data.get("node_id"),
+                node_type=data.get("node_type"),
+                exception_type=data.get("exception_type"),
+                exception_message=_one_line(data.get("exception_message"), 300),
+            )
+        else:
+            self.emit("ws", **{k: v for k, v in brief.items() if k != "t"})
+        if pid is None:
+            if kind == "executing" and data.get("node") is None:
+                self.next_poll = time.monotonic()  # a legacy end-of-prompt without id: look now
+            elif kind == "executing":
+                s.current_node = str(data.get("node"))  # after a reconnect: the node running now
+            return
+        # from here on: a message about our prompt
+        self.activity()
+        self.check_at = None  # the job is clearly alive: no need for the look after `executed`
+        if kind == "execution_start":
+            s.started_s = s.started_s if s.started_s is not None else t
+        elif kind == "execution_cached":
+            s.cached_nodes = {str(n) for n in data.get("nodes") or []}
+        elif kind == "executing":
+            node = data.get("node")
+            if node is None:
+                self.completed("executing{node: null}")
+                self.next_poll = time.monotonic()  # sent after the history entry is stored
+            else:
+                s.current_node = str(node)
+                s.executing_nodes.append(str(node))
+                if s.started_s is None:
+                    s.started_s = t
+        elif kind == "progress":
+            self.progress(data, t)
+        elif kind == "executed":
+            s.announced[str(data.get("node"))] = data.get("output")
+            if s.announced_s is None and list_outputs(
+                {"outputs": {"n": data.get("output")}}, include_temp=True
+            ):
+                s.announced_s = t
+            if s.completion is None and self.next_poll is None:
+                # Not completion. If nothing follows it, look at /history and /queue once.
+                self.check_at = time.monotonic() + self.policy.history_poll_interval_s
+        elif kind == "execution_success":
+            self.completed("execution_success")
+            if self.next_poll is None:
+                self.next_poll = time.monotonic() + self.policy.history_poll_interval_s
+        elif kind == "execution_error":
+            raise self.server_failure("execution_error", data, t)
+        elif kind == "execution_interrupted":
+            raise self.server_failure("execution_interrupted", data, t)
 
-    def announce(self, source: str, *, poll_now: bool = False) -> None:
-        """The outputs exist: from now on the history entry must come within the grace."""
+    def progress(self, data: dict[str, Any], t: float) -> None:
         s = self.state
-        if s.announced_s is None:
-            s.announced_s = self.now()
-            s.signal_source = s.signal_source or source
-            self.next_poll = self.now() + self.policy.history_poll_interval_s
-            self.emit("outputs_announced", source=source)
-        if poll_now:
-            self.next_poll = self.now()
+        try:
+            value, maximum = int(data.get("value", 0)), int(data.get("max", 0))
+        except (TypeError, ValueError):
+            return
+        s.progress.append((t, value, maximum))
+        s.progress_node = str(data.get("node")) if data.get("node") is not None else s.progress_node
+        if s.started_s is None:
+            s.started_s = t
+        if self.on_progress is not None:
+            try:
+                self.on_progress(value, maximum)
+            except Exception as exc:  # noqa: BLE001 - a broken sink must not end the job
+                self.emit("sink_error", sink="on_progress", error=_one_line(exc, 200))
 
-    def signal(self, source: str) -> None:
+    def completed(self, signal: str) -> None:
         s = self.state
-        if s.signal_s is None:
-            s.signal_s = self.now()
-            s.signal_source = source
-            self.emit("completion_signal", source=source)
-        # The server stores the history entry just before it sends executing{node: null}.
-        self.announce(source, poll_now=source == "executing node=null" or self.ws is None)
+        if s.completion is not None:
+            return
+        s.completion = signal
+        s.completed_s = self.s()
+        self.grace = Deadline(self.policy.completion_grace_s, setting="completion_grace")
+        self.emit("completion", signal=signal)
 
-    def server_failure(self, kind: str, data: dict[str, Any]) -> None:
+    # ------------------------------------------------------------------ polling
+    def poll(self) -> JobResult | None:
+        s, p = self.state, self.policy
+        s.polls += 1
+        s.last_poll_s = self.s()
+        budget = self.deadline.sooner(self.grace)
+        answer = "none"
+        try:
+            entry = self.client.history(s.prompt_id, deadline=budget)
+        except ServerGone as exc:
+            s.last_answer = "none (the server went away)"
+            raise self.server_gone(exc) from None
+        except ComfyError as exc:
+            entry = None
+            answer = f"error: {_one_line(exc, 160)}"
+            s.last_answer = answer
+        else:
+            s.last_answer = _answer_text(entry)
+            answer = "{}" if entry is None else "entry"
+        if entry is not None and _final(entry):
+            s.history_entry = entry
+            s.history_s = self.s()
+            status = (entry.get("status") or {}).get("status_str")
+            self.emit("poll", attempt=s.polls, history="final", status=status)
+            return self.finish(entry)
+        where = None
+        if s.completion is None:
+            where = self.where_in_queue(budget)
+            s.queue_where = where
+            if where == "running" and s.started_s is None:
+                s.started_s = self.s()
+            elif where == "absent":
+                self.completed("left /queue without a /history entry")
+        self.emit("poll", attempt=s.polls, history=answer, queue=where)
+        if s.completion is not None or where == "unknown":
+            s.empty_polls += 1
+            if s.empty_polls >= p.history_max_attempts:
+                raise self.attempts_failure()
+        keep_polling = self.ws is None or self.silent or s.completion is not None or where == "unknown"
+        self.next_poll = time.monotonic() + p.history_poll_interval_s if keep_polling else None
+        return None
+
+    def where_in_queue(self, budget: Deadline) -> str:
+        try:
+            queue = self.client.queue(deadline=budget)
+        except ServerGone as exc:
+            raise self.server_gone(exc) from None
+        except ComfyError:
+            return "unknown"
+        pid = self.state.prompt_id
+        if any(i.get("prompt_id") == pid for i in queue["running"]):
+            return "running"
+        if any(i.get("prompt_id") == pid for i in queue["pending"]):
+            return "pending"
+        return "absent"
+
+    # ------------------------------------------------------------------ endings
+    def server_failure(self, kind: str, data: Mapping[str, Any], t: float | None) -> JobFailed:
         s = self.state
         s.server_error = {
             key: data.get(key)
@@ -400,90 +916,122 @@ class _Follower:
                 "exception_message",
                 "traceback",
                 "executed",
+                "current_inputs",
             )
+            if key in data
         }
+        at = f" at {_secs(t)}" if t is not None else ""
         where = f"node {data.get('node_id')} ({data.get('node_type')})"
         if kind == "execution_error":
-            raise self.fail(
+            exc_type = data.get("exception_type") or "error"
+            text = _one_line(data.get("exception_message"), 400)
+            return self.fail(
                 "execution_error",
-                f"ComfyUI failed prompt {s.prompt_id} at {where}: {data.get('exception_type', '')}"
-                f" {data.get('exception_message', '').strip()}",
-                interrupt=False,
+                f"ComfyUI failed prompt {s.prompt_id} in {where}{at}: {exc_type}: {text};"
+                f" {self.progress_text()}; {self.messages_text()} (traceback in the evidence)",
             )
-        raise self.fail("interrupted", f"prompt {s.prompt_id} was interrupted at {where}", interrupt=False)
+        return self.fail(
+            "interrupted",
+            f"ComfyUI interrupted prompt {s.prompt_id} in {where}{at} (execution_interrupted: someone sent"
+            f" POST /interrupt, or the server was stopping); {self.progress_text()}; {self.messages_text()}",
+        )
 
-    # --- polling -----------------------------------------------------------------------------
-
-    def poll(self) -> JobResult | None:
+    def deadline_failure(self) -> JobFailed:
         s, p = self.state, self.policy
-        s.polls += 1
-        try:
-            entry = self.client.history(s.prompt_id, deadline=self.deadline)
-        except ServerGone as exc:
-            raise self.fail("server_gone", f"{exc} ({self.seen_last()})", interrupt=False) from None
-        except ComfyError as exc:
-            s.last_poll_answer = f"error: {exc}"
-            self.emit("poll", route="/history", answer=s.last_poll_answer)
-            return None
-        status = (entry or {}).get("status") or {}
-        s.last_poll_answer = "{}" if entry is None else f"entry, status {status.get('status_str') or 'none'}"
-        self.emit("poll", route="/history", answer=s.last_poll_answer, attempt=s.polls)
-        if entry is not None and status.get("status_str") == "error":
-            self.history_failure(status)
-        if entry is not None and (status.get("completed") or status.get("status_str") == "success"):
-            return self.finish(entry)
-        if s.announced_s is None and entry is None:
-            self.check_queue()
-        if s.announced_s is not None:
-            s.counted_polls += 1
-            if s.counted_polls >= p.history_max_attempts:
-                raise self.fail(
-                    "history_max_attempts",
-                    f"/history/{s.prompt_id} had no finished entry after {s.counted_polls} polls"
-                    f" (--history-max-attempts = {p.history_max_attempts}); {self.seen_last()}",
-                    interrupt=True,
-                )
-        return None
+        wait = p.scene_max_wait_s
+        expected = "a completion signal (execution_success, executing{node: null}) or a final /history entry"
+        if s.completion is not None:
+            state = (
+                f"ComfyUI signalled completion at {_secs(s.completed_s)} ({s.completion}) but"
+                f" /history/{s.prompt_id} had no finished entry"
+            )
+        else:
+            state = "none came"
+        return self.fail(
+            "scene_max_wait",
+            f"prompt {s.prompt_id} did not finish within {wait:g} s (--scene-max-wait = {wait:g} s):"
+            f" expected {expected}, {state}; {self.seen_last()}",
+            setting="scene_max_wait",
+            cleanup=True,
+        )
 
-    def check_queue(self) -> None:
-        """A prompt that left the queue without a history entry has ended: the grace starts."""
-        try:
-            queue = self.client.queue(deadline=self.deadline)
-        except ServerGone as exc:
-            raise self.fail("server_gone", f"{exc} ({self.seen_last()})", interrupt=False) from None
-        except ComfyError:
-            return
-        ids = {item[1] for item in queue["running"] + queue["pending"]}
-        if self.state.prompt_id not in ids:
-            self.announce("prompt no longer in /queue", poll_now=True)
+    def grace_failure(self) -> JobFailed:
+        s, p = self.state, self.policy
+        grace = p.completion_grace_s
+        return self.fail(
+            "completion_grace",
+            f"ComfyUI signalled completion of prompt {s.prompt_id} at {_secs(s.completed_s)}"
+            f" ({s.completion}) but /history/{s.prompt_id} had no outputs after {grace:g} s"
+            f" (--completion-grace = {grace:g} s);"
+            f" {s.polls} polls, last answer {s.last_answer}; {self.progress_text()}; {self.messages_text()};"
+            f" {self.ws_text()}",
+            setting="completion_grace",
+            cleanup=True,
+        )
 
-    def history_failure(self, status: dict[str, Any]) -> None:
-        for name, data in status.get("messages", []):
-            if name in ("execution_error", "execution_interrupted"):
-                self.server_failure(name, data)
-        raise self.fail(
-            "execution_error", f"ComfyUI's history says prompt {self.state.prompt_id} failed", interrupt=False
+    def attempts_failure(self) -> JobFailed:
+        s, p = self.state, self.policy
+        if s.completion is not None:
+            head = (
+                f"ComfyUI signalled completion of prompt {s.prompt_id} at {_secs(s.completed_s)}"
+                f" ({s.completion}) but /history/{s.prompt_id} had no finished entry after"
+                f" {s.empty_polls} polls"
+            )
+        else:
+            head = (
+                f"/history/{s.prompt_id} had no finished entry and /queue could not be read for"
+                f" {s.empty_polls} polls"
+            )
+        return self.fail(
+            "history_max_attempts",
+            f"{head} {p.history_poll_interval_s:g} s apart"
+            f" (--history-max-attempts = {p.history_max_attempts},"
+            f" --history-poll-interval = {p.history_poll_interval_s:g} s); last answer {s.last_answer};"
+            f" {self.progress_text()}; {self.messages_text()}; {self.ws_text()}",
+            setting="history_max_attempts",
+            cleanup=True,
         )
 
     def finish(self, entry: dict[str, Any]) -> JobResult:
         s = self.state
-        s.history_s = self.now()
-        if s.signal_s is None:
-            s.signal_s = s.history_s
-            s.signal_source = s.signal_source or "history entry"
-        late = s.history_s - (s.announced_s if s.announced_s is not None else s.history_s)
-        if late >= max(self.policy.history_poll_interval_s, 1.0):
-            self.note(f"history came {late:.1f} s after the completion signal ({s.signal_source})")
-        outputs = list_outputs(entry)
-        prompt_nodes = set(self.prompt)
-        cached = bool(prompt_nodes) and prompt_nodes <= s.cached_nodes
+        status = entry.get("status") or {}
+        messages = [m for m in status.get("messages") or [] if isinstance(m, list | tuple) and len(m) >= 2]
+        if not (status.get("completed") is True or status.get("status_str") == "success"):
+            for name, data in messages:
+                if name in ("execution_error", "execution_interrupted") and isinstance(data, Mapping):
+                    raise self.server_failure(name, data, None)
+            raise self.fail(
+                "execution_error",
+                f"ComfyUI's /history/{s.prompt_id} says the prompt ended with status"
+                f" {status.get('status_str')!r} and gives no error message; {self.seen_last()}",
+            )
+        if s.completion is None:
+            self.completed("final /history entry")
+        if s.cached_nodes is None:
+            for name, data in messages:
+                if name == "execution_cached" and isinstance(data, Mapping):
+                    s.cached_nodes = {str(n) for n in data.get("nodes") or []}
+        queued = entry.get("prompt")
+        outputs_to_execute = (
+            [str(o) for o in queued[4]]
+            if isinstance(queued, list) and len(queued) > 4 and isinstance(queued[4], list)
+            else None
+        )
+        needed = _needed_nodes(self.prompt, outputs_to_execute)
+        cached = bool(needed) and s.cached_nodes is not None and needed <= s.cached_nodes
+        outputs = [o.to_dict() for o in list_outputs(entry)]
+        notes = self.notes(final=True)
         if cached:
-            self.note("every node was cached: ComfyUI re-sent old outputs and wrote no new files")
-        steps = [(t, v) for t, v, _ in s.progress]
-        per_step = None
-        if len(steps) >= 2 and steps[-1][1] > steps[0][1]:
-            per_step = round((steps[-1][0] - steps[0][0]) / (steps[-1][1] - steps[0][1]), 4)
-        self.emit("finished", outputs=len(outputs), cached=cached)
+            notes.append(
+                "every node came from ComfyUI's cache: it re-sent the file names of an earlier run and"
+                " wrote no new files"
+            )
+        if not outputs and s.announced:
+            notes.append(
+                f"`executed` announced outputs of nodes {sorted(s.announced)} but /history lists none"
+            )
+        self.emit("finished", outputs=len(outputs), cached=cached, polls=s.polls)
+        self.close_ws()
         return JobResult(
             prompt_id=s.prompt_id,
             number=s.number,
@@ -492,14 +1040,61 @@ class _Follower:
             outputs=outputs,
             cached=cached,
             progress=list(s.progress),
-            seconds_per_step=per_step,
-            timings={
-                "queued_s": s.queued_s,
-                "started_s": s.started_s,
-                "completed_s": s.signal_s,
-                "history_s": s.history_s,
-            },
-            notes=list(s.notes),
+            seconds_per_step=self.seconds_per_step(),
+            timings=self.timings(),
+            notes=notes,
             poll_attempts=s.polls,
             message_counts=dict(s.counts),
+            completion_signal=s.completion,
         )
+
+    def timings(self) -> dict[str, float | None]:
+        s = self.state
+        return {
+            "queued_s": s.queued_s,
+            "started_s": s.started_s,
+            "completed_s": s.completed_s,
+            "history_s": s.history_s,
+        }
+
+    def seconds_per_step(self) -> float | None:
+        s = self.state
+        if len(s.progress) < 2:
+            return None
+        maximum = s.progress[-1][2]
+        run = [p for p in s.progress if p[2] == maximum]
+        first, last = run[0], run[-1]
+        if last[1] <= first[1]:
+            return None
+        return round((last[0] - first[0]) / (last[1] - first[1]), 4)
+
+    def notes(self, *, final: bool = False) -> list[str]:
+        s, p = self.state, self.policy
+        notes = list(s.notes)
+        by_polling = " completed by polling /history" if final else " followed by polling /history"
+        for incident in s.incidents:
+            if incident.kind == "dropped":
+                notes.append(f"websocket dropped at {_secs(incident.s)} ({incident.detail});{by_polling}")
+            elif incident.kind == "no_connect":
+                notes.append(f"websocket could not connect ({incident.detail});{by_polling}")
+            elif incident.kind == "silent":
+                text = (
+                    f"websocket silent for {p.ws_idle_timeout_s:g} s from {_secs(incident.s)}"
+                    f" (--ws-idle-timeout = {p.ws_idle_timeout_s:g} s)"
+                )
+                if incident.resumed_s is not None:
+                    text += f"; polled /history meanwhile, messages resumed at {_secs(incident.resumed_s)}"
+                else:
+                    text += f";{by_polling}"
+                notes.append(text)
+        if final and s.history_s is not None and s.completed_s is not None:
+            late = s.history_s - s.completed_s
+            if late >= HISTORY_LATE_NOTE_S:
+                notes.append(
+                    f"history came {_secs(late)} after completion ({s.completion}; --completion-grace ="
+                    f" {p.completion_grace_s:g} s)"
+                )
+        return notes
+
+
+__all__ = ["FLAGS", "KINDS", "JobFailed", "JobPolicy", "JobRejected", "JobResult", "run_job"]
