@@ -72,7 +72,7 @@ CLEANUP_BUDGET_S = 5.0  # interrupt + dequeue + queue snapshot after a deadline,
 WS_CLOSE_TIMEOUT_S = 0.5
 FIRST_FRAME_WAIT_S = 2.0  # the real server sends status{sid} at once after the handshake
 LAST_MESSAGES = 10
-HISTORY_LATE_NOTE_S = 1.0
+HISTORY_LATE_NOTE_S = 0.5  # history this long after executing{node: null} (sent once it is stored)
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ class _State:
     started_s: float | None = None
     completion: str | None = None
     completed_s: float | None = None
+    stored_signal_s: float | None = None  # executing{node: null}: the server has stored the entry
     history_s: float | None = None
     history_entry: dict[str, Any] | None = None
     cached_nodes: set[str] | None = None
@@ -797,6 +798,7 @@ class _Job:
             node = data.get("node")
             if node is None:
                 self.completed("executing{node: null}")
+                s.stored_signal_s = s.stored_signal_s if s.stored_signal_s is not None else t
                 self.next_poll = time.monotonic()  # sent after the history entry is stored
             else:
                 s.current_node = str(node)
@@ -1088,10 +1090,14 @@ class _Job:
                     text += f";{by_polling}"
                 notes.append(text)
         if final and s.history_s is not None and s.completed_s is not None:
-            late = s.history_s - s.completed_s
+            if s.stored_signal_s is not None:
+                since, signal = s.stored_signal_s, "executing{node: null}"
+            else:
+                since, signal = s.completed_s, s.completion
+            late = s.history_s - since
             if late >= HISTORY_LATE_NOTE_S:
                 notes.append(
-                    f"history came {_secs(late)} after completion ({s.completion}; --completion-grace ="
+                    f"history came {_secs(late)} after completion ({signal}; --completion-grace ="
                     f" {p.completion_grace_s:g} s)"
                 )
         return notes
