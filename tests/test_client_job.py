@@ -636,3 +636,303 @@ def test_job_policy_names_its_settings_and_refuses_nonsense():
         JobPolicy(completion_grace_s=0)
     with pytest.raises(ValueError, match="history_max_attempts"):
         JobPolicy(history_max_attempts=0)
+
+
+# ---------------------------------------------------------------------------------------- recorded traces
+# The client against the real ComfyUI 0.3.64 server's own messages (shared/reference/comfyui),
+# replayed over a real socket in the recorded order, with the recorded gaps (capped). Each line:
+# "<trace> <t> text|binary|history <json>"; {P} is the prompt id, {C} the client id. Payloads are
+# trimmed (progress_state keeps each node's state, tracebacks their first lines); types, order and
+# the fields the client reads are as recorded.
+RECORDED = r"""
+c1 0.003 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}},"sid":"{C}"}}
+c1 0.216 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+c1 0.216 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+c1 0.216 text {"type":"execution_start","data":{"prompt_id":"{P}"}}
+c1 0.292 text {"type":"execution_cached","data":{"nodes":[],"prompt_id":"{P}"}}
+c1 0.293 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"running"}}}}
+c1 0.293 text {"type":"executing","data":{"node":"1","display_node":"1","prompt_id":"{P}"}}
+c1 0.3 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"}}}}
+c1 0.304 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"running"}}}}
+c1 0.304 text {"type":"executing","data":{"node":"2","display_node":"2","prompt_id":"{P}"}}
+c1 0.308 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"}}}}
+c1 0.309 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+c1 0.309 text {"type":"executing","data":{"node":"3","display_node":"3","prompt_id":"{P}"}}
+c1 0.321 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"}}}}
+c1 0.321 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"},"4":{"state":"running"}}}}
+c1 0.321 text {"type":"executing","data":{"node":"4","display_node":"4","prompt_id":"{P}"}}
+c1 0.335 text {"type":"executed","data":{"node":"4","display_node":"4","output":{"images":[{"filename":"frames_00017_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00018_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00019_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00020_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00021_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00022_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00023_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00024_.png","subfolder":"reftrace","type":"output"}]},"prompt_id":"{P}"}}
+c1 0.336 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"},"4":{"state":"finished"}}}}
+c1 0.336 text {"type":"execution_success","data":{"prompt_id":"{P}"}}
+c1 0.729 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}
+c1 0.73 text {"type":"executing","data":{"node":null,"prompt_id":"{P}"}}
+c1 - history {"prompt":[29,"{P}",{},{"client_id":"{C}"},["4"]],"outputs":{"4":{"images":[{"filename":"frames_00017_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00018_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00019_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00020_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00021_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00022_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00023_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00024_.png","subfolder":"reftrace","type":"output"}]}},"status":{"status_str":"success","completed":true,"messages":[["execution_start",{"prompt_id":"{P}"}],["execution_cached",{"nodes":[],"prompt_id":"{P}"}],["execution_success",{"prompt_id":"{P}"}]]},"meta":{"4":{"node_id":"4","display_node":"4","parent_node":null,"real_node_id":"4"}}}
+d 0.004 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}},"sid":"{C}"}}
+d 0.209 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+d 0.21 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+d 0.21 text {"type":"execution_start","data":{"prompt_id":"{P}"}}
+d 0.21 text {"type":"execution_cached","data":{"nodes":["1","2","3","4"],"prompt_id":"{P}"}}
+d 0.211 text {"type":"executed","data":{"node":"4","display_node":"4","output":{"images":[{"filename":"frames_00025_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00026_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00027_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00028_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00029_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00030_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00031_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00032_.png","subfolder":"reftrace","type":"output"}]},"prompt_id":"{P}"}}
+d 0.212 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"4":{"state":"finished"}}}}
+d 0.212 text {"type":"execution_success","data":{"prompt_id":"{P}"}}
+d 0.212 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}
+d 0.212 text {"type":"executing","data":{"node":null,"prompt_id":"{P}"}}
+d - history {"prompt":[33,"{P}",{},{"client_id":"{C}"},["4"]],"outputs":{"4":{"images":[{"filename":"frames_00025_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00026_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00027_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00028_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00029_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00030_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00031_.png","subfolder":"reftrace","type":"output"},{"filename":"frames_00032_.png","subfolder":"reftrace","type":"output"}]}},"status":{"status_str":"success","completed":true,"messages":[["execution_start",{"prompt_id":"{P}"}],["execution_cached",{"nodes":["1","2","3","4"],"prompt_id":"{P}"}],["execution_success",{"prompt_id":"{P}"}]]},"meta":{"4":{"node_id":"4","display_node":"4","parent_node":null,"real_node_id":"4"}}}
+f1 0.004 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}},"sid":"{C}"}}
+f1 0.208 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+f1 0.208 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+f1 0.208 text {"type":"execution_start","data":{"prompt_id":"{P}"}}
+f1 0.208 text {"type":"execution_cached","data":{"nodes":["1","2","3"],"prompt_id":"{P}"}}
+f1 0.212 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"4":{"state":"running"}}}}
+f1 0.212 text {"type":"executing","data":{"node":"4","display_node":"4","prompt_id":"{P}"}}
+f1 0.225 text {"type":"execution_error","data":{"prompt_id":"{P}","node_id":"4","node_type":"SaveImage","executed":[],"exception_message":"**** ERROR: Saving image outside the output folder is not allowed.\n full_output_folder: /opt/ComfyUI\n         output_dir: /opt/ComfyUI/output\n         commonpath: /opt/ComfyUI\n","exception_type":"Exception","traceback":["  File \"/opt/ComfyUI/execution.py\", line 496, in execute\n    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                                                              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n","  File \"/opt/ComfyUI/execution.py\", line 315, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"],"current_inputs":{}}}
+f1 0.225 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}
+f1 0.225 text {"type":"executing","data":{"node":null,"prompt_id":"{P}"}}
+f1 - history {"prompt":[46,"{P}",{},{"client_id":"{C}"},["4"]],"outputs":{},"status":{"status_str":"error","completed":false,"messages":[["execution_start",{"prompt_id":"{P}"}],["execution_cached",{"nodes":["1","2","3"],"prompt_id":"{P}"}],["execution_error",{"prompt_id":"{P}","node_id":"4","node_type":"SaveImage","executed":[],"exception_message":"**** ERROR: Saving image outside the output folder is not allowed.\n full_output_folder: /opt/ComfyUI\n         output_dir: /opt/ComfyUI/output\n         commonpath: /opt/ComfyUI\n","exception_type":"Exception","traceback":["  File \"/opt/ComfyUI/execution.py\", line 496, in execute\n    output_data, output_ui, has_subgraph, has_pending_tasks = await get_output_data(prompt_id, unique_id, obj, input_data_all, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                                                              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n","  File \"/opt/ComfyUI/execution.py\", line 315, in get_output_data\n    return_values = await _async_map_node_over_list(prompt_id, unique_id, obj, input_data_all, obj.FUNCTION, allow_interrupt=True, execution_block_cb=execution_block_cb, pre_execute_cb=pre_execute_cb, hidden_inputs=hidden_inputs)\n                    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"],"current_inputs":{}}]]},"meta":{}}
+g 0.005 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}},"sid":"{C}"}}
+g 0.209 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+g 0.21 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+g 0.21 text {"type":"execution_start","data":{"prompt_id":"{P}"}}
+g 0.212 text {"type":"execution_cached","data":{"nodes":[],"prompt_id":"{P}"}}
+g 0.212 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}}}}
+g 0.217 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"running"}}}}
+g 0.217 text {"type":"executing","data":{"node":"1","display_node":"1","prompt_id":"{P}"}}
+g 0.219 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":3}}}}
+g 0.22 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":4}}}}
+g 0.281 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"}}}}
+g 0.282 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"running"}}}}
+g 0.282 text {"type":"executing","data":{"node":"2","display_node":"2","prompt_id":"{P}"}}
+g 0.389 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"}}}}
+g 0.39 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+g 0.39 text {"type":"executing","data":{"node":"3","display_node":"3","prompt_id":"{P}"}}
+g 0.903 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":3}}}}
+g 0.91 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+g 8.696 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"}}}}
+g 8.697 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"},"4":{"state":"running"}}}}
+g 8.697 text {"type":"executing","data":{"node":"4","display_node":"4","prompt_id":"{P}"}}
+g 8.697 text {"type":"execution_interrupted","data":{"prompt_id":"{P}","node_id":"4","node_type":"ImageScale","executed":["2","1","3"]}}
+g 8.697 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}
+g 8.697 text {"type":"executing","data":{"node":null,"prompt_id":"{P}"}}
+g - history {"prompt":[49,"{P}",{},{"client_id":"{C}"},["6"]],"outputs":{},"status":{"status_str":"error","completed":false,"messages":[["execution_start",{"prompt_id":"{P}"}],["execution_cached",{"nodes":[],"prompt_id":"{P}"}],["execution_interrupted",{"prompt_id":"{P}","node_id":"4","node_type":"ImageScale","executed":["2","1","3"]}]]},"meta":{}}
+h1 0.003 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}},"sid":"{C}"}}
+h1 0.209 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+h1 0.209 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":1}}}}
+h1 0.209 text {"type":"execution_start","data":{"prompt_id":"{P}"}}
+h1 0.209 text {"type":"execution_cached","data":{"nodes":[],"prompt_id":"{P}"}}
+h1 0.209 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"running"}}}}
+h1 0.209 text {"type":"executing","data":{"node":"1","display_node":"1","prompt_id":"{P}"}}
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"}}}}
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"running"}}}}
+h1 0.21 text {"type":"executing","data":{"node":"2","display_node":"2","prompt_id":"{P}"}}
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"}}}}
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+h1 0.21 text {"type":"executing","data":{"node":"3","display_node":"3","prompt_id":"{P}"}}
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+h1 0.21 text {"type":"progress","data":{"value":0,"max":4,"prompt_id":"{P}","node":"3"}}
+h1 0.21 binary [238,1]
+h1 0.21 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+h1 0.21 text {"type":"progress","data":{"value":1,"max":4,"prompt_id":"{P}","node":"3"}}
+h1 0.21 binary [238,1]
+h1 0.211 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+h1 0.211 text {"type":"progress","data":{"value":2,"max":4,"prompt_id":"{P}","node":"3"}}
+h1 0.211 binary [238,1]
+h1 0.211 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"running"}}}}
+h1 0.211 text {"type":"progress","data":{"value":3,"max":4,"prompt_id":"{P}","node":"3"}}
+h1 0.211 binary [238,1]
+h1 0.211 text {"type":"progress_state","data":{"prompt_id":"{P}","nodes":{"1":{"state":"finished"},"2":{"state":"finished"},"3":{"state":"finished"}}}}
+h1 0.211 text {"type":"execution_success","data":{"prompt_id":"{P}"}}
+h1 0.211 text {"type":"status","data":{"status":{"exec_info":{"queue_remaining":0}}}}
+h1 0.211 text {"type":"executing","data":{"node":null,"prompt_id":"{P}"}}
+h1 - history {"prompt":[53,"{P}",{},{"client_id":"{C}"},["3"]],"outputs":{},"status":{"status_str":"success","completed":true,"messages":[["execution_start",{"prompt_id":"{P}"}],["execution_cached",{"nodes":[],"prompt_id":"{P}"}],["execution_success",{"prompt_id":"{P}"}]]},"meta":{}}
+"""  # noqa: E501
+
+
+def recorded(name: str) -> tuple[list[tuple[float, str, Any]], dict[str, Any]]:
+    frames: list[tuple[float, str, Any]] = []
+    history: dict[str, Any] = {}
+    for line in RECORDED.strip().splitlines():
+        trace, t, kind, payload = line.split(" ", 3)
+        if trace != name:
+            continue
+        if kind == "history":
+            history = json.loads(payload)
+        else:
+            frames.append((float(t), kind, json.loads(payload)))
+    assert frames and history, name
+    return frames, history
+
+
+class Replay:
+    """A stand-in ComfyUI that plays one recorded WebSocket trace to the client that queues a prompt.
+
+    The first frame (status with sid) goes out on connect, the rest after POST /prompt, paced by
+    the recorded gaps (at most ``gap_cap``). Like the real server, the history entry is stored
+    just before the final executing{node: null}. ``deliver_until`` cuts delivery after that many
+    frames while the "server" goes on (an orphaned socket, as in the i2 trace).
+    """
+
+    def __init__(self, name: str, *, gap_cap: float = 0.15, deliver_until: int | None = None) -> None:
+        self.frames, self.history = recorded(name)
+        self.gap_cap = gap_cap
+        self.deliver_until = deliver_until
+        self.prompt_id: str | None = None
+        self.client_id: str | None = None
+        self.stored = False
+        self.posted: Any = None
+        self.interrupts: list[Any] = []
+        self.server: Any = None
+
+    def text(self, payload: Any) -> str:
+        raw = json.dumps(payload)
+        return raw.replace("{P}", self.prompt_id or "").replace("{C}", self.client_id or "")
+
+    async def ws(self, request: Any) -> Any:
+        import asyncio
+
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.client_id = request.rel_url.query.get("clientId")
+        await ws.send_str(self.text(self.frames[0][2]))
+        await asyncio.wait_for(self.posted.wait(), 10)
+        previous = self.frames[0][0]
+        for index, (t, kind, payload) in enumerate(self.frames[1:], start=1):
+            await asyncio.sleep(min(max(t - previous, 0.0), self.gap_cap))
+            previous = t
+            if index == len(self.frames) - 1:
+                self.stored = True
+            if self.deliver_until is not None and index >= self.deliver_until:
+                continue
+            if kind == "text":
+                await ws.send_str(self.text(payload))
+            else:
+                length, event_type = payload
+                await ws.send_bytes(
+                    event_type.to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes(length - 8)
+                )
+        async for message in ws:
+            if message.type == WSMsgType.ERROR:
+                break
+        return ws
+
+    async def post_prompt(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.json()
+        self.prompt_id = body["prompt_id"]
+        self.posted.set()
+        return web.json_response({"prompt_id": self.prompt_id, "number": 29, "node_errors": {}})
+
+    async def history_item(self, request: Any) -> Any:
+        from aiohttp import web
+
+        pid = request.match_info["prompt_id"]
+        if not self.stored or pid != self.prompt_id:
+            return web.json_response({})
+        return web.json_response({pid: json.loads(self.text(self.history))})
+
+    async def queue(self, request: Any) -> Any:
+        from aiohttp import web
+
+        running = [] if self.stored else [[29, self.prompt_id, {}, {"client_id": self.client_id}, ["4"]]]
+        return web.json_response({"queue_running": running, "queue_pending": []})
+
+    async def ok(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.interrupts.append((request.path, await request.text()))
+        return web.Response(status=200)
+
+    def app(self) -> Any:
+        import asyncio
+
+        from aiohttp import web
+
+        self.posted = asyncio.Event()
+        app = web.Application()
+        app.router.add_get("/ws", self.ws)
+        app.router.add_post("/prompt", self.post_prompt)
+        app.router.add_get("/history/{prompt_id}", self.history_item)
+        app.router.add_get("/queue", self.queue)
+        app.router.add_post("/interrupt", self.ok)
+        app.router.add_post("/queue", self.ok)
+        return app
+
+    def __enter__(self) -> Replay:
+        from pytest_gemdirect.sim.server import ServerThread
+
+        self.server = ServerThread(self.app, name="gemdirect-replay").start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def recorded_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, kind, payload in self.frames[: self.deliver_until]:
+            key = payload["type"] if kind == "text" else "binary"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+def replay(name: str, policy: JobPolicy = POLICY, **options: Any) -> tuple[Any, Replay]:
+    with Replay(name, **options) as server, ComfyClient(server.url) as client:
+        outcome, _, _ = follow(client, {"4": {"class_type": "SaveImage", "inputs": {}}}, policy)
+    return outcome, server
+
+
+def test_recorded_success_completes_on_the_real_message_sequence():
+    result, server = replay("c1")
+    assert isinstance(result, JobResult), result
+    assert result.message_counts == server.recorded_counts()  # every recorded message read, in order
+    assert result.completion_signal == "execution_success" and result.cached is False
+    assert [o["filename"] for o in result.outputs] == [f"frames_{n:05d}_.png" for n in range(17, 25)]
+    assert {o["subfolder"] for o in result.outputs} == {"reftrace"} and result.notes == []
+    assert result.timings["completed_s"] <= result.timings["history_s"]
+
+
+def test_recorded_fully_cached_requeue_is_recognised():
+    result, server = replay("d")
+    assert isinstance(result, JobResult), result
+    assert result.message_counts == server.recorded_counts()
+    assert result.cached is True  # execution_cached listed every node, no node executed
+    assert result.outputs[0]["filename"] == "frames_00025_.png"  # the old names, re-sent
+    assert any("no new files" in note for note in result.notes)
+
+
+def test_recorded_runtime_error_ends_with_node_class_and_message():
+    outcome, _ = replay("f1")
+    failure = expect_failure(outcome, "execution_error")
+    assert (
+        failure.evidence["error"]["node_id"] == "4" and failure.evidence["error"]["node_type"] == "SaveImage"
+    )
+    assert "Saving image outside the output folder is not allowed" in str(failure)
+    assert failure.evidence["error"]["traceback"]
+
+
+def test_recorded_interrupt_ends_the_attempt_as_interrupted():
+    outcome, _ = replay("g")
+    failure = expect_failure(outcome, "interrupted")
+    assert "node 4 (ImageScale)" in str(failure)
+
+
+def test_recorded_progress_and_binary_previews_are_followed():
+    result, server = replay("h1")
+    assert isinstance(result, JobResult), result
+    assert [(v, m) for _, v, m in result.progress] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert result.message_counts["binary"] == 4 == server.recorded_counts()["binary"]
+    assert result.seconds_per_step is not None
+
+
+def test_an_orphaned_socket_falls_back_to_polling_and_completes():
+    # i2: the socket stops receiving mid-run (a second socket took the client id) while the job goes on
+    result, server = replay("c1", deliver_until=10, gap_cap=0.25)
+    assert isinstance(result, JobResult), result
+    assert result.message_counts == server.recorded_counts()
+    assert any("websocket silent" in note and "completed by polling" in note for note in result.notes)
+    assert result.completion_signal == "final /history entry" and len(result.outputs) == 8

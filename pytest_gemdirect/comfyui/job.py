@@ -1085,6 +1085,8 @@ class _Job:
                     f" (--ws-idle-timeout = {p.ws_idle_timeout_s:g} s)"
                 )
                 if incident.resumed_s is not None:
+                    if final:
+                        continue  # a quiet spell (a model load, a queue ahead): in the events, not a note
                     text += f"; polled /history meanwhile, messages resumed at {_secs(incident.resumed_s)}"
                 else:
                     text += f";{by_polling}"
