@@ -314,6 +314,7 @@ class _Job:
         self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
         self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
         self._sink_failed = False
+        self._early: list[tuple[float, dict[str, Any]]] | None = []
 
     # ------------------------------------------------------------------ small helpers
     def s(self) -> float:
@@ -323,8 +324,25 @@ class _Job:
     def emit(self, event: str, **fields: Any) -> None:
         if self.on_event is None:
             return
+        if self._early is not None:  # before POST /prompt: held until the clock's origin is known
+            self._early.append((time.monotonic(), {"t": _now_iso(), "event": event, **fields}))
+            return
+        self._deliver({"t": _now_iso(), "s": self.s(), "event": event, **fields})
+
+    def start_clock(self) -> None:
+        """Seconds count from now (POST /prompt); events held until now go out with negative times."""
+        old, self.t_post = self.t_post, time.monotonic()
+        for message in self.state.last_messages:  # the status{sid} frame read before the POST
+            message["t"] = round(message["t"] + old - self.t_post, 3) + 0.0
+        early, self._early = self._early or [], None
+        for at, event in early:
+            event["s"] = round(at - self.t_post, 3) + 0.0
+            self._deliver({k: event[k] for k in ("t", "s", "event")} | event)
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        assert self.on_event is not None
         try:
-            self.on_event({"t": _now_iso(), "s": self.s(), "event": event, **fields})
+            self.on_event(event)
         except Exception as exc:  # noqa: BLE001 - a broken sink must not end the job
             if not self._sink_failed:
                 self._sink_failed = True
@@ -403,6 +421,8 @@ class _Job:
     ) -> JobFailed:
         """A JobFailed with the evidence; for a spent deadline, interrupt and dequeue our prompt first."""
         s = self.state
+        if self._early is not None:
+            self.start_clock()
         evidence = self.evidence(kind, setting)
         self.close_ws()
         if cleanup:
@@ -546,7 +566,7 @@ class _Job:
 
     def queue(self) -> None:
         s = self.state
-        self.t_post = time.monotonic()
+        self.start_clock()
         self.last_activity = self.t_post  # silence is counted from the moment there is a prompt
         self.emit("post_prompt", prompt_id=s.prompt_id, client_id=self.client_id)
         try:
@@ -1095,7 +1115,7 @@ class _Job:
             if s.stored_signal_s is not None:
                 since, signal = s.stored_signal_s, "executing{node: null}"
             else:
-                since, signal = s.completed_s, s.completion
+                since, signal = s.completed_s, str(s.completion)
             late = s.history_s - since
             if late >= HISTORY_LATE_NOTE_S:
                 notes.append(
