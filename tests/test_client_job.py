@@ -174,7 +174,7 @@ def test_svd_workflow_runs_to_frames_with_progress_timings_and_decoded_downloads
     for event in events:
         assert len(json.dumps(event)) < 600, event  # small enough for events.jsonl, even progress_state
     times = [e["s"] for e in events]
-    assert times == sorted(times) and times[kinds.index("post_prompt")] == 0.0  # seconds after the POST
+    assert times == sorted(times) and abs(times[kinds.index("post_prompt")]) < 0.05  # seconds after POST
     files = download_outputs(client, result.outputs, tmp_path / "frames", deadline=Deadline(30))
     assert len(files) == 25 and sum(f.frames for f in files) == 25
     for file in files:
