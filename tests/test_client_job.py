@@ -366,7 +366,7 @@ def test_crash_fails_fast_with_server_gone(make_sim, make_client, keyframe, told
     assert sim.url in str(failure)
     assert ("process has exited" in str(failure)) if told else ("connection refused" in str(failure))
     assert failure.evidence["interrupt_sent"] is False
-    assert seconds < 5  # not the 20 s scene deadline
+    assert seconds < 8  # not the 20 s scene deadline (Windows takes ~2 s to refuse)
     assert sim.wait_stopped(5)  # (the in-thread server may still be closing when death is reported)
     with pytest.raises(ServerGone):
         client.system_stats()
@@ -486,7 +486,7 @@ def test_connection_refused_is_server_gone():
                 call()
         outcome, _, seconds = follow(client, {"1": {"class_type": "SaveImage", "inputs": {}}})
         expect_failure(outcome, "server_gone")
-        assert seconds < 3
+        assert seconds < 8  # refused at once (Windows retries a refused connect for ~2 s)
 
 
 # ---------------------------------------------------------------------------------------- outputs
