@@ -11,7 +11,8 @@ The WebSocket is the fast path; ``/history`` and ``/queue`` are the truth.
   is how the old script hung. It only schedules one check of ``/history`` + ``/queue`` when
   nothing follows it.
 - ``execution_error`` / ``execution_interrupted`` for our prompt end the attempt at once.
-  Messages of other prompts (``execution_interrupted`` is broadcast) are ignored.
+  Messages of other prompts are ignored (a prompt queued without a client id has its
+  ``progress`` and ``execution_interrupted`` broadcast to every socket).
 - A dropped socket, a socket silent for ``ws_idle_timeout_s`` (no message about our prompt) or
   a missed message falls back to polling ``/history`` every ``history_poll_interval_s``. While
   ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait_s``; once
