@@ -19,11 +19,24 @@ def new_run_id(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
+def _file_mode() -> int:
+    global _FILE_MODE
+    if _FILE_MODE is None:
+        umask = os.umask(0)
+        os.umask(umask)
+        _FILE_MODE = 0o666 & ~umask
+    return _FILE_MODE
+
+
+_FILE_MODE: int | None = None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a temp file beside ``path``, then rename it over: no reader or crash sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; artifacts are for everyone who may read the folder
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
             handle.flush()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import html
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_gemdirect.progress import ProgressDisplay
+from pytest_gemdirect.report import BaselineError, load_baseline, render_overview, write_report
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.services import ServiceError, Services, describe_targets
 from pytest_gemdirect.settings import SPECS, Settings
@@ -55,6 +57,13 @@ class GemdirectRun:
         handed = config.workerinput.get(WORKER_INPUT_KEY) if self.is_worker else None  # type: ignore[attr-defined]
         self.handed: dict[str, Any] | None = handed
         self._stages: Stages | None = None
+        self._previous_sigterm: Any = None
+        self.baseline: dict[str, Any] | None = None
+        if settings.baseline is not None:
+            try:
+                self.baseline = load_baseline(settings.baseline)
+            except BaselineError as exc:
+                raise pytest.UsageError(f"pytest-gemdirect: invalid value for baseline: {exc}") from None
         self._handed: dict[str, Any] | None = None  # xdist controller: what every worker gets
         self.run: RunDirectory | None = None
         self.services: Services | None = None
@@ -65,6 +74,7 @@ class GemdirectRun:
         elif selects_pipeline(config.getoption("markexpr", "")) or settings.run_dir is not None:
             self._start_run_dir()
             self._wire_html_report()
+            self._treat_sigterm_as_interrupt()
 
     # --- lazily started state ------------------------------------------------------------
 
@@ -207,8 +217,20 @@ class GemdirectRun:
         }
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        if self.summary is not None:
-            prefix.append(render_html_overview(self.summary.data))
+        if self.summary is not None and self.run is not None:
+            html_dir = Path(self.config.option.htmlpath).resolve().parent
+            prefix.append(
+                render_overview(self.summary.data, self.run.root, baseline=self.baseline, link_base=html_dir)
+            )
+
+    def write_report(self) -> None:
+        """The run's report.html as it stands now, so a run killed half-way still leaves one."""
+        if self.summary is None or self.run is None or self.is_worker:
+            return
+        write_report(self.run.report_html, self.summary.data, self.run.root, baseline=self.baseline)
+
+    def pytest_runtest_logfinish(self) -> None:
+        self.write_report()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -217,6 +239,7 @@ class GemdirectRun:
             self.summary.finish(
                 "interrupted" if interrupted else "passed", "interrupted" if interrupted else None
             )
+            self.write_report()  # pytest-html, running after us, writes its own over it when it owns the path
         if self.services is not None:
             self.services.close()
 
@@ -239,6 +262,18 @@ class GemdirectRun:
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         if self.services is not None:
             self.services.close()
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+
+    def _treat_sigterm_as_interrupt(self) -> None:
+        """A CI runner's SIGTERM ends the run like Ctrl-C: summary marked interrupted, services ended."""
+        if self.is_worker or threading.current_thread() is not threading.main_thread():
+            return
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
 
 
 def _ini(config: pytest.Config, name: str) -> Any:
@@ -246,57 +281,3 @@ def _ini(config: pytest.Config, name: str) -> Any:
         return config.getini(name)
     except ValueError:
         return None
-
-
-def render_html_overview(data: dict[str, Any]) -> str:
-    """The overview block added to pytest-html's report; everything from a server is escaped."""
-    esc = html.escape
-    rows = []
-    for stage in data["stages"]:
-        duration = f"{stage['duration_s']:.1f} s" if stage.get("duration_s") is not None else ""
-        rows.append(
-            f"<tr><td>{SYMBOLS.get(stage['status'], '?')}</td><td>{esc(STAGE_TITLES[stage['name']])}</td>"
-            f"<td>{esc(stage['status'])}</td><td>{duration}</td><td>{esc(stage.get('message') or '')}</td></tr>"
-        )
-    backends = "".join(
-        f"<li>{esc(name)}: {esc(b['target'])} {esc(b.get('url') or '')}"
-        f"{' <strong>SIMULATED</strong>' if b.get('simulated') else ''}</li>"
-        for name, b in sorted(data["backends"].items())
-    )
-    scenes = "".join(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-            esc(s["id"]),
-            esc(s["status"]),
-            s["frame_count"],
-            len(s["attempts"]),
-            *(
-                _secs((s.get("telemetry") or {}).get(k))
-                for k in ("queue_wait_s", "generation_s", "retrieval_s")
-            ),
-        )
-        for s in data["scenes"]
-    )
-    settings = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td><td>{esc(data['setting_sources'].get(k, ''))}</td></tr>"
-        for k, v in data["settings"].items()
-    )
-    banner = (
-        '<p class="gemdirect-simulated"><strong>SIMULATED:</strong> this run used the embedded simulator,'
-        " not a GPU backend.</p>"
-        if data.get("simulated")
-        else ""
-    )
-    return (
-        f'<div class="gemdirect"><h2>gemdirect: {esc(verdict(data))}</h2>{banner}'
-        f"<p>run directory: {esc(data['run_dir'])}</p>"
-        f"<h3>Stages</h3><table><tr><th></th><th>stage</th><th>status</th><th>duration</th><th>evidence</th></tr>"
-        f"{''.join(rows)}</table>"
-        f"<h3>Backends</h3><ul>{backends}</ul>"
-        f"<h3>Scenes</h3><table><tr><th>scene</th><th>status</th><th>frames</th><th>attempts</th>"
-        f"<th>queue wait</th><th>generation</th><th>retrieval</th></tr>{scenes}</table>"
-        f"<h3>Settings</h3><table><tr><th>setting</th><th>value</th><th>source</th></tr>{settings}</table></div>"
-    )
-
-
-def _secs(value: float | None) -> str:
-    return f"{value:.2f} s" if value is not None else ""
