@@ -360,7 +360,7 @@ class Stages:
                 generation.client,
                 prompt,
                 policy=self._policy(),
-                on_event=lambda event: append_jsonl(events, {"attempt": number, **event}),
+                on_event=lambda event: append_jsonl(events, {**event, "scene_attempt": number}),
                 on_progress=lambda value, maximum: self.progress and self.progress(scene_id, value, maximum),
                 is_server_alive=self.services.comfyui_alive,
             )
