@@ -1,0 +1,113 @@
+"""Launching ComfyUI from an install folder (``--comfyui-dir``), from the outside, with the fake
+installs in tests/fake_comfyui."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import psutil
+import pytest
+
+from pytest_gemdirect.schemas_io import load_schema
+
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+REPO = Path(__file__).resolve().parents[1]
+FAKES = REPO / "tests" / "fake_comfyui"
+SMOKE = REPO / "fixtures" / "workflows" / "smoke.json"
+SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
+    return pytester
+
+
+def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path, float]:
+    run_dir = project.path / "run"
+    started = time.monotonic()
+    result = project.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", "e2e", "-rs", *SHORT, *args
+    )
+    return result, run_dir, time.monotonic() - started
+
+
+def summary_of(run_dir: Path) -> dict:
+    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
+    jsonschema.validate(data, load_schema("run-summary.schema.json"))
+    return data
+
+
+def stages(data: dict) -> dict[str, dict]:
+    return {stage["name"]: stage for stage in data["stages"]}
+
+
+def processes_from(install: Path) -> list[psutil.Process]:
+    """Live processes whose command line or working folder is inside ``install``."""
+    needle = str(install)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if needle in " ".join(info["cmdline"] or []) or needle in (info["cwd"] or ""):
+            found.append(proc)
+    return found
+
+
+def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pytest.Pytester) -> None:
+    install = FAKES / "good"
+    result, run_dir, _ = run_e2e(project, "--comfyui-dir", str(install), "--workflow", str(SMOKE))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    data = summary_of(run_dir)
+    assert data["status"] == "passed"
+    comfyui = data["backends"]["comfyui"]
+    assert comfyui["target"] == "launched"
+    assert comfyui["simulated"] is False
+    assert (run_dir / "comfyui.log").is_file()
+    assert "IMPORT FAILED" in (run_dir / "comfyui.log").read_text(encoding="utf-8")
+    assert any("ComfyUI-Foo" in w and "failed to import" in w for w in data["warnings"]), data["warnings"]
+    gone_by = time.monotonic() + 10
+    while processes_from(install) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    left = [(p.pid, p.info["cmdline"]) for p in processes_from(install)]
+    assert not left, f"processes from {install} still running: {left}"
+
+
+def test_comfyui_that_crashes_on_boot_fails_the_stage_quickly(project: pytest.Pytester) -> None:
+    install = FAKES / "crash_on_boot"
+    result, run_dir, elapsed = run_e2e(
+        project, "--comfyui-dir", str(install), "--workflow", str(SMOKE), "--comfyui-boot-timeout", "120"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert elapsed < 60  # not the 120 s boot timeout
+    data = summary_of(run_dir)
+    by_stage = stages(data)
+    message = by_stage["comfyui"]["message"]
+    assert by_stage["comfyui"]["status"] == "failed"
+    assert "exit code" in message
+    assert "comfyui.log" in message and "Last" in message  # the log tail
+    assert "Checkpoint files will always be loaded safely." in message
+    assert by_stage["svd"]["status"] == by_stage["frames"]["status"] == "not_reached"
+    assert [scene["status"] for scene in data["scenes"]] == ["not_reached"]
+    result.stdout.fnmatch_lines(["*exited during start-up with exit code*"])
+
+
+def test_comfyui_url_and_dir_together_is_a_usage_error(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "e2e",
+        "--comfyui-url",
+        "http://127.0.0.1:8188",
+        "--comfyui-dir",
+        str(FAKES / "good"),
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*comfyui_url (from --comfyui-url) and comfyui_dir (from --comfyui-dir)*set only one*"]
+    )
