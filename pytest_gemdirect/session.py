@@ -98,7 +98,7 @@ class GemdirectRun:
         from pytest_gemdirect.suites import parse_suite_specs
 
         try:
-            return [spec.name for spec in parse_suite_specs(list(self.settings.suite))]
+            return [spec.name for spec in parse_suite_specs(list(self.settings.suites))]
         except ValueError as exc:
             raise pytest.UsageError(f"pytest-gemdirect: invalid value for suite: {exc}") from None
 
@@ -194,7 +194,7 @@ class GemdirectRun:
             120.0
             + 6 * s.llm_timeout
             + s.scenes * (1 + s.max_scene_retries) * (s.scene_max_wait + s.completion_grace)
-            + len(s.suite) * s.suite_timeout
+            + len(s.suites) * s.suite_timeout
         )
         for item in items:
             if item.get_closest_marker("timeout") is None:

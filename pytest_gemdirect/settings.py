@@ -116,10 +116,11 @@ class SettingSpec:
     multi: bool = False  # repeatable flag, comma-separated env var, one-per-line ini
     secret: bool = False  # never shown in the header, the summary or the report
     metavar: str | None = None
+    flag_name: str | None = None  # a repeatable flag reads better singular: --suite, ini gemdirect_suites
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.flag_name or self.name).replace("_", "-")
 
     @property
     def ini(self) -> str:
@@ -192,7 +193,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "ws_idle_timeout", _positive_float, 15.0, "seconds of WebSocket silence before polling", metavar="S"
     ),
     # external suites
-    SettingSpec("suite", str, (), "external suite NAME=COMMAND (or the preset 'vitest')", multi=True),
+    SettingSpec(
+        "suites",
+        str,
+        (),
+        "external suite NAME=COMMAND (or the preset 'vitest')",
+        multi=True,
+        flag_name="suite",
+    ),
     SettingSpec("suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)"),
     SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
 )

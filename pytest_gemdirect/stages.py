@@ -111,7 +111,7 @@ class Stages:
         return scene_ids(self.settings.scenes)
 
     def suite_specs(self) -> list[SuiteSpec]:
-        return parse_suite_specs(list(self.settings.suite))
+        return parse_suite_specs(list(self.settings.suites))
 
     def all_keys(self) -> list[str]:
         keys = ["env", "llm", "story", "comfyui"]
