@@ -631,6 +631,7 @@ _COLOURS = {
     "skipped": "#9e9e9e",
     "not_reached": "#bdbdbd",
     "running": "#f9a825",
+    "interrupted": "#6d4c41",
 }
 
 

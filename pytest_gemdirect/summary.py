@@ -24,7 +24,14 @@ STAGE_TITLES: dict[str, str] = {
     "suites": "external suites",
     "summary": "run summary",
 }
-SYMBOLS = {"passed": "✅", "failed": "❌", "not_reached": "⏸", "skipped": "⏭", "running": "…"}
+SYMBOLS = {
+    "passed": "✅",
+    "failed": "❌",
+    "not_reached": "⏸",
+    "skipped": "⏭",
+    "running": "…",
+    "interrupted": "⏹",
+}
 
 
 def stage_of(key: str) -> str:
@@ -126,6 +133,7 @@ class RunSummary:
     def update_scene(self, scene_id: str, **fields: Any) -> None:
         with self._lock:
             self.scene(scene_id).update(fields)
+            self._update_scene_status(scene_id)
             self.write()
 
     def record_item(
@@ -150,9 +158,8 @@ class RunSummary:
                 scene["status"], scene["failed_stage"] = "failed", stage
                 scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
                 return
-        scene["status"] = (
-            "passed" if frames == "passed" else ("running" if svd == "passed" else "not_reached")
-        )
+        started = svd == "passed" or bool(scene["attempts"])  # generating, or waiting for retrieval
+        scene["status"] = "passed" if frames == "passed" else ("running" if started else "not_reached")
 
     def _rebuild_stages(self) -> None:
         stages = []
@@ -188,11 +195,26 @@ class RunSummary:
                 status = "failed" if failed or status == "failed" else "passed"
                 if failed and reason is None:
                     reason = "failed: " + ", ".join(failed)
+            self._close_open_scenes(interrupted=status == "interrupted")
             self.data["status"] = status
             self.data["status_reason"] = reason
             self.data["finished_at"] = _now()
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             self.write()
+
+    def _close_open_scenes(self, *, interrupted: bool) -> None:
+        """A finished run has no scene "running": say what happened to those still open."""
+        for scene in self.data["scenes"]:
+            if scene["status"] != "running":
+                continue
+            for attempt in scene["attempts"]:
+                if attempt.get("outcome") == "running":
+                    attempt.update(ended_at=_now(), outcome="interrupted", reason="the run was interrupted")
+            if interrupted:
+                scene["status"], scene["message"] = "interrupted", "the run was interrupted before this scene ended"
+            else:
+                scene["status"] = "not_reached"
+                scene["message"] = "its frames were not retrieved in this run (frames stage not run)"
 
     # --- output ----------------------------------------------------------------------------
 

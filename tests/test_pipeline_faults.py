@@ -360,6 +360,9 @@ def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project
     data = summary_of(run_dir)
     assert data["status"] == "interrupted", output
     assert scenes(data)["scene-001"]["status"] == "passed"
+    scene_002 = scenes(data)["scene-002"]
+    assert scene_002["status"] == "interrupted"
+    assert [a["outcome"] for a in scene_002["attempts"]] == ["interrupted"]
     gone_by = time.monotonic() + 10
     while _running(sim_pid) and time.monotonic() < gone_by:
         time.sleep(0.1)
@@ -367,11 +370,6 @@ def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project
 
 
 def test_live_summary_shows_a_scene_in_generation_as_running(project: pytest.Pytester) -> None:
-    # PRODUCT BUG (reported): while scene-002 is being generated (its attempt 1 has outcome
-    # "running"), run-summary.json lists the scene itself as "not_reached"; a scene only turns
-    # "running" once svd has passed (RunSummary._update_scene_status). The schema has "running"
-    # for scenes, and a live summary that says a scene was not reached while it is generating
-    # misleads anyone watching the run.
     proc, run_dir = _start_stalled_run(project)
     try:
         live = _wait_for_scene_002_attempt(proc, run_dir)

@@ -170,3 +170,16 @@ def test_plain_unit_test_run_makes_no_run_directory(pytester: pytest.Pytester) -
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "logs").exists()
+
+
+def test_generation_only_run_leaves_no_scene_running(project: pytest.Pytester) -> None:
+    # -m svd generates but never retrieves: the finished summary must not claim a scene is still running
+    result, run_dir = run_e2e(project, "-m", "svd")
+    result.assert_outcomes(passed=3)
+    data = summary_of(run_dir)
+    assert stage_status(data)["svd"] == "passed"
+    assert stage_status(data)["frames"] == "not_reached"
+    for scene in data["scenes"]:
+        assert scene["status"] == "not_reached"
+        assert "not retrieved" in scene["message"]
+        assert [attempt["outcome"] for attempt in scene["attempts"]] == ["success"]
