@@ -72,12 +72,14 @@ def main() -> None:
         gap, kind = last_message_to_failure(project / "never", "scene-002")
         print(
             f"history-never@scene-002: {never:.1f} s wall ({never - clean:+.1f} s beyond fault-free);"
-            f" last simulator message -> failure {gap:.1f} s ({kind}), completion grace {args.completion_grace:g} s"
+            f" last simulator message -> failure {gap:.1f} s ({kind}),"
+            f" completion grace {args.completion_grace:g} s"
         )
         crash = run(project, project / "crash", "--sim-fault", "crash@scene-002")
         gap, kind = last_message_to_failure(project / "crash", "scene-002")
         print(
-            f"crash@scene-002: {crash:.1f} s wall; last message before the crash -> failure {gap:.2f} s ({kind})"
+            f"crash@scene-002: {crash:.1f} s wall;"
+            f" last message before the crash -> failure {gap:.2f} s ({kind})"
         )
 
 

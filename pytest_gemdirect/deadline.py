@@ -51,4 +51,5 @@ class Deadline:
         """Raise DeadlineExceeded naming ``what`` and the setting when the budget is gone."""
         if self.expired():
             bound = f" ({self.setting} = {self.seconds:g} s)" if self.setting else ""
-            raise DeadlineExceeded(f"{what}: no result within {self.seconds:g} s{bound}", setting=self.setting)
+            message = f"{what}: no result within {self.seconds:g} s{bound}"
+            raise DeadlineExceeded(message, setting=self.setting)

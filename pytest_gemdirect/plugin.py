@@ -22,12 +22,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("gemdirect", "gemdirect end-to-end pipeline")
     for spec in SPECS:
         extra: dict[str, Any] = {"action": "append"} if spec.multi else {}
+        default = f"default {spec.shown_default}; " if spec.shown_default is not None else ""
         group.addoption(
             spec.flag,
             dest=f"gemdirect_{spec.name}",
             default=None,
             metavar=spec.metavar,
-            help=f"{spec.help} (env {spec.env}, ini {spec.ini})",
+            help=f"{spec.help} ({default}env {spec.env}, ini {spec.ini})",
             **extra,
         )
         parser.addini(spec.ini, type="linelist" if spec.multi else "string", default=None, help=spec.help)
@@ -78,9 +79,10 @@ def gemdirect_check(gemdirect_stages: Stages) -> Callable[[str], Any]:
         try:
             return gemdirect_stages.pipeline.run(key)
         except StageFailed as exc:
-            pytest.fail(str(exc), pytrace=False)
+            failure = str(exc)  # failed outside the except block: the message once, without a chain
         except (NotReached, StageSkipped) as exc:
             pytest.skip(str(exc))
+        pytest.fail(failure, pytrace=False)
 
     return check
 

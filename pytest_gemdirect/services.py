@@ -33,7 +33,7 @@ class Backend:
 
     name: str  # "comfyui" | "llm"
     target: str  # "embedded" | "attached" | "launched"
-    url: str | None
+    url: str
     simulated: bool
     pid: int | None = None
     log: str | None = None

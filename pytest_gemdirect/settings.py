@@ -123,6 +123,17 @@ class SettingSpec:
         return "--" + (self.flag_name or self.name).replace("_", "-")
 
     @property
+    def shown_default(self) -> str | None:
+        """The default as a user would type it (None when there is none to show)."""
+        if self.default in (None, (), "") or self.secret:
+            return None
+        if isinstance(self.default, tuple):
+            return "x".join(map(str, self.default))
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    @property
     def ini(self) -> str:
         return "gemdirect_" + self.name
 
@@ -147,18 +158,29 @@ SPECS: tuple[SettingSpec, ...] = (
         "comfyui_args", str, "", 'extra arguments for a launched ComfyUI, e.g. "--lowvram"', metavar="ARGS"
     ),
     SettingSpec(
-        "comfyui_boot_timeout", _positive_float, 120.0, "seconds a launched ComfyUI may take to answer"
+        "comfyui_boot_timeout",
+        _positive_float,
+        120.0,
+        "seconds a launched ComfyUI may take to answer",
+        metavar="S",
     ),
     SettingSpec(
         "llm_url", _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
     ),
-    SettingSpec("llm_model", str, None, "LLM model id (default: the first one the server lists)"),
     SettingSpec(
-        "llm_api_key", str, None, "bearer token for the LLM server (never written anywhere)", secret=True
+        "llm_model", str, None, "LLM model id (default: the first one the server lists)", metavar="ID"
+    ),
+    SettingSpec(
+        "llm_api_key",
+        str,
+        None,
+        "bearer token for the LLM server (never written anywhere)",
+        secret=True,
+        metavar="KEY",
     ),
     SettingSpec("llm_timeout", _positive_float, 120.0, "seconds an LLM request may take", metavar="S"),
-    SettingSpec("llm_seed", int, 42, "seed sent to the LLM and used by the fallback story"),
-    SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM"),
+    SettingSpec("llm_seed", int, 42, "seed sent to the LLM and used by the fallback story", metavar="N"),
+    SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM", metavar="T"),
     SettingSpec(
         "require_real_backends",
         _bool,
@@ -166,28 +188,72 @@ SPECS: tuple[SettingSpec, ...] = (
         "fail the run when a service would be simulated (for GPU runs that must not pass on the simulator)",
         metavar="BOOL",
     ),
-    SettingSpec("sim_fault", str, (), "switch on a simulator fault: NAME or NAME@scene-002", multi=True),
-    SettingSpec("sim_step_seconds", _non_negative_float, 0.01, "seconds per sampler step in the simulator"),
+    SettingSpec(
+        "sim_fault",
+        str,
+        (),
+        "switch on a simulator fault: NAME or NAME@scene-002",
+        multi=True,
+        metavar="NAME",
+    ),
+    SettingSpec(
+        "sim_step_seconds",
+        _non_negative_float,
+        0.01,
+        "seconds per sampler step in the simulator",
+        metavar="S",
+    ),
     # story
-    SettingSpec("story_mode", _choice("auto", "llm", "fallback"), "auto", "where the story comes from"),
+    SettingSpec(
+        "story_mode",
+        _choice("auto", "llm", "fallback"),
+        "auto",
+        "where the story comes from",
+        metavar="auto|llm|fallback",
+    ),
     SettingSpec("scenes", _positive_int, 3, "number of scenes", metavar="N"),
     SettingSpec("keyframe_size", _size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH"),
     # run directory
-    SettingSpec("logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories"),
-    SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)"),
-    SettingSpec("baseline", _existing_dir, None, "an earlier run directory to compare timings and VRAM with"),
     SettingSpec(
-        "workflow", _existing_file, None, "API-format ComfyUI workflow (default: the shipped SVD graph)"
+        "logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"
+    ),
+    SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)", metavar="DIR"),
+    SettingSpec(
+        "baseline",
+        _existing_dir,
+        None,
+        "an earlier run directory to compare timings and VRAM with",
+        metavar="RUN_DIR",
+    ),
+    SettingSpec(
+        "workflow",
+        _existing_file,
+        None,
+        "API-format ComfyUI workflow (default: the shipped SVD graph)",
+        metavar="FILE",
+    ),
+    SettingSpec(
+        "keyframe_workflow",
+        _existing_file,
+        None,
+        "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
+        metavar="FILE",
     ),
     # queue policy (design §4)
-    SettingSpec("max_scene_retries", _non_negative_int, 1, "re-queues of a scene after a failed attempt"),
+    SettingSpec(
+        "max_scene_retries", _non_negative_int, 1, "re-queues of a scene after a failed attempt", metavar="N"
+    ),
     SettingSpec(
         "scene_max_wait", _positive_float, 180.0, "seconds for a whole attempt, queue to frames", metavar="S"
     ),
     SettingSpec("history_poll_interval", _positive_float, 2.0, "seconds between /history polls", metavar="S"),
     SettingSpec("history_max_attempts", _positive_int, 30, "/history polls before giving up", metavar="N"),
     SettingSpec(
-        "completion_grace", _positive_float, 30.0, "seconds after completion until outputs must be in history"
+        "completion_grace",
+        _positive_float,
+        30.0,
+        "seconds after completion until outputs must be in history",
+        metavar="S",
     ),
     SettingSpec(
         "ws_idle_timeout", _positive_float, 15.0, "seconds of WebSocket silence before polling", metavar="S"
@@ -200,8 +266,11 @@ SPECS: tuple[SettingSpec, ...] = (
         "external suite NAME=COMMAND (or the preset 'vitest')",
         multi=True,
         flag_name="suite",
+        metavar="NAME=COMMAND",
     ),
-    SettingSpec("suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)"),
+    SettingSpec(
+        "suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)", metavar="DIR"
+    ),
     SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
 )
 
@@ -295,8 +364,9 @@ def _check_together(settings: Settings) -> None:
         raise SettingError(f"invalid value for sim_fault ({settings.sources['sim_fault']}): {exc}") from None
     if settings.comfyui_url and settings.comfyui_dir:
         raise SettingError(
-            f"comfyui_url ({settings.sources['comfyui_url']}) and comfyui_dir ({settings.sources['comfyui_dir']})"
-            " both say where ComfyUI comes from; set only one"
+            f"comfyui_url ({settings.sources['comfyui_url']}) and"
+            f" comfyui_dir ({settings.sources['comfyui_dir']}) both say where ComfyUI comes from;"
+            " set only one"
         )
     if settings.history_poll_interval >= settings.scene_max_wait:
         raise SettingError(

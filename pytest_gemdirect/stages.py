@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,15 @@ import jsonschema
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
 from pytest_gemdirect.comfyui.job import JobFailed, JobPolicy, JobResult, run_job
+from pytest_gemdirect.comfyui.keyframes import draw_keyframe
 from pytest_gemdirect.comfyui.outputs import download_outputs, safe_name
 from pytest_gemdirect.comfyui.workflow import (
+    KeyframePatch,
     ScenePatch,
     WorkflowError,
     default_workflow_path,
     load_workflow,
+    patch_keyframe_workflow,
     patch_workflow,
     preflight,
     workflow_hash,
@@ -69,6 +73,7 @@ class Generation:
     vram_free_after: int | None = None
     gpu_samples: list[dict[str, Any]] = field(default_factory=list)
     gpu_note: str | None = None
+    notes: list[str] = field(default_factory=list)  # the harness's own, before the job's notes
 
 
 class Stages:
@@ -186,14 +191,15 @@ class Stages:
             raise StageFailed(f"story has {got} scenes, the scenes setting asks for {self.settings.scenes}")
         story_path = self.run.story_dir / "story.json"
         atomic_write_json(story_path, story)
-        keyframes = render_keyframes(
-            story, self.run.story_dir / "keyframes", size=self.settings.keyframe_size
-        )
-        for scene, path in zip(story["scenes"], keyframes, strict=True):
+        for scene in story["scenes"]:
             self.summary.update_scene(scene["id"], title=scene["title"])
-            scene_dir = self.run.scene_dir(scene["id"])
-            scene_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, scene_dir / "keyframe.png")
+            self.run.scene_dir(scene["id"]).mkdir(parents=True, exist_ok=True)
+        if self.settings.keyframe_workflow is None:  # else ComfyUI draws each one in its svd stage
+            keyframes = render_keyframes(
+                story, self.run.story_dir / "keyframes", size=self.settings.keyframe_size
+            )
+            for scene, path in zip(story["scenes"], keyframes, strict=True):
+                shutil.copyfile(path, self.run.scene_dir(scene["id"]) / "keyframe.png")
         self.summary.set_section("story", {"path": self.run.relative(story_path), **story})
         self.summary.artifact("story", story_path)
         if story["metadata"].get("fallback_reason"):
@@ -224,6 +230,7 @@ class Stages:
         except WorkflowError as exc:
             raise StageFailed(str(exc)) from None
         problems = preflight(workflow, object_info)
+        keyframe_workflow = self._keyframe_workflow(object_info, problems)
         devices = stats.get("devices", [])
         startup_warnings = self._startup_warnings(backend.log)
         facts = {
@@ -234,6 +241,7 @@ class Stages:
             "devices": devices,
             "workflow": str(workflow_path),
             "workflow_hash": workflow_hash(workflow),
+            "keyframe_workflow": str(self.settings.keyframe_workflow or "") or None,
             "object_info_hash": workflow_hash(object_info),
             "node_classes": len(object_info),
             "preflight_problems": problems,
@@ -243,7 +251,34 @@ class Stages:
         self.summary.set_section("comfyui", facts)
         if problems:
             raise StageFailed(f"workflow {workflow_path} cannot run on {backend.url}: " + "; ".join(problems))
-        return {"client": client, "workflow": workflow, "facts": facts}
+        return {
+            "client": client,
+            "workflow": workflow,
+            "keyframe_workflow": keyframe_workflow,
+            "facts": facts,
+        }
+
+    def _keyframe_workflow(self, object_info: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+        """The --keyframe-workflow graph, checked like the video one (its problems named by file)."""
+        path = self.settings.keyframe_workflow
+        if path is None:
+            return None
+        try:
+            workflow = load_workflow(path)
+            patch_keyframe_workflow(workflow, self._keyframe_patch("scene-000", "check"), source=str(path))
+        except WorkflowError as exc:
+            problems.append(str(exc))
+            return None
+        problems += [f"keyframe workflow {path}: {problem}" for problem in preflight(workflow, object_info)]
+        return workflow
+
+    def _keyframe_patch(self, scene_id: str, text: str) -> KeyframePatch:
+        return KeyframePatch(
+            text=text,
+            filename_prefix=f"gemdirect/{scene_id}/{safe_name(self.run.run_id)}/keyframe",
+            seed=self.settings.llm_seed,
+            size=self.settings.keyframe_size,
+        )
 
     def _startup_warnings(self, log: str | None) -> list[Any]:
         """Non-blocking problems in a launched ComfyUI's startup log, as warnings of the run."""
@@ -268,7 +303,7 @@ class Stages:
 
     def svd(self, key: str) -> Generation:
         scene_id = scene_of(key)
-        self.pipeline.require("story")
+        story = self.pipeline.require("story")
         comfy = self.pipeline.require("comfyui")
         if self.server_gone:
             raise NotReached(f"not reached: {self.server_gone}")
@@ -277,6 +312,9 @@ class Stages:
         keyframe = self.run.scene_dir(scene_id) / "keyframe.png"
         deadline = Deadline(self.settings.scene_max_wait, setting="scene_max_wait")
         generation = Generation(scene_id, client, deadline)
+        if comfy["keyframe_workflow"] is not None:
+            scene = next(s for s in story["scenes"] if s["id"] == scene_id)
+            self._draw_keyframe(generation, comfy["keyframe_workflow"], scene["visual_prompt"], deadline)
         try:
             uploaded = client.upload_image(
                 keyframe, name=f"gemdirect-{self.run.run_id}-{scene_id}.png", deadline=deadline
@@ -349,6 +387,52 @@ class Stages:
             return generation
         raise AssertionError("unreachable: the attempt loop returns or raises")
 
+    def _draw_keyframe(
+        self, generation: Generation, workflow: dict[str, Any], text: str, deadline: Deadline
+    ) -> None:
+        """ComfyUI draws the scene's keyframe (--keyframe-workflow) before the video job needs it."""
+        scene_id, events = generation.scene_id, self.run.events_path(generation.scene_id)
+        source = f"--keyframe-workflow {self.settings.keyframe_workflow}"
+        max_attempts = 1 + self.settings.max_scene_retries
+        for number in range(1, max_attempts + 1):
+            append_jsonl(events, {"t": _now(), "event": "keyframe_start", "keyframe_attempt": number})
+            try:
+                drawn = draw_keyframe(
+                    generation.client,
+                    workflow,
+                    self._keyframe_patch(scene_id, text),
+                    self.run.scene_dir(scene_id) / "keyframe.png",
+                    policy=self._policy(),
+                    outputs_dir=self.run.scene_dir(scene_id) / "keyframe-outputs",
+                    deadline=deadline,
+                    on_event=partial(_append_event, events, keyframe_attempt=number),
+                    is_server_alive=self.services.comfyui_alive,
+                )
+                break
+            except JobFailed as failure:
+                self.summary.update_scene(scene_id, evidence=failure.evidence)
+                if failure.kind in RETRYABLE_KINDS and number < max_attempts:
+                    self.summary.warn(
+                        f"{scene_id}: keyframe attempt {number} failed ({failure.kind}); re-queued"
+                    )
+                    continue
+                if failure.kind == "server_gone":
+                    self.server_gone = f"ComfyUI server died during {scene_id}"
+                raise StageFailed(f"{scene_id} keyframe ({source}): {failure}") from None
+            except ComfyError as exc:
+                raise StageFailed(f"{scene_id} keyframe ({source}): {exc}") from None
+        else:
+            raise AssertionError("unreachable: the attempt loop breaks or raises")
+        story_copy = self.run.story_dir / "keyframes" / f"{scene_id}.png"
+        story_copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(drawn.path, story_copy)
+        append_jsonl(events, {"t": _now(), "event": "keyframe_end", "prompt_id": drawn.prompt_id})
+        generation.notes.append(
+            f"keyframe drawn by ComfyUI (prompt {drawn.prompt_id}, {drawn.source},"
+            f" sha256 {drawn.sha256[:12]})"
+        )
+        self.summary.update_scene(scene_id, notes=list(generation.notes))
+
     def _follow(self, generation: Generation, prompt: dict[str, Any], number: int) -> JobResult:
         """One attempt: queue and follow the job; sample the GPU meanwhile when ComfyUI runs here."""
         scene_id, events = generation.scene_id, self.run.events_path(generation.scene_id)
@@ -389,7 +473,7 @@ class Stages:
         fields: dict[str, Any] = {"attempts": generation.attempts, "telemetry": telemetry}
         if result:
             fields["prompt_id"] = result.prompt_id
-            fields["notes"] = list(result.notes)
+            fields["notes"] = generation.notes + list(result.notes)
         if evidence is not None:
             fields["evidence"] = evidence
         old = self.summary.scene(generation.scene_id).get("telemetry") or {}
@@ -526,6 +610,10 @@ def _delta(timings: dict[str, Any], end: str, start: str | None) -> float | None
     if timings.get(end) is None or (start is not None and timings.get(start) is None):
         return None
     return round(timings[end] - (timings[start] if start else 0.0), 3)
+
+
+def _append_event(path: Path, event: dict[str, Any], **extra: Any) -> None:
+    append_jsonl(path, {**event, **extra})
 
 
 def _now() -> str:

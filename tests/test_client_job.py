@@ -42,7 +42,7 @@ from pytest_gemdirect.comfyui.outputs import (
     safe_output_path,
 )
 from pytest_gemdirect.deadline import Deadline
-from pytest_gemdirect.sim.comfyui import ComfyUISimulator
+from pytest_gemdirect.sim.comfyui import DEFAULT_CHECKPOINTS, ComfyUISimulator
 from pytest_gemdirect.sim.faults import FaultPlan
 
 WORKFLOWS = Path(__file__).parents[1] / "fixtures" / "workflows"
@@ -420,7 +420,7 @@ def test_client_routes_against_the_simulator(make_sim, make_client, keyframe):
     client = make_client(sim.url.rstrip("/") + "/")
     assert client.system_stats()["system"]["comfyui_version"] == "0.3.64"
     assert "KSampler" in client.object_info() and client.object_info("NoSuchNode") == {}
-    assert client.models("checkpoints") == ["svd_xt.safetensors"]
+    assert client.models("checkpoints") == list(DEFAULT_CHECKPOINTS)
     with pytest.raises(ComfyError, match="no model folder"):
         client.models("no-such-folder")
     image = upload(client, keyframe)

@@ -41,12 +41,19 @@ def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: py
     result, run_dir = run_e2e(project, "-m", "e2e", "-v")
     # env, llm, story, comfyui, 3 x svd, 3 x frames, summary pass; no suites configured -> skipped
     result.assert_outcomes(passed=11, skipped=1)
-    result.stdout.fnmatch_lines(["*gemdirect comfyui: embedded simulator (SIMULATED)*", "*test_suites*SKIPPED*"])
-    result.stdout.fnmatch_lines([f"*gemdirect run directory: {run_dir}*", "*gemdirect verdict: PASSED on the SIMULATED*"])
+    result.stdout.fnmatch_lines(
+        ["*gemdirect comfyui: embedded simulator (SIMULATED)*", "*test_suites*SKIPPED*"]
+    )
+    result.stdout.fnmatch_lines(
+        [f"*gemdirect run directory: {run_dir}*", "*gemdirect verdict: PASSED on the SIMULATED*"]
+    )
     data = summary_of(run_dir)
     assert data["status"] == "passed"
     assert data["simulated"] is True
-    assert {name: b["target"] for name, b in data["backends"].items()} == {"comfyui": "embedded", "llm": "embedded"}
+    assert {name: b["target"] for name, b in data["backends"].items()} == {
+        "comfyui": "embedded",
+        "llm": "embedded",
+    }
     assert stage_status(data) == {
         "env": "passed",
         "llm": "passed",
@@ -58,7 +65,11 @@ def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: py
         "summary": "passed",
     }
     assert (run_dir / "report.html").is_file()
-    assert (run_dir / "run-summary.txt").read_text(encoding="utf-8").startswith(f"gemdirect run {data['run_id']}")
+    assert (
+        (run_dir / "run-summary.txt")
+        .read_text(encoding="utf-8")
+        .startswith(f"gemdirect run {data['run_id']}")
+    )
     story = json.loads((run_dir / "story" / "story.json").read_text(encoding="utf-8"))
     jsonschema.validate(story, load_schema("story.schema.json"))
     for scene in data["scenes"]:
@@ -79,7 +90,16 @@ def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Py
     # LLM mode against a port where nothing listens: the LLM stage fails, the story and
     # everything that needs it are skipped as "not reached", none errored.
     result, run_dir = run_e2e(
-        project, "-m", "e2e", "-rs", "--story-mode", "llm", "--llm-url", "http://127.0.0.1:9", "--llm-timeout", "2"
+        project,
+        "-m",
+        "e2e",
+        "-rs",
+        "--story-mode",
+        "llm",
+        "--llm-url",
+        "http://127.0.0.1:9",
+        "--llm-timeout",
+        "2",
     )
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed") == 1
@@ -99,7 +119,9 @@ def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
     project: pytest.Pytester, tmp_path: Path
 ) -> None:
     workflow = json.loads(
-        (Path(__file__).parents[1] / "fixtures" / "workflows" / "svd_img2vid.json").read_text(encoding="utf-8")
+        (Path(__file__).parents[1] / "fixtures" / "workflows" / "svd_img2vid.json").read_text(
+            encoding="utf-8"
+        )
     )
     workflow["1"]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
     path = tmp_path / "wf.json"
@@ -120,7 +142,9 @@ def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
         ("summary", 1),
     ],
 )
-def test_marker_filtered_runs_do_the_work_they_need(project: pytest.Pytester, markexpr: str, passed: int) -> None:
+def test_marker_filtered_runs_do_the_work_they_need(
+    project: pytest.Pytester, markexpr: str, passed: int
+) -> None:
     result, run_dir = run_e2e(project, "-m", markexpr)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == passed
@@ -130,7 +154,9 @@ def test_marker_filtered_runs_do_the_work_they_need(project: pytest.Pytester, ma
     assert stage_status(data)["frames"] == "passed"
 
 
-def test_scenes_setting_precedence_flag_env_ini(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scenes_setting_precedence_flag_env_ini(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project.makeini("[pytest]\ngemdirect_scenes = 5\n")
 
     def collected(*args: str) -> int:
@@ -148,13 +174,23 @@ def test_scenes_setting_precedence_flag_env_ini(project: pytest.Pytester, monkey
     [
         (["--scenes", "0"], {}, "", "*invalid value '0' for scenes (from --scenes)*at least 1*"),
         ([], {"GEMDIRECT_SCENE_MAX_WAIT": "soon"}, "", "*scene_max_wait (from GEMDIRECT_SCENE_MAX_WAIT)*"),
-        ([], {}, "gemdirect_story_mode = maybe\n", "*story_mode (from ini gemdirect_story_mode)*auto, llm, fallback*"),
+        (
+            [],
+            {},
+            "gemdirect_story_mode = maybe\n",
+            "*story_mode (from ini gemdirect_story_mode)*auto, llm, fallback*",
+        ),
         (["--sim-fault", "nope"], {}, "", "*unknown fault 'nope'; known faults: crash, execution-error*"),
         (["--comfyui-url", "localhost:8188"], {}, "", "*comfyui_url*http:// or https:// URL*"),
     ],
 )
 def test_invalid_settings_stop_the_run_naming_setting_and_source(
-    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict, ini: str, expected: str
+    project: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict,
+    ini: str,
+    expected: str,
 ) -> None:
     if ini:
         project.makeini("[pytest]\n" + ini)

@@ -76,6 +76,9 @@ def test_invalid_values_name_setting_and_source(flags: dict, message: str) -> No
 
 def test_every_setting_has_flag_ini_and_env_names() -> None:
     for spec in SPECS:
-        assert spec.flag == "--" + spec.name.replace("_", "-")
+        assert spec.flag == "--" + (spec.flag_name or spec.name).replace("_", "-")
         assert spec.ini == "gemdirect_" + spec.name
         assert spec.env == "GEMDIRECT_" + spec.name.upper()
+    assert len({spec.flag for spec in SPECS}) == len(SPECS)
+    suites = next(spec for spec in SPECS if spec.name == "suites")
+    assert (suites.flag, suites.ini, suites.env) == ("--suite", "gemdirect_suites", "GEMDIRECT_SUITES")

@@ -28,6 +28,7 @@ import websocket
 from PIL import Image, ImageChops
 
 from pytest_gemdirect.sim.comfyui import (
+    DEFAULT_CHECKPOINTS,
     DEVICE_NAME,
     VRAM_IDLE_FREE,
     VRAM_JOB,
@@ -353,7 +354,7 @@ def test_system_stats_models_object_info_and_api_prefix(sim_api) -> None:
         assert device["name"] == DEVICE_NAME and device["type"] == "cuda" and device["index"] == 0
         assert device["vram_total"] == VRAM_TOTAL == 24 * 1024**3
         assert device["vram_free"] == VRAM_IDLE_FREE
-    assert api.get("/models/checkpoints").json() == ["svd_xt.safetensors"]
+    assert api.get("/models/checkpoints").json() == list(DEFAULT_CHECKPOINTS)
     assert api.get("/api/models/vae").json() == []
     assert "checkpoints" in api.get("/models").json()
     assert api.get("/models/no_such_folder").status_code == 404
@@ -373,7 +374,7 @@ def test_system_stats_models_object_info_and_api_prefix(sim_api) -> None:
         "SaveImageWebsocket",
     ):
         assert cls in info
-    assert info["ImageOnlyCheckpointLoader"]["input"]["required"]["ckpt_name"][0] == ["svd_xt.safetensors"]
+    assert info["ImageOnlyCheckpointLoader"]["input"]["required"]["ckpt_name"][0] == list(DEFAULT_CHECKPOINTS)
     assert info["LoadImage"]["input"]["required"]["image"][0] == ["reftrace_input.png"]
     assert list(api.get("/api/object_info/KSampler").json()) == ["KSampler"]
     assert api.get("/object_info/NoSuchNode").json() == {}

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from pytest_gemdirect.comfyui.workflow import (
+    KeyframePatch,
     ScenePatch,
     WorkflowError,
     default_workflow_path,
     load_workflow,
+    patch_keyframe_workflow,
     patch_workflow,
     preflight,
     workflow_hash,
@@ -101,3 +103,59 @@ def test_preflight_passes_smoke_graph_on_recorded_server() -> None:
 
 def test_hash_ignores_key_order() -> None:
     assert workflow_hash({"a": {"x": 1, "y": 2}}) == workflow_hash({"a": {"y": 2, "x": 1}})
+
+
+KEYFRAME = KeyframePatch(
+    text="a lighthouse at dusk", filename_prefix="gemdirect/scene-002/run/keyframe", seed=7, size=(512, 288)
+)
+
+
+def test_shipped_keyframe_graph_gets_prompt_seed_prefix_and_size() -> None:
+    workflow = load_workflow(default_workflow_path("keyframe_txt2img.json"))
+    patched = patch_keyframe_workflow(workflow, KEYFRAME)
+    texts = {
+        n["_meta"]["title"]: n["inputs"]["text"]
+        for n in patched.values()
+        if n["class_type"] == "CLIPTextEncode"
+    }
+    assert texts["Positive"] == KEYFRAME.text
+    assert texts["Negative"] == workflow["7"]["inputs"]["text"], "the negative prompt must stay as it was"
+    latent = next(n for n in patched.values() if n["class_type"] == "EmptyLatentImage")
+    assert (latent["inputs"]["width"], latent["inputs"]["height"], latent["inputs"]["batch_size"]) == (
+        512,
+        288,
+        1,
+    )
+    assert next(n for n in patched.values() if n["class_type"] == "KSampler")["inputs"]["seed"] == 7
+    save = next(n for n in patched.values() if n["class_type"] == "SaveImage")
+    assert save["inputs"]["filename_prefix"] == KEYFRAME.filename_prefix
+
+
+def test_keyframe_prompt_follows_the_sampler_wiring_in_an_untitled_user_graph() -> None:
+    graph = {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "m.safetensors"}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "ugly", "clip": ["ckpt", 1]}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "old", "clip": ["ckpt", 1]}},
+        "lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
+        "k": {
+            "class_type": "KSampler",
+            "inputs": {"positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["lat", 0], "seed": 1},
+        },
+        "out": {"class_type": "SaveImage", "inputs": {"images": ["k", 0], "filename_prefix": "x"}},
+    }
+    patched = patch_keyframe_workflow(graph, KEYFRAME)
+    assert patched["pos"]["inputs"]["text"] == KEYFRAME.text
+    assert patched["neg"]["inputs"]["text"] == "ugly"
+    assert patched["lat"]["inputs"]["batch_size"] == 1
+
+
+def test_keyframe_graph_with_no_way_to_tell_the_positive_prompt_names_the_problem() -> None:
+    graph = {
+        "a": {"class_type": "CLIPTextEncode", "inputs": {"text": "one"}},
+        "b": {"class_type": "CLIPTextEncode", "inputs": {"text": "two"}},
+        "s": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x"}},
+    }
+    with pytest.raises(
+        WorkflowError, match='mine.json: cannot tell which of 2 text-encode nodes.*"Positive"'
+    ):
+        patch_keyframe_workflow(graph, KEYFRAME, source="mine.json")

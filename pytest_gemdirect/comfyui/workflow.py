@@ -22,6 +22,9 @@ SAVE_CLASSES = (
     "VHS_VideoCombine",
 )
 SEED_INPUTS = ("seed", "noise_seed")
+TEXT_ENCODE_CLASSES = ("CLIPTextEncode",)
+SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
+LATENT_CLASSES = ("EmptyLatentImage", "EmptySD3LatentImage")
 
 
 class WorkflowError(ValueError):
@@ -118,6 +121,65 @@ def patch_workflow(workflow: Workflow, patch: ScenePatch, *, source: str = "work
         if patch.size is not None and node.get("class_type") == "SVD_img2vid_Conditioning":
             inputs["width"], inputs["height"] = patch.size
     return patched
+
+
+@dataclass(frozen=True)
+class KeyframePatch:
+    """What the harness sets in a text-to-image workflow to draw one scene's keyframe."""
+
+    text: str
+    filename_prefix: str
+    seed: int
+    size: tuple[int, int]
+
+
+def patch_keyframe_workflow(
+    workflow: Workflow, patch: KeyframePatch, *, source: str = "keyframe workflow"
+) -> Workflow:
+    """A copy of a text-to-image ``workflow`` with the scene's prompt, seed, save prefix and size set.
+
+    The prompt goes into the positive text-encode node: the one titled "Positive" (any case), else
+    the one wired to a sampler's ``positive`` input, else the only one. Never chosen by node id.
+    """
+    patched = copy.deepcopy(workflow)
+    encoder = _positive_encoder(patched, source)
+    saves = nodes_of_class(patched, SAVE_CLASSES)
+    if not saves:
+        raise WorkflowError(f"{source}: needs at least one save node ({', '.join(SAVE_CLASSES)})")
+    patched[encoder]["inputs"]["text"] = patch.text
+    for node_id in saves:
+        patched[node_id]["inputs"]["filename_prefix"] = patch.filename_prefix
+    for node in patched.values():
+        inputs = node.get("inputs", {})
+        for key in SEED_INPUTS:
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = patch.seed
+        if node.get("class_type") in LATENT_CLASSES:
+            inputs["width"], inputs["height"] = patch.size
+            inputs["batch_size"] = 1
+    return patched
+
+
+def _positive_encoder(workflow: Workflow, source: str) -> str:
+    encoders = nodes_of_class(workflow, TEXT_ENCODE_CLASSES)
+    titled = [n for n in encoders if str(workflow[n].get("_meta", {}).get("title", "")).lower() == "positive"]
+    if len(titled) == 1:
+        return titled[0]
+    wired = {
+        str(link[0])
+        for n in nodes_of_class(workflow, SAMPLER_CLASSES)
+        if isinstance(link := workflow[n].get("inputs", {}).get("positive"), list) and link
+    }
+    wired &= set(encoders)
+    if len(wired) == 1:
+        return wired.pop()
+    if len(encoders) == 1:
+        return encoders[0]
+    raise WorkflowError(
+        f"{source}: cannot tell which of {len(encoders)} text-encode nodes"
+        f" ({', '.join(TEXT_ENCODE_CLASSES)}) takes the scene's prompt;"
+        ' title it "Positive" or wire it to a KSampler\'s positive input'
+    )
 
 
 def preflight(workflow: Workflow, object_info: dict[str, Any], *, keyframe_input: str = "image") -> list[str]:

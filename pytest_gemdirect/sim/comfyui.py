@@ -71,7 +71,7 @@ VRAM_TOTAL = 24 * GIB
 VRAM_IDLE_FREE = VRAM_TOTAL - 640 * 1024**2  # the desktop and the CUDA context hold a little
 VRAM_JOB = 8 * GIB  # what an SVD run holds while it executes
 DEVICE_NAME = "cuda:0 NVIDIA GeForce RTX 3090 : cudaMallocAsync"
-DEFAULT_CHECKPOINTS: tuple[str, ...] = ("svd_xt.safetensors",)
+DEFAULT_CHECKPOINTS: tuple[str, ...] = ("svd_xt.safetensors", "v1-5-pruned-emaonly-fp16.safetensors")
 MODEL_FOLDERS = (
     "checkpoints",
     "configs",
@@ -184,6 +184,7 @@ class _Latent:
     frames: int
     seed: int = 0
     sampled: bool = False
+    text: str | None = None  # the positive prompt of a text-to-image graph
 
     def __str__(self) -> str:
         return f"{{'samples': tensor of shape [{self.frames}, 4, {self.height // 8}, {self.width // 8}]}}"
@@ -1473,6 +1474,17 @@ async def _svd_cond(run: _Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple
     return (positive, negative, latent), None
 
 
+@_node("CLIPTextEncode")
+async def _text_encode(run: _Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    return (_Token("CONDITIONING", "list", text=str(inp["text"])),), None
+
+
+@_node("EmptyLatentImage")
+async def _empty_latent(run: _Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    width, height, batch = int(inp["width"]), int(inp["height"]), int(inp["batch_size"])
+    return (_Latent(init_image=None, width=width, height=height, frames=batch),), None
+
+
 @_node("VideoLinearCFGGuidance")
 async def _cfg_guidance(run: _Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     return (inp["model"],), None
@@ -1497,14 +1509,34 @@ async def _ksampler(run: _Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple
             await run.midpoint()
             if run.fail_this:
                 raise run.simulated_failure(node_id)
+    positive = inp.get("positive")
+    text = positive.info.get("text") if isinstance(positive, _Token) else None
     sampled = _Latent(
-        latent.init_image, latent.width, latent.height, latent.frames, int(inp.get("seed", 0)), True
+        latent.init_image, latent.width, latent.height, latent.frames, int(inp.get("seed", 0)), True, text
     )
     return (sampled,), None
 
 
+def _render_text_image(text: str, seed: int, width: int, height: int) -> Image.Image:
+    """A text-to-image stand-in: a picture that is a pure function of prompt and seed."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    top, bottom = tuple(digest[0:3]), tuple(digest[3:6])
+    gradient = Image.linear_gradient("L").resize((width, height), Image.Resampling.BICUBIC)
+    image = ImageOps.colorize(gradient, black=top, white=bottom)
+    draw = ImageDraw.Draw(image)
+    for index in range(6):
+        d = hashlib.sha256(digest + bytes([index])).digest()
+        x, y = d[0] * width // 256, d[1] * height // 256
+        r = max(4, min(width, height) * (10 + d[2] % 30) // 100)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(d[3:6]))
+    return image
+
+
 def _render_video(latent: _Latent) -> list[Image.Image]:
     width, height, count = max(8, latent.width), max(8, latent.height), max(1, latent.frames)
+    if latent.init_image is None and latent.text is not None:
+        image = _render_text_image(latent.text, latent.seed, width, height)
+        return [image] * count
     if latent.init_image is not None:
         base = ImageOps.fit(
             latent.init_image.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR

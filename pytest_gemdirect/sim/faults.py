@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 KNOWN_FAULTS: dict[str, str] = {
-    "history-never": "sends `executed` for the save node, then nothing; /history stays {} (the 2025-11-11 hang)",
+    "history-never": (
+        "sends `executed` for the save node, then nothing; /history stays {} (the 2025-11-11 hang)"
+    ),
     "history-late": "stores the history entry some seconds after the completion messages",
     "ws-drop": "closes the WebSocket mid-generation",
     "ws-silent": "accepts the WebSocket and never sends a message on it",

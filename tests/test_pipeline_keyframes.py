@@ -1,0 +1,128 @@
+"""``--keyframe-workflow``: ComfyUI draws each scene's keyframe, followed like the video job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pytest_gemdirect.comfyui.workflow import default_workflow_path
+from pytest_gemdirect.story import render_keyframe
+from tests.test_pipeline_faults import FAST, items, run_e2e, scenes, stages, summary_of
+
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+KEYFRAME_WORKFLOW = str(default_workflow_path("keyframe_txt2img.json"))
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
+    return pytester
+
+
+def _events(run_dir: Path, scene_id: str) -> list[dict]:
+    lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_comfyui_draws_every_keyframe_and_the_video_starts_from_it(project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(
+        project,
+        "--story-mode",
+        "fallback",
+        "--keyframe-workflow",
+        KEYFRAME_WORKFLOW,
+        "--keyframe-size",
+        "512x288",
+    )
+    result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
+    data = summary_of(run_dir)
+    story = json.loads((run_dir / "story" / "story.json").read_text(encoding="utf-8"))
+    digests = set()
+    for scene in story["scenes"]:
+        keyframe = run_dir / scene["id"] / "keyframe.png"
+        data_bytes = keyframe.read_bytes()
+        assert data_bytes == (run_dir / "story" / "keyframes" / f"{scene['id']}.png").read_bytes()
+        with Image.open(keyframe) as image:
+            assert image.size == (512, 288)
+            drawn = image.convert("RGB")
+        built_in = render_keyframe(scene, story["title"], (512, 288))
+        assert drawn.tobytes() != built_in.tobytes(), "the keyframe must come from ComfyUI, not the renderer"
+        digests.add(hashlib.sha256(data_bytes).hexdigest())
+        events = _events(run_dir, scene["id"])
+        kinds = [e["event"] for e in events]
+        assert kinds.index("keyframe_start") < kinds.index("keyframe_end") < kinds.index("attempt_start")
+        assert any(e.get("keyframe_attempt") == 1 and e["event"] == "ws" for e in events)
+        notes = scenes(data)[scene["id"]]["notes"]
+        assert any(note.startswith("keyframe drawn by ComfyUI") for note in notes), notes
+        video = json.loads((run_dir / scene["id"] / "workflow.json").read_text(encoding="utf-8"))
+        loaded = next(n for n in video.values() if n["class_type"] == "LoadImage")
+        assert scene["id"] in loaded["inputs"]["image"]
+    assert len(digests) == 3, "each scene's prompt gives its own keyframe"
+    assert data["comfyui"]["keyframe_workflow"] == KEYFRAME_WORKFLOW
+
+
+def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
+    project: pytest.Pytester, tmp_path: Path
+) -> None:
+    workflow = json.loads(Path(KEYFRAME_WORKFLOW).read_text(encoding="utf-8"))
+    workflow["4"]["inputs"]["ckpt_name"] = "sd_xl_base_1.0.safetensors"
+    path = tmp_path / "my-keyframes.json"
+    path.write_text(json.dumps(workflow), encoding="utf-8")
+    result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", "--keyframe-workflow", str(path))
+    result.stdout.fnmatch_lines(
+        [f"*keyframe workflow {path}: checkpoint sd_xl_base_1.0.safetensors is not in models/checkpoints*"]
+    )
+    data = summary_of(run_dir)
+    assert stages(data)["comfyui"]["status"] == "failed"
+    assert stages(data)["svd"]["status"] == "not_reached"
+    assert not (run_dir / "scene-001" / "keyframe.png").exists(), "no keyframe from the built-in renderer"
+
+
+def test_a_failed_keyframe_attempt_is_re_queued(project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(
+        project,
+        "--story-mode",
+        "fallback",
+        *FAST,
+        "--keyframe-workflow",
+        KEYFRAME_WORKFLOW,
+        "--sim-fault",
+        "flaky@scene-002",
+    )
+    result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
+    data = summary_of(run_dir)
+    assert any(
+        "scene-002: keyframe attempt 1 failed (execution_error); re-queued" in w for w in data["warnings"]
+    )
+    starts = [e for e in _events(run_dir, "scene-002") if e["event"] == "keyframe_start"]
+    assert [e["keyframe_attempt"] for e in starts] == [1, 2]
+
+
+def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on(
+    project: pytest.Pytester,
+) -> None:
+    result, run_dir, _ = run_e2e(
+        project,
+        "--story-mode",
+        "fallback",
+        *FAST,
+        "--keyframe-workflow",
+        KEYFRAME_WORKFLOW,
+        "--sim-fault",
+        "stall@scene-002",
+    )
+    data = summary_of(run_dir)
+    generation = items(data, "svd")
+    assert generation["svd[scene-002]"]["status"] == "failed"
+    message = generation["svd[scene-002]"]["message"]
+    assert "scene-002 keyframe (--keyframe-workflow" in message and "--scene-max-wait = 6 s" in message, (
+        message
+    )
+    assert "last progress 19/20" in message, message
+    assert generation["svd[scene-003]"]["status"] == "passed"
+    assert scenes(data)["scene-003"]["status"] == "passed"
+    assert (run_dir / "report.html").is_file()
