@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,11 +14,11 @@ import pytest
 
 from pytest_gemdirect.progress import ProgressDisplay
 from pytest_gemdirect.report import BaselineError, load_baseline, render_overview, write_report
-from pytest_gemdirect.rundir import RunDirectory
+from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
 from pytest_gemdirect.services import ServiceError, Services, describe_targets
 from pytest_gemdirect.settings import SPECS, Settings
 from pytest_gemdirect.stages import Stages, scene_ids
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, RunSummary, verdict
+from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, RunSummary, failures, render_text, verdict
 
 RUN_KEY = pytest.StashKey["GemdirectRun"]()
 WORKER_INPUT_KEY = "gemdirect"
@@ -25,6 +26,7 @@ WORKER_INPUT_KEY = "gemdirect"
 # so the scene's deadline covers queue to frames on disk.
 _STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
 _PIPELINE_FIXTURE = "gemdirect_check"
+XDIST_GROUP = "gemdirect"
 
 
 def run_of(config: pytest.Config) -> GemdirectRun:
@@ -69,12 +71,34 @@ class GemdirectRun:
         self.services: Services | None = None
         self.summary: RunSummary | None = None
         config.stash[RUN_KEY] = self
+        self.xdist_note = self._keep_pipeline_on_one_worker()
         if handed:
             self.run = RunDirectory(Path(handed["run_dir"]), handed["run_id"])
+            # a worker parses the command line again and misses the controller's switch to loadgroup
+            config.option.loadgroup = config.option.loadgroup or handed.get("loadgroup", False)
         elif selects_pipeline(config.getoption("markexpr", "")) or settings.run_dir is not None:
             self._start_run_dir()
             self._wire_html_report()
             self._treat_sigterm_as_interrupt()
+
+    def _keep_pipeline_on_one_worker(self) -> str | None:
+        """Under pytest-xdist, the pipeline's stages must share one worker: they share one run.
+
+        ``--dist load`` (what ``-n`` implies) and ``worksteal`` become ``loadgroup``, which sends
+        every item of the ``gemdirect`` xdist group to the same worker and spreads the rest as before.
+        """
+        if self.is_worker or not self.config.getoption("numprocesses", None):
+            return None
+        dist = self.config.getoption("dist", "no")
+        if dist in ("load", "worksteal"):
+            self.config.option.dist = "loadgroup"
+            return f"gemdirect: --dist {dist} -> loadgroup, so the pipeline's stages run on one worker"
+        if dist == "each":
+            raise pytest.UsageError(
+                "pytest-gemdirect: --dist each would run the whole pipeline once per worker;"
+                " use -n N with --dist load or loadgroup"
+            )
+        return None
 
     # --- lazily started state ------------------------------------------------------------
 
@@ -102,7 +126,18 @@ class GemdirectRun:
         except ValueError as exc:
             raise pytest.UsageError(f"pytest-gemdirect: invalid value for suite: {exc}") from None
 
+    def _services(self) -> Services:
+        if self.services is None:
+            self.services = Services(
+                self.settings,
+                self._start_run_dir().root,
+                handed=self.handed.get("backends") if self.handed else None,
+                handed_error=self.handed.get("error") if self.handed else None,
+            )
+        return self.services
+
     def stages(self) -> Stages:
+        """The run's stage work; the process that calls this owns run-summary.json."""
         if self._stages is None:
             run = self._start_run_dir()
             self.summary = RunSummary(
@@ -111,17 +146,11 @@ class GemdirectRun:
                 sources=dict(self.settings.sources),
                 scene_ids=self.scene_ids(),
             )
-            self.services = Services(
-                self.settings,
-                run.root,
-                handed=self.handed.get("backends") if self.handed else None,
-                handed_error=self.handed.get("error") if self.handed else None,
-            )
             self._stages = Stages(
                 self.settings,
                 run,
                 self.summary,
-                self.services,
+                self._services(),
                 suite_cwd=self.settings.suite_cwd or self.config.rootpath,
                 progress=self._progress_display(),
             )
@@ -160,7 +189,17 @@ class GemdirectRun:
             lines.append("gemdirect set: " + "; ".join(changed))
         if self.run is not None:
             lines.append(f"gemdirect run directory: {self.run.root}")
+        if self.xdist_note:
+            lines.append(self.xdist_note)
         return lines
+
+    @pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
+    def pytest_collection_modifyitems_group(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Mark the pipeline's items as one xdist group (before xdist's worker reads the marks)."""
+        if config.getoption("loadgroup", False):
+            for item in items:
+                if _PIPELINE_FIXTURE in getattr(item, "fixturenames", ()):
+                    item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -203,56 +242,86 @@ class GemdirectRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: boot the embedded services once and hand their URLs to every worker."""
-        self.stages()
-        assert self.services is not None and self.run is not None
+        services, run = self._services(), self._start_run_dir()
         if self._handed is None:
             try:
-                self._handed = {"backends": self.services.boot_all(), "error": None}
+                self._handed = {"backends": services.boot_all(), "error": None}
             except ServiceError as exc:  # each worker's stage shows it, instead of xdist crashing
                 self._handed = {"backends": {}, "error": str(exc)}
         node.workerinput[WORKER_INPUT_KEY] = {
-            "run_dir": str(self.run.root),
-            "run_id": self.run.run_id,
+            "run_dir": str(run.root),
+            "run_id": run.run_id,
+            "loadgroup": self.config.getoption("dist", "no") == "loadgroup",
             **self._handed,
         }
 
+    def summary_data(self) -> dict[str, Any] | None:
+        """The run's summary: this process's own, or (xdist controller) what the worker wrote."""
+        if self.summary is not None:
+            return self.summary.data
+        if self.run is None or self.is_worker:
+            return None
+        try:
+            data = json.loads(self.run.summary_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
-        if self.summary is not None and self.run is not None:
+        data = self.summary_data()
+        if data is not None and self.run is not None:
             html_dir = Path(self.config.option.htmlpath).resolve().parent
-            prefix.append(
-                render_overview(self.summary.data, self.run.root, baseline=self.baseline, link_base=html_dir)
-            )
+            prefix.append(render_overview(data, self.run.root, baseline=self.baseline, link_base=html_dir))
 
     def write_report(self) -> None:
-        """The run's report.html as it stands now, so a run killed half-way still leaves one."""
-        if self.summary is None or self.run is None or self.is_worker:
+        """The run's report.html as it stands now, so a run killed half-way still leaves one.
+
+        Only the controller writes it; under xdist it reads the summary the worker keeps.
+        """
+        data = self.summary_data()
+        if data is None or self.run is None or self.is_worker:
             return
-        write_report(self.run.report_html, self.summary.data, self.run.root, baseline=self.baseline)
+        write_report(self.run.report_html, data, self.run.root, baseline=self.baseline)
 
     def pytest_runtest_logfinish(self) -> None:
         self.write_report()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.summary is not None and not self.is_worker:
+        if self.summary is not None:  # this process ran the stages (a worker under xdist)
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
             self.summary.finish(
                 "interrupted" if interrupted else "passed", "interrupted" if interrupted else None
             )
-            self.write_report()  # pytest-html, running after us, writes its own over it when it owns the path
+        elif not self.is_worker:
+            self._close_summary_left_running()
+        self.write_report()  # pytest-html, running after us, writes its own over it when it owns the path
         if self.services is not None:
             self.services.close()
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.summary is None or self.run is None or self.is_worker:
+    def _close_summary_left_running(self) -> None:
+        """xdist controller: a worker that died mid-run left the summary "running"; say so in it."""
+        data = self.summary_data()
+        if self.run is None or data is None or data.get("status") != "running":
             return
-        data = self.summary.data
+        data["status"] = "failed"
+        data["status_reason"] = "the pytest-xdist worker running the pipeline ended before the run finished"
+        atomic_write_json(self.run.summary_json, data)
+        atomic_write_text(self.run.summary_txt, render_text(data))
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        data = self.summary_data()
+        if self.run is None or self.is_worker:
+            return
         terminalreporter.write_sep("=", "gemdirect", bold=True)
+        if data is None:
+            terminalreporter.write_line(f"gemdirect: no pipeline stage ran; nothing in {self.run.root}")
+            return
         for stage in data["stages"]:
             terminalreporter.write_line(
                 f"{SYMBOLS.get(stage['status'], '?')} {STAGE_TITLES[stage['name']]:<16} {stage['status']}"
             )
-        for failure in self.summary.failures():
+        for failure in failures(data):
             terminalreporter.write_line(f"  {failure['key']}: {failure['message']}")
         terminalreporter.write_line(f"gemdirect verdict: {verdict(data)}")
         terminalreporter.write_line(f"gemdirect run directory: {self.run.root}")

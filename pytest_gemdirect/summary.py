@@ -211,7 +211,8 @@ class RunSummary:
                 if attempt.get("outcome") == "running":
                     attempt.update(ended_at=_now(), outcome="interrupted", reason="the run was interrupted")
             if interrupted:
-                scene["status"], scene["message"] = "interrupted", "the run was interrupted before this scene ended"
+                scene["status"] = "interrupted"
+                scene["message"] = "the run was interrupted before this scene ended"
             else:
                 scene["status"] = "not_reached"
                 scene["message"] = "its frames were not retrieved in this run (frames stage not run)"
@@ -226,7 +227,12 @@ class RunSummary:
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed stage node with its message, in stage order."""
-        return [item for s in self.data["stages"] for item in _items_of(s) if item["status"] == "failed"]
+        return failures(self.data)
+
+
+def failures(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every failed stage node of a summary with its message, in stage order."""
+    return [item for s in data["stages"] for item in _items_of(s) if item["status"] == "failed"]
 
 
 def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:

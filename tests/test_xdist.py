@@ -1,0 +1,128 @@
+"""The pipeline under pytest-xdist: its stages share one worker and one run, services start once
+(in the controller) and the controller alone writes the report from the worker's summary."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from tests.test_pipeline_faults import FAST, items, scenes, stages, summary_of
+from tests.test_pipeline_launch import FAKES, SMOKE, processes_from
+
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+# Tests of the user's own, beside the pipeline: they still spread over the workers.
+OTHER_TESTS = """
+import pytest
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("n", range(6))
+def test_other(n):
+    pass
+"""
+# pytest-benchmark, where a machine has it, turns itself off under xdist with a warning.
+NO_BENCHMARK = ("-p", "no:benchmark")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE, test_other=OTHER_TESTS)
+    return pytester
+
+
+def run_xdist(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
+    run_dir = project.path / "run"
+    result = project.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        *NO_BENCHMARK,
+        "-n",
+        "2",
+        "-v",
+        "--run-dir",
+        str(run_dir),
+        "-m",
+        "e2e",
+        *args,
+    )
+    return result, run_dir
+
+
+def workers_of(result: pytest.RunResult, test_file: str) -> set[str]:
+    """The xdist workers (gw0, gw1) that ran the tests of one file, from ``-v`` output."""
+    pattern = re.compile(rf"\[(gw\d+)\].*(PASSED|FAILED|SKIPPED).*{re.escape(test_file)}::")
+    return {m.group(1) for line in result.outlines if (m := pattern.search(line))}
+
+
+def verdict_of(report: Path) -> str:
+    soup = BeautifulSoup(report.read_text(encoding="utf-8"), "html.parser")
+    verdict = soup.select_one("[data-gd-verdict]") or soup.select_one(".gd-verdict")
+    assert verdict is not None, "the report has no verdict"
+    return verdict.get_text(" ", strip=True)
+
+
+def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
+    project: pytest.Pytester,
+) -> None:
+    result, run_dir = run_xdist(project)
+    result.assert_outcomes(passed=17, skipped=1)  # 11 stages + 6 of the user's own; no suites
+    assert len(workers_of(result, "test_pipeline.py")) == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["*gemdirect: --dist load -> loadgroup*", "*gemdirect verdict: PASSED*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "passed"
+    assert {name: stage["status"] for name, stage in stages(data).items()}["frames"] == "passed"
+    assert all(scene["status"] == "passed" and scene["frame_count"] == 25 for scene in data["scenes"])
+    assert data["backends"]["comfyui"]["target"] == "embedded"
+    assert "PASSED" in verdict_of(run_dir / "report.html")
+
+
+def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report(
+    project: pytest.Pytester,
+) -> None:
+    result, run_dir = run_xdist(
+        project, "--story-mode", "fallback", *FAST, "--sim-fault", "history-never@scene-002"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*frames*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    assert items(data, "frames")["frames[scene-002]"]["status"] == "failed"
+    assert scenes(data)["scene-003"]["status"] == "passed"
+    assert "FAILED" in verdict_of(run_dir / "report.html")
+
+
+def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
+    project: pytest.Pytester,
+) -> None:
+    install = FAKES / "good"
+    result, run_dir = run_xdist(
+        project,
+        "--story-mode",
+        "fallback",
+        "--scenes",
+        "1",
+        "--comfyui-dir",
+        str(install),
+        "--workflow",
+        str(SMOKE),
+    )
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    data = summary_of(run_dir)
+    assert data["backends"]["comfyui"]["target"] == "launched"
+    log = (run_dir / "comfyui.log").read_text(encoding="utf-8")
+    assert log.count("ComfyUI version: 0.3.64") == 1, "ComfyUI must be launched once, by the controller"
+    gone_by = time.monotonic() + 10
+    while processes_from(install) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not processes_from(install)
+
+
+def test_dist_each_is_refused_because_it_would_run_the_pipeline_per_worker(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess(
+        "-p", "no:cacheprovider", *NO_BENCHMARK, "-n", "2", "--dist", "each", "-m", "e2e"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--dist each would run the whole pipeline once per worker*"])
