@@ -23,21 +23,21 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     return pytester
 
 
+def keyframe_run(project: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, Path]:
+    """``pytest -m e2e`` with ComfyUI drawing the keyframes (fallback story: no LLM needed)."""
+    result, run_dir, _ = run_e2e(
+        project, "--story-mode", "fallback", "--keyframe-workflow", KEYFRAME_WORKFLOW, *extra
+    )
+    return result, run_dir
+
+
 def _events(run_dir: Path, scene_id: str) -> list[dict]:
     lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
 
 
 def test_comfyui_draws_every_keyframe_and_the_video_starts_from_it(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(
-        project,
-        "--story-mode",
-        "fallback",
-        "--keyframe-workflow",
-        KEYFRAME_WORKFLOW,
-        "--keyframe-size",
-        "512x288",
-    )
+    result, run_dir = keyframe_run(project, "--keyframe-size", "512x288")
     result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
     data = summary_of(run_dir)
     story = json.loads((run_dir / "story" / "story.json").read_text(encoding="utf-8"))
@@ -83,16 +83,7 @@ def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
 
 
 def test_a_failed_keyframe_attempt_is_re_queued(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(
-        project,
-        "--story-mode",
-        "fallback",
-        *FAST,
-        "--keyframe-workflow",
-        KEYFRAME_WORKFLOW,
-        "--sim-fault",
-        "flaky@scene-002",
-    )
+    result, run_dir = keyframe_run(project, *FAST, "--sim-fault", "flaky@scene-002")
     result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
     data = summary_of(run_dir)
     assert any(
@@ -105,16 +96,7 @@ def test_a_failed_keyframe_attempt_is_re_queued(project: pytest.Pytester) -> Non
 def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on(
     project: pytest.Pytester,
 ) -> None:
-    result, run_dir, _ = run_e2e(
-        project,
-        "--story-mode",
-        "fallback",
-        *FAST,
-        "--keyframe-workflow",
-        KEYFRAME_WORKFLOW,
-        "--sim-fault",
-        "stall@scene-002",
-    )
+    _, run_dir = keyframe_run(project, *FAST, "--sim-fault", "stall@scene-002")
     data = summary_of(run_dir)
     generation = items(data, "svd")
     assert generation["svd[scene-002]"]["status"] == "failed"

@@ -101,17 +101,10 @@ def patch_workflow(workflow: Workflow, patch: ScenePatch, *, source: str = "work
         raise WorkflowError(
             f"{source}: needs exactly one LoadImage node for the keyframe, found {len(loaders)}"
         )
-    saves = nodes_of_class(patched, SAVE_CLASSES)
-    if not saves:
-        raise WorkflowError(f"{source}: needs at least one save node ({', '.join(SAVE_CLASSES)})")
+    _set_prefix_and_seed(patched, patch.filename_prefix, patch.seed, source)
     patched[loaders[0]]["inputs"]["image"] = patch.image_name
-    for node_id in saves:
-        patched[node_id]["inputs"]["filename_prefix"] = patch.filename_prefix
     for node in patched.values():
         inputs = node.get("inputs", {})
-        for key in SEED_INPUTS:
-            if key in inputs and not isinstance(inputs[key], list):
-                inputs[key] = patch.seed
         if (
             patch.frames is not None
             and "video_frames" in inputs
@@ -143,21 +136,27 @@ def patch_keyframe_workflow(
     """
     patched = copy.deepcopy(workflow)
     encoder = _positive_encoder(patched, source)
-    saves = nodes_of_class(patched, SAVE_CLASSES)
+    _set_prefix_and_seed(patched, patch.filename_prefix, patch.seed, source)
+    patched[encoder]["inputs"]["text"] = patch.text
+    for node_id in nodes_of_class(patched, LATENT_CLASSES):
+        inputs = patched[node_id]["inputs"]
+        inputs["width"], inputs["height"] = patch.size
+        inputs["batch_size"] = 1
+    return patched
+
+
+def _set_prefix_and_seed(workflow: Workflow, prefix: str, seed: int, source: str) -> None:
+    """Every save node writes under ``prefix``; every literal seed input becomes ``seed``."""
+    saves = nodes_of_class(workflow, SAVE_CLASSES)
     if not saves:
         raise WorkflowError(f"{source}: needs at least one save node ({', '.join(SAVE_CLASSES)})")
-    patched[encoder]["inputs"]["text"] = patch.text
     for node_id in saves:
-        patched[node_id]["inputs"]["filename_prefix"] = patch.filename_prefix
-    for node in patched.values():
+        workflow[node_id]["inputs"]["filename_prefix"] = prefix
+    for node in workflow.values():
         inputs = node.get("inputs", {})
         for key in SEED_INPUTS:
             if key in inputs and not isinstance(inputs[key], list):
-                inputs[key] = patch.seed
-        if node.get("class_type") in LATENT_CLASSES:
-            inputs["width"], inputs["height"] = patch.size
-            inputs["batch_size"] = 1
-    return patched
+                inputs[key] = seed
 
 
 def _positive_encoder(workflow: Workflow, source: str) -> str:
