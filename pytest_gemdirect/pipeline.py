@@ -90,7 +90,9 @@ class Pipeline:
             outcome = Outcome(key, "not_reached", message=str(exc))
         except StageSkipped as exc:
             outcome = Outcome(key, "skipped", message=str(exc))
-        except Exception as exc:  # an unexpected error is a failure of this stage, never lost
+        except (KeyboardInterrupt, SystemExit):
+            raise  # the session ends; its summary is closed as interrupted
+        except BaseException as exc:  # a bug, or pytest-timeout's outer backstop: a failure, never lost
             outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
         finally:
             self._running.discard(key)

@@ -203,13 +203,18 @@ class RunSummary:
             self.write()
 
     def _close_open_scenes(self, *, interrupted: bool) -> None:
-        """A finished run has no scene "running": say what happened to those still open."""
+        """A finished run has no scene or attempt "running": say what happened to those still open."""
         for scene in self.data["scenes"]:
+            for attempt in scene["attempts"]:
+                if attempt.get("outcome") != "running":
+                    continue
+                if interrupted:
+                    attempt.update(ended_at=_now(), outcome="interrupted", reason="the run was interrupted")
+                else:
+                    reason = scene.get("message") or "its stage ended while the attempt was running"
+                    attempt.update(ended_at=_now(), outcome="abandoned", reason=reason)
             if scene["status"] != "running":
                 continue
-            for attempt in scene["attempts"]:
-                if attempt.get("outcome") == "running":
-                    attempt.update(ended_at=_now(), outcome="interrupted", reason="the run was interrupted")
             if interrupted:
                 scene["status"] = "interrupted"
                 scene["message"] = "the run was interrupted before this scene ended"

@@ -170,6 +170,35 @@ def test_stall_fails_generation_at_scene_max_wait_naming_last_progress(project: 
     assert scenes(data)["scene-001"]["status"] == scenes(data)["scene-003"]["status"] == "passed"
 
 
+def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failing(
+    project: pytest.Pytester,
+) -> None:
+    # The user's own --timeout stands (no backstop of ours) and fires inside scene-002's generation,
+    # long before its scene-max-wait: the summary must say the stage failed, not leave it running.
+    result, run_dir, _ = run_e2e(
+        project,
+        "--story-mode",
+        "fallback",
+        "--scenes",
+        "2",
+        "--scene-max-wait",
+        "300",
+        "--sim-fault",
+        "stall@scene-002",
+        "--timeout",
+        "4",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    svd = items(data, "svd")["svd[scene-002]"]
+    assert svd["status"] == "failed" and "Timeout" in svd["message"], svd
+    scene = scenes(data)["scene-002"]
+    assert scene["status"] == "failed" and scene["failed_stage"] == "svd"
+    assert [attempt["outcome"] for attempt in scene["attempts"]] == ["abandoned"]
+    assert scenes(data)["scene-001"]["status"] == "passed"
+
+
 def test_execution_error_is_retried_then_fails_naming_the_node(project: pytest.Pytester) -> None:
     result, run_dir, _ = scene_fault_run(project, "execution-error", "--max-scene-retries", "1", n=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
