@@ -299,6 +299,46 @@ class GemdirectRun:
         if self.services is not None:
             self.services.close()
 
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings: Any) -> bool | None:
+        """pytest-timeout's thread method (the only one on Windows) ends the process with os._exit.
+
+        For the pipeline's tests we run that timer ourselves, so that before the process ends the
+        summary says which test ran out of time, the report is written and the services are ended.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        if (settings.method == "signal" and in_main) or _PIPELINE_FIXTURE not in getattr(
+            item, "fixturenames", ()
+        ):
+            return None  # pytest-timeout's own way: a failure raised in the test, the run goes on
+        timer = threading.Timer(settings.timeout, self._end_on_timeout, (item, settings))
+        timer.daemon = True
+        timer.name = f"gemdirect timeout {item.nodeid}"
+
+        def cancel() -> None:
+            timer.cancel()
+            timer.join()
+
+        item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout's cancel hook calls
+        timer.start()
+        return True
+
+    def _end_on_timeout(self, item: pytest.Item, settings: Any) -> None:
+        from pytest_timeout import timeout_timer
+
+        try:
+            if self.summary is not None:
+                reason = (
+                    f"pytest-timeout ended the process: {item.nodeid} ran past {settings.timeout:g} s"
+                    " (--timeout-method thread)"
+                )
+                self.summary.finish("failed", reason)
+            self.write_report()
+            if self.services is not None:
+                self.services.close()
+        finally:
+            timeout_timer(item, settings)  # dumps the threads' stacks, then os._exit(1)
+
     def _close_summary_left_running(self) -> None:
         """xdist controller: a worker that died mid-run left the summary "running"; say so in it."""
         data = self.summary_data()

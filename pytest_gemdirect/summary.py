@@ -51,6 +51,7 @@ class RunSummary:
     ):
         self.run = run
         self._lock = threading.RLock()
+        self._closed = False  # finished: later updates (threads still running) are not written
         self._started = time.monotonic()
         self._items: dict[str, dict[str, Any]] = {}
         self.data: dict[str, Any] = {
@@ -188,36 +189,42 @@ class RunSummary:
         self.data["stages"] = stages
 
     def finish(self, status: str, reason: str | None = None) -> None:
-        """Close the run: ``passed``/``failed`` from the stages unless told ``interrupted``."""
+        """Close the run: ``passed``/``failed`` from the stages unless told ``interrupted``.
+
+        ``failed`` or ``interrupted`` here means the run was cut short (Ctrl-C, a timeout that
+        ends the process): scenes still open say so. Nothing is written after this.
+        """
         with self._lock:
+            cut_short = status != "passed"
             if status != "interrupted":
                 failed = [s["name"] for s in self.data["stages"] if s["status"] == "failed"]
                 status = "failed" if failed or status == "failed" else "passed"
                 if failed and reason is None:
                     reason = "failed: " + ", ".join(failed)
-            self._close_open_scenes(interrupted=status == "interrupted")
+            self._close_open_scenes(cut_short=cut_short, reason=reason)
             self.data["status"] = status
             self.data["status_reason"] = reason
             self.data["finished_at"] = _now()
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             self.write()
+            self._closed = True
 
-    def _close_open_scenes(self, *, interrupted: bool) -> None:
+    def _close_open_scenes(self, *, cut_short: bool, reason: str | None) -> None:
         """A finished run has no scene or attempt "running": say what happened to those still open."""
         for scene in self.data["scenes"]:
             for attempt in scene["attempts"]:
                 if attempt.get("outcome") != "running":
                     continue
-                if interrupted:
-                    attempt.update(ended_at=_now(), outcome="interrupted", reason="the run was interrupted")
+                if cut_short:
+                    attempt.update(ended_at=_now(), outcome="interrupted", reason=f"the run ended: {reason}")
                 else:
                     reason = scene.get("message") or "its stage ended while the attempt was running"
                     attempt.update(ended_at=_now(), outcome="abandoned", reason=reason)
             if scene["status"] != "running":
                 continue
-            if interrupted:
+            if cut_short:
                 scene["status"] = "interrupted"
-                scene["message"] = "the run was interrupted before this scene ended"
+                scene["message"] = f"the run ended before this scene did: {reason}"
             else:
                 scene["status"] = "not_reached"
                 scene["message"] = "its frames were not retrieved in this run (frames stage not run)"
@@ -226,6 +233,8 @@ class RunSummary:
 
     def write(self) -> None:
         with self._lock:
+            if self._closed:
+                return
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             atomic_write_json(self.run.summary_json, self.data)
             atomic_write_text(self.run.summary_txt, render_text(self.data))

@@ -199,6 +199,44 @@ def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failin
     assert scenes(data)["scene-001"]["status"] == "passed"
 
 
+def test_timeout_thread_method_leaves_a_closed_summary_before_the_process_ends(
+    project: pytest.Pytester,
+) -> None:
+    # pytest-timeout's thread method (the only one on Windows) ends the process with os._exit(1):
+    # the summary and the report must be closed before that, and the simulator ended.
+    result, run_dir, _ = run_e2e(
+        project,
+        "--story-mode",
+        "fallback",
+        "--scenes",
+        "2",
+        "--scene-max-wait",
+        "300",
+        "--sim-fault",
+        "stall@scene-002",
+        "--timeout",
+        "4",
+        "--timeout-method",
+        "thread",
+    )
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*Timeout*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    assert "pytest-timeout ended the process: " in data["status_reason"]
+    assert "test_generation[scene-002]" in data["status_reason"]
+    scene = scenes(data)["scene-002"]
+    assert scene["status"] == "interrupted"
+    assert [attempt["outcome"] for attempt in scene["attempts"]] == ["interrupted"]
+    assert scenes(data)["scene-001"]["status"] == "passed"
+    assert "FAILED" in (run_dir / "report.html").read_text(encoding="utf-8")
+    sim_pid = data["backends"]["comfyui"]["pid"]
+    gone_by = time.monotonic() + 10
+    while psutil.pid_exists(sim_pid) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not _running(sim_pid)
+
+
 def test_execution_error_is_retried_then_fails_naming_the_node(project: pytest.Pytester) -> None:
     result, run_dir, _ = scene_fault_run(project, "execution-error", "--max-scene-retries", "1", n=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
