@@ -193,13 +193,13 @@ class GemdirectRun:
             lines.append(self.xdist_note)
         return lines
 
-    @pytest.hookimpl(tryfirst=True, specname="pytest_collection_modifyitems")
-    def pytest_collection_modifyitems_group(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        """Mark the pipeline's items as one xdist group (before xdist's worker reads the marks)."""
-        if config.getoption("loadgroup", False):
-            for item in items:
-                if _PIPELINE_FIXTURE in getattr(item, "fixturenames", ()):
-                    item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        """Mark each pipeline item as one xdist group as it is collected, before any
+        pytest_collection_modifyitems (xdist's worker reads the marks there)."""
+        if self.config.getoption("loadgroup", False) and _PIPELINE_FIXTURE in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
