@@ -26,7 +26,7 @@ WORKER_INPUT_KEY = "gemdirect"
 # so the scene's deadline covers queue to frames on disk.
 _STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
 _PIPELINE_FIXTURE = "gemdirect_check"
-XDIST_GROUP = "gemdirect"
+_SCHEDULED_DISTS = ("load", "worksteal", "loadgroup")  # xdist modes our scheduler takes over
 
 
 def run_of(config: pytest.Config) -> GemdirectRun:
@@ -74,8 +74,6 @@ class GemdirectRun:
         self.xdist_note = self._keep_pipeline_on_one_worker()
         if handed:
             self.run = RunDirectory(Path(handed["run_dir"]), handed["run_id"])
-            # a worker parses the command line again and misses the controller's switch to loadgroup
-            config.option.loadgroup = config.option.loadgroup or handed.get("loadgroup", False)
         elif selects_pipeline(config.getoption("markexpr", "")) or settings.run_dir is not None:
             self._start_run_dir()
             self._wire_html_report()
@@ -84,15 +82,15 @@ class GemdirectRun:
     def _keep_pipeline_on_one_worker(self) -> str | None:
         """Under pytest-xdist, the pipeline's stages must share one worker: they share one run.
 
-        ``--dist load`` (what ``-n`` implies) and ``worksteal`` become ``loadgroup``, which sends
-        every item of the ``gemdirect`` xdist group to the same worker and spreads the rest as before.
+        With ``--dist load`` (what ``-n`` implies), ``worksteal`` or ``loadgroup`` our scheduler
+        (pytest_xdist_make_scheduler) sends them as one unit; ``loadscope`` and ``loadfile`` keep a
+        module's tests together anyway.
         """
         if self.is_worker or not self.config.getoption("numprocesses", None):
             return None
         dist = self.config.getoption("dist", "no")
-        if dist in ("load", "worksteal"):
-            self.config.option.dist = "loadgroup"
-            return f"gemdirect: --dist {dist} -> loadgroup, so the pipeline's stages run on one worker"
+        if dist in _SCHEDULED_DISTS:
+            return f"gemdirect: the pipeline's stages run together on one worker (--dist {dist})"
         if dist == "each":
             raise pytest.UsageError(
                 "pytest-gemdirect: --dist each would run the whole pipeline once per worker;"
@@ -193,13 +191,14 @@ class GemdirectRun:
             lines.append(self.xdist_note)
         return lines
 
-    def pytest_itemcollected(self, item: pytest.Item) -> None:
-        """Mark each pipeline item as one xdist group as it is collected, before any
-        pytest_collection_modifyitems (xdist's worker reads the marks there)."""
-        if self.config.getoption("loadgroup", False) and _PIPELINE_FIXTURE in getattr(
-            item, "fixturenames", ()
-        ):
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUP))
+    @pytest.hookimpl(tryfirst=True, optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """xdist controller: the pipeline's tests as one unit for one worker (xdist_scheduling)."""
+        if config.getoption("dist", "no") not in _SCHEDULED_DISTS:
+            return None
+        from pytest_gemdirect.xdist_scheduling import PipelineScheduling
+
+        return PipelineScheduling(config, log)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -251,7 +250,6 @@ class GemdirectRun:
         node.workerinput[WORKER_INPUT_KEY] = {
             "run_dir": str(run.root),
             "run_id": run.run_id,
-            "loadgroup": self.config.getoption("dist", "no") == "loadgroup",
             **self._handed,
         }
 

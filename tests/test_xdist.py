@@ -70,7 +70,9 @@ def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
     result, run_dir = run_xdist(project)
     result.assert_outcomes(passed=17, skipped=1)  # 11 stages + 6 of the user's own; no suites
     assert len(workers_of(result, "test_pipeline.py")) == 1, result.stdout.str()
-    result.stdout.fnmatch_lines(["*gemdirect: --dist load -> loadgroup*", "*gemdirect verdict: PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["*gemdirect: the pipeline*s stages run together on one worker*", "*verdict: PASSED*"]
+    )
     data = summary_of(run_dir)
     assert data["status"] == "passed"
     assert {name: stage["status"] for name, stage in stages(data).items()}["frames"] == "passed"
