@@ -427,8 +427,9 @@ class Stages:
         story_copy.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(drawn.path, story_copy)
         append_jsonl(events, {"t": _now(), "event": "keyframe_end", "prompt_id": drawn.prompt_id})
+        took = f" in {drawn.seconds:.1f} s" if drawn.seconds is not None else ""
         generation.notes.append(
-            f"keyframe drawn by ComfyUI (prompt {drawn.prompt_id}, {drawn.source},"
+            f"keyframe drawn by ComfyUI{took} (prompt {drawn.prompt_id}, {drawn.source},"
             f" sha256 {drawn.sha256[:12]})"
         )
         self.summary.update_scene(scene_id, notes=list(generation.notes))

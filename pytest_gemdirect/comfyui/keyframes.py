@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
-from pytest_gemdirect.comfyui.job import JobPolicy, JobResult, run_job
+from pytest_gemdirect.comfyui.job import JobPolicy, run_job
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.comfyui.workflow import KeyframePatch, Workflow, patch_keyframe_workflow
 from pytest_gemdirect.deadline import Deadline
@@ -33,8 +33,7 @@ class DrawnKeyframe:
     prompt_id: str
     source: str  # subfolder/filename on the server
     sha256: str
-    seconds: float | None
-    result: JobResult
+    seconds: float | None  # queued to completed
 
 
 def draw_keyframe(
@@ -74,7 +73,6 @@ def draw_keyframe(
         source=first.source,
         sha256=first.sha256,
         seconds=round(completed - started, 3) if completed is not None and started is not None else None,
-        result=result,
     )
 
 
