@@ -30,7 +30,7 @@ class StageSkipped(Exception):
 @dataclass
 class Outcome:
     key: str
-    status: str  # passed | failed | not_reached | skipped
+    status: str  # passed | failed | not_reached | skipped | interrupted
     value: Any = None
     message: str | None = None
     duration_s: float = 0.0
@@ -46,14 +46,14 @@ class Pipeline:
         self.summary = summary
         self._works = works  # stage name -> function(key) doing the work
         self.outcomes: dict[str, Outcome] = {}
-        self._running: set[str] = set()
+        self._running: dict[str, float] = {}  # key -> when its work started
 
     def run(self, key: str) -> Any:
         """The stage's value; raises StageFailed, NotReached or StageSkipped as its own test should show."""
         outcome = self.outcomes.get(key)
         if outcome is None:
             outcome = self._execute(key)
-        if outcome.status == "failed":
+        if outcome.status in ("failed", "interrupted"):
             raise StageFailed(outcome.message)
         if outcome.status == "not_reached":
             raise NotReached(outcome.message)
@@ -79,8 +79,7 @@ class Pipeline:
     def _execute(self, key: str) -> Outcome:
         if key in self._running:
             raise RuntimeError(f"stage {key} depends on itself")
-        self._running.add(key)
-        started = time.monotonic()
+        started = self._running[key] = time.monotonic()
         try:
             value = self._works[stage_of(key)](key)
             outcome = Outcome(key, "passed", value=value)
@@ -91,12 +90,28 @@ class Pipeline:
         except StageSkipped as exc:
             outcome = Outcome(key, "skipped", message=str(exc))
         except (KeyboardInterrupt, SystemExit):
+            message = f"{key}: the run was interrupted while it ran"
+            self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
             raise  # the session ends; its summary is closed as interrupted
         except BaseException as exc:  # a bug, or pytest-timeout's outer backstop: a failure, never lost
             outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
         finally:
-            self._running.discard(key)
-        outcome.duration_s = round(time.monotonic() - started, 3)
-        self.outcomes[key] = outcome
-        self.summary.record_item(key, outcome.status, duration_s=outcome.duration_s, message=outcome.message)
+            self._running.pop(key, None)
+        outcome.duration_s = _since(started)
+        self._record(outcome)
         return outcome
+
+    def _record(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.key] = outcome
+        self.summary.record_item(
+            outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
+        )
+
+    def interrupt_running(self, message: str) -> None:
+        """Record every stage still at work as interrupted (the process is about to end)."""
+        for key, started in sorted(dict(self._running).items()):  # a copy: the stage thread runs on
+            self._record(Outcome(key, "interrupted", message=f"{key}: {message}", duration_s=_since(started)))
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)

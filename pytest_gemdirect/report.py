@@ -340,14 +340,17 @@ def _peak_vram_used(
     return total - min(frees)
 
 
+_WRONG = ("failed", "interrupted")  # the statuses "What went wrong" explains
+
+
 def _failures(rows: list[_Row]) -> list[_Row]:
     found = []
     for row in rows:
         if row.items:
-            found += [item for item in row.items if item.status == "failed"]
-            if row.status == "failed" and not any(i.status == "failed" for i in row.items):
+            found += [item for item in row.items if item.status in _WRONG]
+            if row.status in _WRONG and not any(i.status in _WRONG for i in row.items):
                 found.append(row)
-        elif row.status == "failed":
+        elif row.status in _WRONG:
             found.append(row)
     return found
 
@@ -1287,7 +1290,7 @@ def _failure_block(row: _Row, data: Mapping[str, Any], links: _Links) -> str:
     nxt = _look_next(row, data, links)
     if nxt:
         facts.append(("look next at", "<ul>" + "".join(f"<li>{n}</li>" for n in nxt) + "</ul>"))
-    head = f"{SYMBOLS['failed']} {where}"
+    head = f"{SYMBOLS['interrupted' if row.status == 'interrupted' else 'failed']} {where}"
     return (
         f'<div class="gd-failure" data-stage="{_esc(row.stage)}" data-key="{_esc(row.key)}">'
         f"<h4>{_esc(head)}</h4>{_kv(facts)}</div>"

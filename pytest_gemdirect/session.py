@@ -325,12 +325,12 @@ class GemdirectRun:
         from pytest_timeout import timeout_timer
 
         try:
-            if self.summary is not None:
-                reason = (
-                    f"pytest-timeout ended the process: {item.nodeid} ran past {settings.timeout:g} s"
-                    " (--timeout-method thread)"
+            if self.summary is not None and self._stages is not None:
+                limit = f"{settings.timeout:g} s (--timeout-method thread)"
+                self._stages.pipeline.interrupt_running(f"pytest-timeout ended the process after {limit}")
+                self.summary.finish(
+                    "failed", f"pytest-timeout ended the process: {item.nodeid} ran past {limit}"
                 )
-                self.summary.finish("failed", reason)
             self.write_report()
             if self.services is not None:
                 self.services.close()

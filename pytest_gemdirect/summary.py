@@ -155,8 +155,8 @@ class RunSummary:
         svd = self._items.get(f"svd[{scene_id}]", {}).get("status")
         frames = self._items.get(f"frames[{scene_id}]", {}).get("status")
         for stage, status in (("svd", svd), ("frames", frames)):
-            if status == "failed":
-                scene["status"], scene["failed_stage"] = "failed", stage
+            if status in ("failed", "interrupted"):
+                scene["status"], scene["failed_stage"] = status, stage
                 scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
                 return
         started = svd == "passed" or bool(scene["attempts"])  # generating, or waiting for retrieval
@@ -169,6 +169,8 @@ class RunSummary:
             statuses = {item["status"] for item in items}
             if "failed" in statuses:
                 status = "failed"
+            elif "interrupted" in statuses:
+                status = "interrupted"
             elif "passed" in statuses:
                 status = "passed"
             elif statuses == {"skipped"}:
@@ -245,8 +247,9 @@ class RunSummary:
 
 
 def failures(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every failed stage node of a summary with its message, in stage order."""
-    return [item for s in data["stages"] for item in _items_of(s) if item["status"] == "failed"]
+    """Every failed (or interrupted) stage node of a summary with its message, in stage order."""
+    wrong = ("failed", "interrupted")
+    return [item for s in data["stages"] for item in _items_of(s) if item["status"] in wrong]
 
 
 def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:
@@ -308,10 +311,10 @@ def render_text(data: dict[str, Any]) -> str:
                 f"  {SYMBOLS.get(scene['status'], '?')} {scene['id']} {scene['status']:<11}"
                 f" frames {scene['frame_count']:<3} attempts {len(scene['attempts'])}  {timing}".rstrip()
             )
-    failures = [item for s in data["stages"] for item in _items_of(s) if item["status"] == "failed"]
-    if failures:
+    wrong = failures(data)
+    if wrong:
         lines += ["", "what went wrong:"]
-        for item in failures:
+        for item in wrong:
             lines.append(f"  {item['key']}: {item.get('message') or '(no message)'}")
     if data["warnings"]:
         lines += ["", "warnings:"] + [f"  - {w}" for w in data["warnings"]]

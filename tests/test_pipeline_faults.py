@@ -229,6 +229,11 @@ def test_timeout_thread_method_leaves_a_closed_summary_before_the_process_ends(
     assert scene["status"] == "interrupted"
     assert [attempt["outcome"] for attempt in scene["attempts"]] == ["interrupted"]
     assert scenes(data)["scene-001"]["status"] == "passed"
+    generation = items(data, "svd")["svd[scene-002]"]
+    assert (
+        generation["status"] == "interrupted" and "pytest-timeout ended the process" in generation["message"]
+    )
+    assert stages(data)["svd"]["status"] == "interrupted"
     assert "FAILED" in (run_dir / "report.html").read_text(encoding="utf-8")
     sim_pid = data["backends"]["comfyui"]["pid"]
     gone_by = time.monotonic() + 10
@@ -430,6 +435,7 @@ def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project
     scene_002 = scenes(data)["scene-002"]
     assert scene_002["status"] == "interrupted"
     assert [a["outcome"] for a in scene_002["attempts"]] == ["interrupted"]
+    assert items(data, "svd")["svd[scene-002]"]["status"] == "interrupted"
     gone_by = time.monotonic() + 10
     while _running(sim_pid) and time.monotonic() < gone_by:
         time.sleep(0.1)
