@@ -312,6 +312,7 @@ class Stages:
         keyframe = self.run.scene_dir(scene_id) / "keyframe.png"
         deadline = Deadline(self.settings.scene_max_wait, setting="scene_max_wait")
         generation = Generation(scene_id, client, deadline)
+        self.summary.start_scene(scene_id)
         if comfy["keyframe_workflow"] is not None:
             scene = next(s for s in story["scenes"] if s["id"] == scene_id)
             self._draw_keyframe(generation, comfy["keyframe_workflow"], scene["visual_prompt"], deadline)

@@ -52,6 +52,7 @@ class RunSummary:
         self.run = run
         self._lock = threading.RLock()
         self._closed = False  # finished: later updates (threads still running) are not written
+        self._started_scenes: set[str] = set()  # their generation stage is at work
         self._started = time.monotonic()
         self._items: dict[str, dict[str, Any]] = {}
         self.data: dict[str, Any] = {
@@ -137,6 +138,13 @@ class RunSummary:
             self._update_scene_status(scene_id)
             self.write()
 
+    def start_scene(self, scene_id: str) -> None:
+        """The scene's generation has begun (keyframe, upload or job): it is "running" from now."""
+        with self._lock:
+            self._started_scenes.add(scene_id)
+            self._update_scene_status(scene_id)
+            self.write()
+
     def record_item(
         self, key: str, status: str, *, duration_s: float | None = None, message: str | None = None
     ):
@@ -159,7 +167,7 @@ class RunSummary:
                 scene["status"], scene["failed_stage"] = status, stage
                 scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
                 return
-        started = svd == "passed" or bool(scene["attempts"])  # generating, or waiting for retrieval
+        started = svd == "passed" or scene_id in self._started_scenes  # generating, or awaiting retrieval
         scene["status"] = "passed" if frames == "passed" else ("running" if started else "not_reached")
 
     def _rebuild_stages(self) -> None:

@@ -370,12 +370,13 @@ def _read_summary(path: Path) -> dict | None:
         return None
 
 
-def _start_stalled_run(project: pytest.Pytester) -> tuple[subprocess.Popen, Path]:
+def _start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess.Popen, Path]:
     """Start ``pytest -m e2e`` ourselves with scene-002 stalling under a long scene-max-wait."""
     run_dir = project.path / "run"
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", "--run-dir", str(run_dir)]
     argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
     argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
+    argv += extra
     kwargs: dict = {}
     if sys.platform == "win32":
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP

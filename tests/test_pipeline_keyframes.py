@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,17 @@ from PIL import Image
 
 from pytest_gemdirect.comfyui.workflow import default_workflow_path
 from pytest_gemdirect.story import render_keyframe
-from tests.test_pipeline_faults import FAST, items, run_e2e, scenes, stages, summary_of
+from tests.test_pipeline_faults import (
+    FAST,
+    _interrupt,
+    _read_summary,
+    _start_stalled_run,
+    items,
+    run_e2e,
+    scenes,
+    stages,
+    summary_of,
+)
 
 PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
 KEYFRAME_WORKFLOW = str(default_workflow_path("keyframe_txt2img.json"))
@@ -108,3 +119,23 @@ def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on
     assert generation["svd[scene-003]"]["status"] == "passed"
     assert scenes(data)["scene-003"]["status"] == "passed"
     assert (run_dir / "report.html").is_file()
+
+
+def test_a_scene_whose_keyframe_is_being_drawn_is_running_in_the_live_summary(
+    project: pytest.Pytester,
+) -> None:
+    proc, run_dir = _start_stalled_run(project, "--keyframe-workflow", KEYFRAME_WORKFLOW)
+    try:
+        deadline = time.monotonic() + 60
+        live = None
+        while time.monotonic() < deadline and live is None:
+            events = run_dir / "scene-002" / "events.jsonl"
+            if events.is_file() and '"keyframe_attempt": 1' in events.read_text(encoding="utf-8"):
+                live = _read_summary(run_dir / "run-summary.json")
+            assert proc.poll() is None, "pytest ended before scene-002's keyframe was being drawn"
+            time.sleep(0.1)
+    finally:
+        _interrupt(proc)
+    assert live is not None, "scene-002's keyframe job never started"
+    assert scenes(live)["scene-002"]["status"] == "running"
+    assert scenes(live)["scene-002"]["attempts"] == [], "no video attempt yet: the keyframe is drawn first"
