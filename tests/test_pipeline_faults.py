@@ -170,24 +170,21 @@ def test_stall_fails_generation_at_scene_max_wait_naming_last_progress(project: 
     assert scenes(data)["scene-001"]["status"] == scenes(data)["scene-003"]["status"] == "passed"
 
 
+def _stalled_under_user_timeout(project: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, Path]:
+    """scene-002 stalls under a long scene-max-wait; the user's --timeout 4 ends its test first."""
+    result, run_dir, _ = run_e2e(
+        project, "--story-mode", "fallback", "--scenes", "2", "--scene-max-wait", "300",
+        "--sim-fault", "stall@scene-002", "--timeout", "4", *extra,
+    )  # fmt: skip
+    return result, run_dir
+
+
 def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failing(
     project: pytest.Pytester,
 ) -> None:
     # The user's own --timeout stands (no backstop of ours) and fires inside scene-002's generation,
     # long before its scene-max-wait: the summary must say the stage failed, not leave it running.
-    result, run_dir, _ = run_e2e(
-        project,
-        "--story-mode",
-        "fallback",
-        "--scenes",
-        "2",
-        "--scene-max-wait",
-        "300",
-        "--sim-fault",
-        "stall@scene-002",
-        "--timeout",
-        "4",
-    )
+    result, run_dir = _stalled_under_user_timeout(project)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = summary_of(run_dir)
     assert data["status"] == "failed"
@@ -204,21 +201,7 @@ def test_timeout_thread_method_leaves_a_closed_summary_before_the_process_ends(
 ) -> None:
     # pytest-timeout's thread method (the only one on Windows) ends the process with os._exit(1):
     # the summary and the report must be closed before that, and the simulator ended.
-    result, run_dir, _ = run_e2e(
-        project,
-        "--story-mode",
-        "fallback",
-        "--scenes",
-        "2",
-        "--scene-max-wait",
-        "300",
-        "--sim-fault",
-        "stall@scene-002",
-        "--timeout",
-        "4",
-        "--timeout-method",
-        "thread",
-    )
+    result, run_dir = _stalled_under_user_timeout(project, "--timeout-method", "thread")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*Timeout*"])
     data = summary_of(run_dir)
