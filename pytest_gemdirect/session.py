@@ -67,6 +67,7 @@ class GemdirectRun:
             except BaselineError as exc:
                 raise pytest.UsageError(f"pytest-gemdirect: invalid value for baseline: {exc}") from None
         self._handed: dict[str, Any] | None = None  # xdist controller: what every worker gets
+        self._crashed: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.run: RunDirectory | None = None
         self.services: Services | None = None
         self.summary: RunSummary | None = None
@@ -292,7 +293,7 @@ class GemdirectRun:
                 "interrupted" if interrupted else "passed", "interrupted" if interrupted else None
             )
         elif not self.is_worker:
-            self._close_summary_left_running()
+            self._settle_workers_summary()
         self.write_report()  # pytest-html, running after us, writes its own over it when it owns the path
         if self.services is not None:
             self.services.close()
@@ -337,13 +338,32 @@ class GemdirectRun:
         finally:
             timeout_timer(item, settings)  # dumps the threads' stacks, then os._exit(1)
 
-    def _close_summary_left_running(self) -> None:
-        """xdist controller: a worker that died mid-run left the summary "running"; say so in it."""
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """xdist controller: a worker died in this test; if it was the pipeline's, the summary says so."""
+        from pytest_gemdirect.xdist_scheduling import is_pipeline_test
+
+        if is_pipeline_test(crashitem):
+            self._crashed.append(crashitem)
+
+    def _settle_workers_summary(self) -> None:
+        """xdist controller: the worker's summary, corrected where a worker died under it.
+
+        A dead worker leaves the summary "running"; a replacement worker re-runs what the later
+        stages need and may well pass, but pytest counts the crash as a failure, and so must we.
+        """
         data = self.summary_data()
-        if self.run is None or data is None or data.get("status") != "running":
+        if self.run is None or data is None:
+            return
+        reasons = []
+        if self._crashed:
+            reasons.append(f"a pytest-xdist worker crashed while running {', '.join(self._crashed)}")
+        if data.get("status") == "running":
+            reasons.append("the pytest-xdist worker running the pipeline ended before the run finished")
+        if not reasons:
             return
         data["status"] = "failed"
-        data["status_reason"] = "the pytest-xdist worker running the pipeline ended before the run finished"
+        data["status_reason"] = "; ".join(reasons)
         atomic_write_json(self.run.summary_json, data)
         atomic_write_text(self.run.summary_txt, render_text(data))
 

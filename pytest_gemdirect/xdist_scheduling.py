@@ -15,12 +15,16 @@ from pytest_gemdirect.pipeline_tests import __all__ as PIPELINE_TESTS
 GROUP = "gemdirect"
 
 
+def is_pipeline_test(nodeid: str) -> bool:
+    """Whether a node id names one of the pipeline's tests (``…::test_frames[scene-001]``)."""
+    return nodeid.split("::")[-1].split("[")[0].split("@")[0] in PIPELINE_TESTS
+
+
 class PipelineScheduling(LoadGroupScheduling):
     """``--dist load`` for every other test (or ``loadgroup`` where they have groups); the
     pipeline's eight tests form one unit that goes to one worker, in collection order."""
 
     def _split_scope(self, nodeid: str) -> str:
-        name = nodeid.split("::")[-1].split("[")[0].split("@")[0]
-        if name in PIPELINE_TESTS:
+        if is_pipeline_test(nodeid):
             return GROUP
         return super()._split_scope(nodeid)

@@ -128,3 +128,35 @@ def test_dist_each_is_refused_because_it_would_run_the_pipeline_per_worker(proje
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--dist each would run the whole pipeline once per worker*"])
+
+
+CRASH_ONCE = """
+import os
+import pathlib
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def crash_the_worker_once(request):
+    flag = pathlib.Path(__file__).with_name("crashed.flag")
+    if request.node.name == "test_frames[scene-001]" and not flag.exists():
+        flag.write_text("the worker died here", encoding="utf-8")
+        os._exit(1)
+    yield
+"""
+
+
+def test_a_worker_that_dies_mid_pipeline_fails_the_run_in_summary_and_report(
+    project: pytest.Pytester,
+) -> None:
+    project.makeconftest(CRASH_ONCE)
+    result, run_dir = run_xdist(project)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_frames[[]scene-001[]]*"])
+    result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*a pytest-xdist worker crashed while running*"])
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    assert "test_frames[scene-001]" in data["status_reason"]
+    assert "crashed" in (run_dir / "run-summary.txt").read_text(encoding="utf-8").splitlines()[0]
+    assert "FAILED" in verdict_of(run_dir / "report.html")
