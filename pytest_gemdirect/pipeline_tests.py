@@ -29,6 +29,11 @@ __all__ = [
 Check = Callable[[str], Any]
 
 
+def is_pipeline_test(nodeid: str) -> bool:
+    """Whether a node id names one of the pipeline's tests (``…::test_frames[scene-001]``)."""
+    return nodeid.split("::")[-1].split("[")[0].split("@")[0] in __all__
+
+
 @pytest.mark.e2e
 @pytest.mark.env
 def test_environment(gemdirect_check: Check) -> None:

@@ -12,13 +12,23 @@ from typing import Any
 
 import pytest
 
+from pytest_gemdirect.pipeline_tests import is_pipeline_test
 from pytest_gemdirect.progress import ProgressDisplay
 from pytest_gemdirect.report import BaselineError, load_baseline, render_overview, write_report
 from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
 from pytest_gemdirect.services import ServiceError, Services, describe_targets
 from pytest_gemdirect.settings import SPECS, Settings
 from pytest_gemdirect.stages import Stages, scene_ids
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, RunSummary, failures, render_text, verdict
+from pytest_gemdirect.summary import (
+    STAGE_TITLES,
+    STAGES,
+    SYMBOLS,
+    RunSummary,
+    failures,
+    render_text,
+    tests_failed_reason,
+    verdict,
+)
 
 RUN_KEY = pytest.StashKey["GemdirectRun"]()
 WORKER_INPUT_KEY = "gemdirect"
@@ -68,6 +78,7 @@ class GemdirectRun:
                 raise pytest.UsageError(f"pytest-gemdirect: invalid value for baseline: {exc}") from None
         self._handed: dict[str, Any] | None = None  # xdist controller: what every worker gets
         self._crashed: list[str] = []  # xdist controller: pipeline tests whose worker died
+        self._failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
         self.run: RunDirectory | None = None
         self.services: Services | None = None
         self.summary: RunSummary | None = None
@@ -285,12 +296,18 @@ class GemdirectRun:
     def pytest_runtest_logfinish(self) -> None:
         self.write_report()
 
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and is_pipeline_test(report.nodeid) and report.nodeid not in self._failed_tests:
+            self._failed_tests.append(report.nodeid)
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.summary is not None:  # this process ran the stages (a worker under xdist)
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
             self.summary.finish(
-                "interrupted" if interrupted else "passed", "interrupted" if interrupted else None
+                "interrupted" if interrupted else "passed",
+                "interrupted" if interrupted else None,
+                failed_tests=self._failed_tests,
             )
         elif not self.is_worker:
             self._settle_workers_summary()
@@ -360,6 +377,9 @@ class GemdirectRun:
             reasons.append(f"a pytest-xdist worker crashed while running {', '.join(self._crashed)}")
         if data.get("status") == "running":
             reasons.append("the pytest-xdist worker running the pipeline ended before the run finished")
+        elsewhere = [test for test in self._failed_tests if test not in self._crashed]
+        if data.get("status") == "passed" and elsewhere:
+            reasons.append(tests_failed_reason(elsewhere))
         if not reasons:
             return
         data["status"] = "failed"

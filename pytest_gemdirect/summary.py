@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -198,11 +199,12 @@ class RunSummary:
             stages.append(entry)
         self.data["stages"] = stages
 
-    def finish(self, status: str, reason: str | None = None) -> None:
+    def finish(self, status: str, reason: str | None = None, *, failed_tests: Sequence[str] = ()) -> None:
         """Close the run: ``passed``/``failed`` from the stages unless told ``interrupted``.
 
         ``failed`` or ``interrupted`` here means the run was cut short (Ctrl-C, a timeout that
-        ends the process): scenes still open say so. Nothing is written after this.
+        ends the process): scenes still open say so. ``failed_tests``, the pipeline tests pytest
+        counted as failed, fail a run whose stages all passed. Nothing is written after this.
         """
         with self._lock:
             cut_short = status != "passed"
@@ -211,6 +213,8 @@ class RunSummary:
                 status = "failed" if failed or status == "failed" else "passed"
                 if failed and reason is None:
                     reason = "failed: " + ", ".join(failed)
+                if status == "passed" and failed_tests:
+                    status, reason = "failed", tests_failed_reason(failed_tests)
             self._close_open_scenes(cut_short=cut_short, reason=reason)
             self.data["status"] = status
             self.data["status_reason"] = reason
@@ -252,6 +256,11 @@ class RunSummary:
     def failures(self) -> list[dict[str, Any]]:
         """Every failed stage node with its message, in stage order."""
         return failures(self.data)
+
+
+def tests_failed_reason(failed_tests: Sequence[str]) -> str:
+    """Why a run whose stages passed still failed: pytest failed some of its tests elsewhere."""
+    return f"pytest failed {', '.join(failed_tests)} outside the stage's own check (see pytest's output)"
 
 
 def failures(data: dict[str, Any]) -> list[dict[str, Any]]:

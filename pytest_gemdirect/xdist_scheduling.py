@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from xdist.scheduler import LoadGroupScheduling
 
-from pytest_gemdirect.pipeline_tests import __all__ as PIPELINE_TESTS
+from pytest_gemdirect.pipeline_tests import is_pipeline_test
 
 GROUP = "gemdirect"
-
-
-def is_pipeline_test(nodeid: str) -> bool:
-    """Whether a node id names one of the pipeline's tests (``…::test_frames[scene-001]``)."""
-    return nodeid.split("::")[-1].split("[")[0].split("@")[0] in PIPELINE_TESTS
 
 
 class PipelineScheduling(LoadGroupScheduling):

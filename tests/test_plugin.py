@@ -219,3 +219,25 @@ def test_generation_only_run_leaves_no_scene_running(project: pytest.Pytester) -
         assert scene["status"] == "not_reached"
         assert "not retrieved" in scene["message"]
         assert [attempt["outcome"] for attempt in scene["attempts"]] == ["success"]
+
+
+def test_a_pipeline_test_failing_outside_its_stage_fails_the_summary(project: pytest.Pytester) -> None:
+    # A user's fixture breaks test_story's setup; the story's work still runs for the later stages
+    # and passes, but pytest counts an error: the summary must not say PASSED.
+    project.makeconftest(
+        """
+import pytest
+
+@pytest.fixture(autouse=True)
+def broken_for_the_story(request):
+    if request.node.name == "test_story":
+        raise RuntimeError("the user's fixture broke")
+"""
+    )
+    result, run_dir = run_e2e(project, "-m", "e2e")
+    result.assert_outcomes(passed=10, skipped=1, errors=1)
+    data = summary_of(run_dir)
+    assert stage_status(data)["story"] == "passed"
+    assert data["status"] == "failed"
+    assert "test_story" in data["status_reason"] and "outside the stage's own check" in data["status_reason"]
+    result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*test_story*"])
