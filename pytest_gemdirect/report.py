@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,7 +34,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageSequence
 
-from pytest_gemdirect.rundir import atomic_write_text
+from pytest_gemdirect.rundir import atomic_write_bytes, atomic_write_text
 from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, verdict
 
 __all__ = [
@@ -470,18 +469,6 @@ def _animated(frames: list[Image.Image], width: int, quality: int) -> tuple[byte
         return out.getvalue(), "gif"
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _fingerprint(paths: Iterable[Path | None]) -> list[Any]:
     prints: list[Any] = []
     for path in paths:
@@ -579,7 +566,7 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
     if keyframe is not None:
         try:
             with Image.open(keyframe) as image:
-                _atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
+                atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
             manifest["keyframe"] = "keyframe.jpg"
         except Exception as exc:  # a bad file never stops the report
             manifest["problems"].append(f"keyframe {keyframe.name} could not be read: {exc}")
@@ -597,13 +584,13 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
         strip_source = [(i, images[i][0]) for i in _spread(len(frames), STRIP_FRAMES) if i in images]
     for index, image in strip_source:
         name = f"strip-{index + 1:04d}.jpg"
-        _atomic_write_bytes(cache / name, _jpeg(_scaled(image, STRIP_WIDTH), quality=70))
+        atomic_write_bytes(cache / name, _jpeg(_scaled(image, STRIP_WIDTH), quality=70))
         manifest["strip"].append({"index": index, "file": name})
     if len(anim_source) > 1:
         payload, kind = _animated(anim_source, ANIM_WIDTH, 60)
         if len(payload) > ANIM_BUDGET_BYTES:
             payload, kind = _animated(anim_source, ANIM_WIDTH * 3 // 4, 35)
-        _atomic_write_bytes(cache / f"anim.{kind}", payload)
+        atomic_write_bytes(cache / f"anim.{kind}", payload)
         manifest["anim"] = f"anim.{kind}"
     return manifest
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -19,35 +18,35 @@ def new_run_id(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
-def _file_mode() -> int:
-    global _FILE_MODE
-    if _FILE_MODE is None:
-        umask = os.umask(0)
-        os.umask(umask)
-        _FILE_MODE = 0o666 & ~umask
-    return _FILE_MODE
+def atomic_write_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
+    """Write a temp file beside ``path``, then rename it over: no reader or crash sees half a file.
 
-
-_FILE_MODE: int | None = None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a temp file beside ``path``, then rename it over: no reader or crash sees half a file."""
+    The temp file is made with mode 0666 less the umask, like any file the user writes (not
+    tempfile's 0600): artifacts are for everyone who may read the run folder. ``sync`` flushes
+    it to disk first, for files that must survive a power cut (the summary).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; artifacts are for everyone who may read the folder
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
         _replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _replace(tmp: str, path: Path) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` as UTF-8 (line ends as given: no CRLF on Windows), atomically and synced."""
+    atomic_write_bytes(path, text.encode("utf-8"), sync=True)
+
+
+def _replace(tmp: Path, path: Path) -> None:
     # On Windows a reader holding the target open makes os.replace fail for a moment; retry briefly.
     for attempt in range(20):
         try:

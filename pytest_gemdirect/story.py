@@ -15,8 +15,8 @@ Nothing here imports pytest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import re
 import textwrap
 import time
@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.llm import LLMClient, LLMError, pick_chat_model
+from pytest_gemdirect.rundir import atomic_write_bytes
 from pytest_gemdirect.schemas_io import load_schema
 
 SCENE_ID = re.compile(r"^scene-\d{3}$")
@@ -689,6 +690,13 @@ def render_keyframe(scene: dict[str, Any], story_title: str, size: tuple[int, in
     return image.convert("RGB")
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def render_keyframes(story: dict[str, Any], out_dir: Path, size: tuple[int, int] = (1024, 576)) -> list[Path]:
     """One PNG per scene, ``out_dir/scene-001.png`` …; the same story gives the same bytes."""
     width, height = int(size[0]), int(size[1])
@@ -706,9 +714,7 @@ def render_keyframes(story: dict[str, Any], out_dir: Path, size: tuple[int, int]
             raise ValueError(f"scene id {scene_id!r} is not of the form scene-001")
         image = render_keyframe(scene, str(story.get("title", "")), (width, height))
         path = out_dir / f"{scene_id}.png"
-        tmp = out_dir / f".{scene_id}.png.{os.getpid()}.tmp"
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, png_bytes(image))
         paths.append(path)
     return paths
 

@@ -640,10 +640,10 @@ def test_previews_that_cannot_be_cached_cost_only_the_previews(failed_run, monke
     run_dir, data = failed_run
     import pytest_gemdirect.report as report
 
-    def refuse(path: Path, payload: bytes) -> None:
+    def refuse(path: Path, payload: bytes, *, sync: bool = False) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(report, "_atomic_write_bytes", refuse)
+    monkeypatch.setattr(report, "atomic_write_bytes", refuse)
     soup = parse(render_overview(data, run_dir))
     card = section(soup, "gallery").find("div", attrs={"data-scene": "scene-001"})
     assert "previews could not be made: PermissionError" in text_of(card)

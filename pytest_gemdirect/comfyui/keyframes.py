@@ -6,7 +6,6 @@ that never arrives fails the scene within scene-max-wait instead of hanging.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from pytest_gemdirect.comfyui.job import JobPolicy, run_job
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.comfyui.workflow import KeyframePatch, Workflow, patch_keyframe_workflow
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.rundir import atomic_write_bytes
+from pytest_gemdirect.story import png_bytes
 
 
 class KeyframeError(ComfyError):
@@ -62,10 +63,7 @@ def draw_keyframe(
         picture = image.convert("RGB")
     if picture.size != patch.size:
         picture = picture.resize(patch.size, Image.Resampling.LANCZOS)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, dest)
+    atomic_write_bytes(dest, png_bytes(picture))
     started, completed = result.timings.get("queued_s"), result.timings.get("completed_s")
     return DrawnKeyframe(
         path=dest,

@@ -27,6 +27,7 @@ from pytest_gemdirect.comfyui.client import (
     node_sort_key,
 )
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.rundir import atomic_write_bytes
 
 # SaveImage/PreviewImage and the animated/video saves use "images" (with "animated": [true]);
 # some custom nodes (VideoHelperSuite) use "gifs" or "videos".
@@ -246,13 +247,6 @@ def _inspect(data: bytes, name: str) -> tuple[int, int | None, int | None, bool,
         raise UndecodableOutput(f"{name} does not decode as an image: {exc}") from None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    os.replace(part, path)
-
-
 def _names(items: Iterable[str]) -> str:
     return ", ".join(items)
 
@@ -306,7 +300,7 @@ def download_outputs(
         except ComfyError as exc:
             failed.append((where, str(exc)))
             continue
-        _write_atomically(path, data)
+        atomic_write_bytes(path, data)
         suffix = path.suffix.lower()
         decoded, fmt = True, None
         if suffix in VIDEO_SUFFIXES:

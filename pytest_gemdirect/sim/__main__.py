@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.sim.comfyui import ComfyUISimulator
 from pytest_gemdirect.sim.faults import KNOWN_FAULTS, FaultPlan
 
@@ -56,11 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
     """Write ``info`` as JSON so a reader never sees a half-written file (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(Path(path), info)
 
 
 def _start_llm(host: str, port: int, plan: FaultPlan, seed: int) -> Any | None:
