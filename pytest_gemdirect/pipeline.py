@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_gemdirect.summary import RunSummary, stage_of
+from pytest_gemdirect.summary import WRONG, RunSummary, stage_of
 
 
 class StageFailed(Exception):
@@ -53,7 +53,7 @@ class Pipeline:
         outcome = self.outcomes.get(key)
         if outcome is None:
             outcome = self._execute(key)
-        if outcome.status in ("failed", "interrupted"):
+        if outcome.status in WRONG:
             raise StageFailed(outcome.message)
         if outcome.status == "not_reached":
             raise NotReached(outcome.message)

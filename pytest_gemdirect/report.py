@@ -35,7 +35,7 @@ from urllib.parse import quote
 from PIL import Image, ImageSequence
 
 from pytest_gemdirect.rundir import atomic_write_bytes, atomic_write_text
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, verdict
+from pytest_gemdirect.summary import STAGE_TITLES, STAGES, SYMBOLS, WRONG, verdict
 
 __all__ = [
     "BaselineError",
@@ -339,17 +339,14 @@ def _peak_vram_used(
     return total - min(frees)
 
 
-_WRONG = ("failed", "interrupted")  # the statuses "What went wrong" explains
-
-
 def _failures(rows: list[_Row]) -> list[_Row]:
     found = []
     for row in rows:
         if row.items:
-            found += [item for item in row.items if item.status in _WRONG]
-            if row.status in _WRONG and not any(i.status in _WRONG for i in row.items):
+            found += [item for item in row.items if item.status in WRONG]
+            if row.status in WRONG and not any(i.status in WRONG for i in row.items):
                 found.append(row)
-        elif row.status in _WRONG:
+        elif row.status in WRONG:
             found.append(row)
     return found
 

@@ -15,7 +15,7 @@ import pytest
 from pytest_gemdirect.pipeline_tests import is_pipeline_test
 from pytest_gemdirect.progress import ProgressDisplay
 from pytest_gemdirect.report import BaselineError, load_baseline, render_overview, write_report
-from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
+from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.services import ServiceError, Services, describe_targets
 from pytest_gemdirect.settings import SPECS, Settings
 from pytest_gemdirect.stages import Stages, scene_ids
@@ -25,9 +25,9 @@ from pytest_gemdirect.summary import (
     SYMBOLS,
     RunSummary,
     failures,
-    render_text,
     tests_failed_reason,
     verdict,
+    write_summary_files,
 )
 
 RUN_KEY = pytest.StashKey["GemdirectRun"]()
@@ -76,7 +76,7 @@ class GemdirectRun:
                 self.baseline = load_baseline(settings.baseline)
             except BaselineError as exc:
                 raise pytest.UsageError(f"pytest-gemdirect: invalid value for baseline: {exc}") from None
-        self._handed: dict[str, Any] | None = None  # xdist controller: what every worker gets
+        self._for_workers: dict[str, Any] | None = None  # xdist controller: what every worker gets
         self._crashed: list[str] = []  # xdist controller: pipeline tests whose worker died
         self._failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
         self.run: RunDirectory | None = None
@@ -254,15 +254,15 @@ class GemdirectRun:
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: boot the embedded services once and hand their URLs to every worker."""
         services, run = self._services(), self._start_run_dir()
-        if self._handed is None:
+        if self._for_workers is None:
             try:
-                self._handed = {"backends": services.boot_all(), "error": None}
+                self._for_workers = {"backends": services.boot_all(), "error": None}
             except ServiceError as exc:  # each worker's stage shows it, instead of xdist crashing
-                self._handed = {"backends": {}, "error": str(exc)}
+                self._for_workers = {"backends": {}, "error": str(exc)}
         node.workerinput[WORKER_INPUT_KEY] = {
             "run_dir": str(run.root),
             "run_id": run.run_id,
-            **self._handed,
+            **self._for_workers,
         }
 
     def summary_data(self) -> dict[str, Any] | None:
@@ -358,8 +358,6 @@ class GemdirectRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
         """xdist controller: a worker died in this test; if it was the pipeline's, the summary says so."""
-        from pytest_gemdirect.xdist_scheduling import is_pipeline_test
-
         if is_pipeline_test(crashitem):
             self._crashed.append(crashitem)
 
@@ -384,8 +382,7 @@ class GemdirectRun:
             return
         data["status"] = "failed"
         data["status_reason"] = "; ".join(reasons)
-        atomic_write_json(self.run.summary_json, data)
-        atomic_write_text(self.run.summary_txt, render_text(data))
+        write_summary_files(self.run, data)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         data = self.summary_data()

@@ -25,6 +25,8 @@ STAGE_TITLES: dict[str, str] = {
     "suites": "external suites",
     "summary": "run summary",
 }
+# The outcomes a reader must be told about: "What went wrong" in the summary, terminal and report.
+WRONG = ("failed", "interrupted")
 SYMBOLS = {
     "passed": "✅",
     "failed": "❌",
@@ -164,11 +166,11 @@ class RunSummary:
         svd = self._items.get(f"svd[{scene_id}]", {}).get("status")
         frames = self._items.get(f"frames[{scene_id}]", {}).get("status")
         for stage, status in (("svd", svd), ("frames", frames)):
-            if status in ("failed", "interrupted"):
+            if status in WRONG:
                 scene["status"], scene["failed_stage"] = status, stage
                 scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
                 return
-        started = svd == "passed" or scene_id in self._started_scenes  # generating, or awaiting retrieval
+        started = scene_id in self._started_scenes  # generating, or awaiting retrieval
         scene["status"] = "passed" if frames == "passed" else ("running" if started else "not_reached")
 
     def _rebuild_stages(self) -> None:
@@ -250,12 +252,17 @@ class RunSummary:
             if self._closed:
                 return
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
-            atomic_write_json(self.run.summary_json, self.data)
-            atomic_write_text(self.run.summary_txt, render_text(self.data))
+            write_summary_files(self.run, self.data)
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed stage node with its message, in stage order."""
         return failures(self.data)
+
+
+def write_summary_files(run: RunDirectory, data: dict[str, Any]) -> None:
+    """run-summary.json and run-summary.txt, each atomically."""
+    atomic_write_json(run.summary_json, data)
+    atomic_write_text(run.summary_txt, render_text(data))
 
 
 def tests_failed_reason(failed_tests: Sequence[str]) -> str:
@@ -265,8 +272,7 @@ def tests_failed_reason(failed_tests: Sequence[str]) -> str:
 
 def failures(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Every failed (or interrupted) stage node of a summary with its message, in stage order."""
-    wrong = ("failed", "interrupted")
-    return [item for s in data["stages"] for item in _items_of(s) if item["status"] in wrong]
+    return [item for s in data["stages"] for item in _items_of(s) if item["status"] in WRONG]
 
 
 def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:
