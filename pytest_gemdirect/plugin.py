@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gemdirect.pipeline import NotReached, StageFailed, StageSkipped
 from pytest_gemdirect.session import GemdirectRun, run_of
 from pytest_gemdirect.settings import SPECS, SettingError, resolve
-from pytest_gemdirect.stages import Stages
 from pytest_gemdirect.summary import STAGE_TITLES, STAGES
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.stages import Stages
 
 MARKERS = {"e2e": "the end-to-end pipeline (all eight stages)"} | {
     name: f"pipeline stage: {STAGE_TITLES[name]}" for name in STAGES

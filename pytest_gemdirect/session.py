@@ -8,27 +8,29 @@ import re
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gemdirect.pipeline_tests import is_pipeline_test
 from pytest_gemdirect.progress import ProgressDisplay
-from pytest_gemdirect.report import BaselineError, load_baseline, render_overview, write_report
 from pytest_gemdirect.rundir import RunDirectory
-from pytest_gemdirect.services import ServiceError, Services, describe_targets
-from pytest_gemdirect.settings import SPECS, Settings
-from pytest_gemdirect.stages import Stages, scene_ids
+from pytest_gemdirect.settings import SPECS, Settings, describe_targets
 from pytest_gemdirect.summary import (
     STAGE_TITLES,
     STAGES,
     SYMBOLS,
     RunSummary,
     failures,
+    scene_ids,
     tests_failed_reason,
     verdict,
     write_summary_files,
 )
+
+if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads only when a run needs it
+    from pytest_gemdirect.services import Services
+    from pytest_gemdirect.stages import Stages
 
 RUN_KEY = pytest.StashKey["GemdirectRun"]()
 WORKER_INPUT_KEY = "gemdirect"
@@ -72,6 +74,8 @@ class GemdirectRun:
         self._previous_sigterm: Any = None
         self.baseline: dict[str, Any] | None = None
         if settings.baseline is not None:
+            from pytest_gemdirect.report import BaselineError, load_baseline
+
             try:
                 self.baseline = load_baseline(settings.baseline)
             except BaselineError as exc:
@@ -138,6 +142,8 @@ class GemdirectRun:
 
     def _services(self) -> Services:
         if self.services is None:
+            from pytest_gemdirect.services import Services
+
             self.services = Services(
                 self.settings,
                 self._start_run_dir().root,
@@ -149,6 +155,8 @@ class GemdirectRun:
     def stages(self) -> Stages:
         """The run's stage work; the process that calls this owns run-summary.json."""
         if self._stages is None:
+            from pytest_gemdirect.stages import Stages
+
             run = self._start_run_dir()
             self.summary = RunSummary(
                 run,
@@ -253,6 +261,8 @@ class GemdirectRun:
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist controller: boot the embedded services once and hand their URLs to every worker."""
+        from pytest_gemdirect.services import ServiceError
+
         services, run = self._services(), self._start_run_dir()
         if self._for_workers is None:
             try:
@@ -281,6 +291,8 @@ class GemdirectRun:
         data = self.summary_data()
         if data is not None and self.run is not None:
             html_dir = Path(self.config.option.htmlpath).resolve().parent
+            from pytest_gemdirect.report import render_overview
+
             prefix.append(render_overview(data, self.run.root, baseline=self.baseline, link_base=html_dir))
 
     def write_report(self) -> None:
@@ -291,7 +303,9 @@ class GemdirectRun:
         data = self.summary_data()
         if data is None or self.run is None or self.is_worker:
             return
-        write_report(self.run.report_html, data, self.run.root, baseline=self.baseline)
+        from pytest_gemdirect import report
+
+        report.write_report(self.run.report_html, data, self.run.root, baseline=self.baseline)
 
     def pytest_runtest_logfinish(self) -> None:
         self.write_report()

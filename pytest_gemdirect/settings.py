@@ -374,3 +374,17 @@ def _check_together(settings: Settings) -> None:
             f" {settings.sources['history_poll_interval']})"
             f" must be below scene_max_wait ({settings.scene_max_wait:g} s)"
         )
+
+
+def describe_targets(settings: Settings) -> dict[str, str]:
+    """Each service's target in words, for the terminal header (nothing is booted)."""
+    if settings.comfyui_url:
+        comfy = f"attach {settings.comfyui_url}"
+    elif settings.comfyui_dir:
+        comfy = f"launch {settings.comfyui_dir} (main.py)"
+    else:
+        comfy = "embedded simulator (SIMULATED)"
+    llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
+    if settings.story_mode == "fallback" and not settings.llm_url:
+        llm += ", story mode fallback"
+    return {"comfyui": comfy, "llm": llm}

@@ -40,7 +40,7 @@ from pytest_gemdirect.settings import Settings
 from pytest_gemdirect.startup_log import find_startup_warnings
 from pytest_gemdirect.story import StoryError, make_story, render_keyframes
 from pytest_gemdirect.suites import SuiteSpec, parse_suite_specs, run_suite
-from pytest_gemdirect.summary import RunSummary, validate_summary
+from pytest_gemdirect.summary import RunSummary, scene_ids, validate_summary
 
 # Failures a re-queue can cure; a spent deadline or a missing history entry cannot.
 RETRYABLE_KINDS = ("execution_error", "interrupted")
@@ -49,10 +49,6 @@ FRAMES_KINDS = ("completion_grace", "history_max_attempts")
 STARTUP_TIMEOUT_S = 30.0
 
 ProgressSink = Callable[[str, int, int], None]
-
-
-def scene_ids(count: int) -> list[str]:
-    return [f"scene-{n:03d}" for n in range(1, count + 1)]
 
 
 def scene_of(key: str) -> str:

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import jsonschema
-
 from pytest_gemdirect import __version__
 from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
 from pytest_gemdirect.schemas_io import load_schema
@@ -35,6 +33,11 @@ SYMBOLS = {
     "running": "…",
     "interrupted": "⏹",
 }
+
+
+def scene_ids(count: int) -> list[str]:
+    """``scene-001`` … for a story of ``count`` scenes."""
+    return [f"scene-{n:03d}" for n in range(1, count + 1)]
 
 
 def stage_of(key: str) -> str:
@@ -283,6 +286,8 @@ def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:
 
 def validate_summary(data: dict[str, Any]) -> list[str]:
     """Schema errors of a summary, as ``path: message`` lines (empty when valid)."""
+    import jsonschema  # here, not at import: the plugin loads in every pytest run
+
     validator = jsonschema.Draft202012Validator(load_schema("run-summary.schema.json"))
     return [
         f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"

@@ -45,3 +45,12 @@ def test_non_editable_install_ships_schemas_and_workflows(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")
+
+
+def test_loading_the_plugin_leaves_the_stage_machinery_unloaded() -> None:
+    # pytest loads the plugin in every run of the user's, unit tests included: the HTTP clients,
+    # Pillow, psutil and jsonschema load only when a pipeline run needs them.
+    heavy = ("PIL", "requests", "websocket", "aiohttp", "jsonschema", "psutil")
+    code = f"import sys, pytest_gemdirect.plugin\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == ""
