@@ -8,66 +8,30 @@ prove a run did not sit out a long deadline.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jsonschema
 import psutil
 import pytest
 
 from pytest_gemdirect.schemas_io import load_schema
-
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
-
-FAST = (
-    "--completion-grace",
-    "2",
-    "--scene-max-wait",
-    "6",
-    "--ws-idle-timeout",
-    "1",
-    "--history-poll-interval",
-    "0.3",
+from tests.outside import (
+    FAST,
+    PipelineRun,
+    events,
+    interrupt,
+    is_running,
+    items,
+    run_e2e,
+    scenes,
+    stages,
+    start_stalled_run,
+    summary_of,
+    wait_for_scene_002_attempt,
 )
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    return pytester
-
-
-def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path, float]:
-    run_dir = project.path / "run"
-    started = time.monotonic()
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", "e2e", *args
-    )
-    return result, run_dir, time.monotonic() - started
-
-
-def summary_of(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
-    jsonschema.validate(data, load_schema("run-summary.schema.json"))
-    return data
-
-
-def stages(data: dict) -> dict[str, dict]:
-    return {stage["name"]: stage for stage in data["stages"]}
-
-
-def items(data: dict, stage: str) -> dict[str, dict]:
-    return {item["key"]: item for item in stages(data)[stage].get("items") or []}
-
-
-def scenes(data: dict) -> dict[str, dict]:
-    return {scene["id"]: scene for scene in data["scenes"]}
-
-
-def scene_fault_run(project: pytest.Pytester, fault: str, *extra: str, n: int = 3):
+def scene_fault_run(project: pytest.Pytester, fault: str, *extra: str, n: int = 3) -> PipelineRun:
     return run_e2e(
         project,
         "--story-mode",
@@ -100,12 +64,7 @@ def test_history_never_fails_frames_of_that_scene_after_the_grace(project: pytes
     assert frames["frames[scene-001]"]["status"] == frames["frames[scene-003]"]["status"] == "passed"
     assert stages(data)["summary"]["status"] == "passed"
     assert (run_dir / "report.html").is_file()
-    events = [
-        json.loads(line)
-        for line in (run_dir / "scene-002" / "events.jsonl").read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    kinds = [event.get("event") for event in events]
+    kinds = [event.get("event") for event in events(run_dir, "scene-002")]
     assert "poll" in kinds
     assert "interrupt" in kinds
     result.stdout.fnmatch_lines(["*--completion-grace*"])
@@ -170,13 +129,12 @@ def test_stall_fails_generation_at_scene_max_wait_naming_last_progress(project: 
     assert scenes(data)["scene-001"]["status"] == scenes(data)["scene-003"]["status"] == "passed"
 
 
-def _stalled_under_user_timeout(project: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, Path]:
+def _stalled_under_user_timeout(project: pytest.Pytester, *extra: str) -> PipelineRun:
     """scene-002 stalls under a long scene-max-wait; the user's --timeout 4 ends its test first."""
-    result, run_dir, _ = run_e2e(
+    return run_e2e(
         project, "--story-mode", "fallback", "--scenes", "2", "--scene-max-wait", "300",
         "--sim-fault", "stall@scene-002", "--timeout", "4", *extra,
     )  # fmt: skip
-    return result, run_dir
 
 
 def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failing(
@@ -184,7 +142,7 @@ def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failin
 ) -> None:
     # The user's own --timeout stands (no backstop of ours) and fires inside scene-002's generation,
     # long before its scene-max-wait: the summary must say the stage failed, not leave it running.
-    result, run_dir = _stalled_under_user_timeout(project)
+    result, run_dir, _ = _stalled_under_user_timeout(project)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = summary_of(run_dir)
     assert data["status"] == "failed"
@@ -201,7 +159,7 @@ def test_timeout_thread_method_leaves_a_closed_summary_before_the_process_ends(
 ) -> None:
     # pytest-timeout's thread method (the only one on Windows) ends the process with os._exit(1):
     # the summary and the report must be closed before that, and the simulator ended.
-    result, run_dir = _stalled_under_user_timeout(project, "--timeout-method", "thread")
+    result, run_dir, _ = _stalled_under_user_timeout(project, "--timeout-method", "thread")
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*Timeout*"])
     data = summary_of(run_dir)
@@ -222,7 +180,7 @@ def test_timeout_thread_method_leaves_a_closed_summary_before_the_process_ends(
     gone_by = time.monotonic() + 10
     while psutil.pid_exists(sim_pid) and time.monotonic() < gone_by:
         time.sleep(0.1)
-    assert not _running(sim_pid)
+    assert not is_running(sim_pid)
 
 
 def test_execution_error_is_retried_then_fails_naming_the_node(project: pytest.Pytester) -> None:
@@ -346,71 +304,13 @@ def test_llm_fault_in_llm_mode_fails_the_story_and_scenes_are_not_reached(
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
 
-def _read_summary(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess.Popen, Path]:
-    """Start ``pytest -m e2e`` ourselves with scene-002 stalling under a long scene-max-wait."""
-    run_dir = project.path / "run"
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", "--run-dir", str(run_dir)]
-    argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
-    argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
-    argv += extra
-    kwargs: dict = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-    else:
-        # a parent started in the background may ignore SIGINT; the child must not inherit that
-        kwargs["preexec_fn"] = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
-    proc = subprocess.Popen(
-        argv, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
-    )
-    return proc, run_dir
-
-
-def _wait_for_scene_002_attempt(proc: subprocess.Popen, run_dir: Path) -> dict:
-    """The live summary once scene-002's first attempt is running (and the simulator pid is known)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        data = _read_summary(run_dir / "run-summary.json")
-        if data and (data.get("backends", {}).get("comfyui") or {}).get("pid"):
-            scene = next((s for s in data.get("scenes", []) if s["id"] == "scene-002"), None)
-            if scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running":
-                return data
-        assert proc.poll() is None, "pytest ended before scene-002 was running"
-        time.sleep(0.1)
-    pytest.fail("scene-002 never showed a running attempt in run-summary.json")
-
-
-def _interrupt(proc: subprocess.Popen) -> str:
-    try:
-        proc.send_signal(signal.CTRL_C_EVENT if sys.platform == "win32" else signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-        return output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project: pytest.Pytester) -> None:
-    proc, run_dir = _start_stalled_run(project)
-    live = _wait_for_scene_002_attempt(proc, run_dir)
+    proc, run_dir = start_stalled_run(project)
+    live = wait_for_scene_002_attempt(proc, run_dir)
     sim_pid = live["backends"]["comfyui"]["pid"]  # ready.json is deleted on exit, so record it now
-    assert _running(sim_pid)
+    assert is_running(sim_pid)
     started = time.monotonic()
-    output = _interrupt(proc)
+    output = interrupt(proc)
     assert time.monotonic() - started < 60
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
     data = summary_of(run_dir)
@@ -421,15 +321,15 @@ def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project
     assert [a["outcome"] for a in scene_002["attempts"]] == ["interrupted"]
     assert items(data, "svd")["svd[scene-002]"]["status"] == "interrupted"
     gone_by = time.monotonic() + 10
-    while _running(sim_pid) and time.monotonic() < gone_by:
+    while is_running(sim_pid) and time.monotonic() < gone_by:
         time.sleep(0.1)
-    assert not _running(sim_pid), f"simulator pid {sim_pid} still running after Ctrl-C"
+    assert not is_running(sim_pid), f"simulator pid {sim_pid} still running after Ctrl-C"
 
 
 def test_live_summary_shows_a_scene_in_generation_as_running(project: pytest.Pytester) -> None:
-    proc, run_dir = _start_stalled_run(project)
+    proc, run_dir = start_stalled_run(project)
     try:
-        live = _wait_for_scene_002_attempt(proc, run_dir)
+        live = wait_for_scene_002_attempt(proc, run_dir)
     finally:
-        _interrupt(proc)
+        interrupt(proc)
     assert scenes(live)["scene-002"]["status"] == "running"

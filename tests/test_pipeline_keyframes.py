@@ -12,43 +12,30 @@ from PIL import Image
 
 from pytest_gemdirect.comfyui.workflow import default_workflow_path
 from pytest_gemdirect.story import render_keyframe
-from tests.test_pipeline_faults import (
+from tests.outside import (
     FAST,
-    _interrupt,
-    _read_summary,
-    _start_stalled_run,
+    PipelineRun,
+    events,
+    interrupt,
     items,
+    read_summary,
     run_e2e,
     scenes,
     stages,
+    start_stalled_run,
     summary_of,
 )
 
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
 KEYFRAME_WORKFLOW = str(default_workflow_path("keyframe_txt2img.json"))
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    return pytester
-
-
-def keyframe_run(project: pytest.Pytester, *extra: str) -> tuple[pytest.RunResult, Path]:
+def keyframe_run(project: pytest.Pytester, *extra: str) -> PipelineRun:
     """``pytest -m e2e`` with ComfyUI drawing the keyframes (fallback story: no LLM needed)."""
-    result, run_dir, _ = run_e2e(
-        project, "--story-mode", "fallback", "--keyframe-workflow", KEYFRAME_WORKFLOW, *extra
-    )
-    return result, run_dir
-
-
-def _events(run_dir: Path, scene_id: str) -> list[dict]:
-    lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+    return run_e2e(project, "--story-mode", "fallback", "--keyframe-workflow", KEYFRAME_WORKFLOW, *extra)
 
 
 def test_comfyui_draws_every_keyframe_and_the_video_starts_from_it(project: pytest.Pytester) -> None:
-    result, run_dir = keyframe_run(project, "--keyframe-size", "512x288")
+    result, run_dir, _ = keyframe_run(project, "--keyframe-size", "512x288")
     result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
     data = summary_of(run_dir)
     story = json.loads((run_dir / "story" / "story.json").read_text(encoding="utf-8"))
@@ -63,10 +50,10 @@ def test_comfyui_draws_every_keyframe_and_the_video_starts_from_it(project: pyte
         built_in = render_keyframe(scene, story["title"], (512, 288))
         assert drawn.tobytes() != built_in.tobytes(), "the keyframe must come from ComfyUI, not the renderer"
         digests.add(hashlib.sha256(data_bytes).hexdigest())
-        events = _events(run_dir, scene["id"])
-        kinds = [e["event"] for e in events]
+        scene_events = events(run_dir, scene["id"])
+        kinds = [e["event"] for e in scene_events]
         assert kinds.index("keyframe_start") < kinds.index("keyframe_end") < kinds.index("attempt_start")
-        assert any(e.get("keyframe_attempt") == 1 and e["event"] == "ws" for e in events)
+        assert any(e.get("keyframe_attempt") == 1 and e["event"] == "ws" for e in scene_events)
         notes = scenes(data)[scene["id"]]["notes"]
         assert any(note.startswith("keyframe drawn by ComfyUI") for note in notes), notes
         video = json.loads((run_dir / scene["id"] / "workflow.json").read_text(encoding="utf-8"))
@@ -94,20 +81,20 @@ def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
 
 
 def test_a_failed_keyframe_attempt_is_re_queued(project: pytest.Pytester) -> None:
-    result, run_dir = keyframe_run(project, *FAST, "--sim-fault", "flaky@scene-002")
+    result, run_dir, _ = keyframe_run(project, *FAST, "--sim-fault", "flaky@scene-002")
     result.assert_outcomes(passed=10, skipped=2)  # fallback story: no LLM health; no suites
     data = summary_of(run_dir)
     assert any(
         "scene-002: keyframe attempt 1 failed (execution_error); re-queued" in w for w in data["warnings"]
     )
-    starts = [e for e in _events(run_dir, "scene-002") if e["event"] == "keyframe_start"]
+    starts = [e for e in events(run_dir, "scene-002") if e["event"] == "keyframe_start"]
     assert [e["keyframe_attempt"] for e in starts] == [1, 2]
 
 
 def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on(
     project: pytest.Pytester,
 ) -> None:
-    _, run_dir = keyframe_run(project, *FAST, "--sim-fault", "stall@scene-002")
+    _, run_dir, _ = keyframe_run(project, *FAST, "--sim-fault", "stall@scene-002")
     data = summary_of(run_dir)
     generation = items(data, "svd")
     assert generation["svd[scene-002]"]["status"] == "failed"
@@ -124,18 +111,18 @@ def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on
 def test_a_scene_whose_keyframe_is_being_drawn_is_running_in_the_live_summary(
     project: pytest.Pytester,
 ) -> None:
-    proc, run_dir = _start_stalled_run(project, "--keyframe-workflow", KEYFRAME_WORKFLOW)
+    proc, run_dir = start_stalled_run(project, "--keyframe-workflow", KEYFRAME_WORKFLOW)
     try:
         deadline = time.monotonic() + 60
         live = None
         while time.monotonic() < deadline and live is None:
-            events = run_dir / "scene-002" / "events.jsonl"
-            if events.is_file() and '"keyframe_attempt": 1' in events.read_text(encoding="utf-8"):
-                live = _read_summary(run_dir / "run-summary.json")
+            events_file = run_dir / "scene-002" / "events.jsonl"
+            if events_file.is_file() and '"keyframe_attempt": 1' in events_file.read_text(encoding="utf-8"):
+                live = read_summary(run_dir / "run-summary.json")
             assert proc.poll() is None, "pytest ended before scene-002's keyframe was being drawn"
             time.sleep(0.1)
     finally:
-        _interrupt(proc)
+        interrupt(proc)
     assert live is not None, "scene-002's keyframe job never started"
     assert scenes(live)["scene-002"]["status"] == "running"
     assert scenes(live)["scene-002"]["attempts"] == [], "no video attempt yet: the keyframe is drawn first"

@@ -3,64 +3,23 @@ installs in tests/fake_comfyui."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
-import jsonschema
-import psutil
 import pytest
 
-from pytest_gemdirect.schemas_io import load_schema
+from tests.outside import FAKES, SMOKE, PipelineRun, processes_from, run_e2e, stages, summary_of
 
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
-REPO = Path(__file__).resolve().parents[1]
-FAKES = REPO / "tests" / "fake_comfyui"
-SMOKE = REPO / "fixtures" / "workflows" / "smoke.json"
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
 
 
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    return pytester
-
-
-def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path, float]:
-    run_dir = project.path / "run"
-    started = time.monotonic()
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", "e2e", "-rs", *SHORT, *args
-    )
-    return result, run_dir, time.monotonic() - started
-
-
-def summary_of(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
-    jsonschema.validate(data, load_schema("run-summary.schema.json"))
-    return data
-
-
-def stages(data: dict) -> dict[str, dict]:
-    return {stage["name"]: stage for stage in data["stages"]}
-
-
-def processes_from(install: Path) -> list[psutil.Process]:
-    """Live processes whose command line or working folder is inside ``install``."""
-    needle = str(install)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
-        info = proc.info
-        if info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        if needle in " ".join(info["cmdline"] or []) or needle in (info["cwd"] or ""):
-            found.append(proc)
-    return found
+def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
+    """``run_e2e`` with ``-rs`` and a one-scene fallback story."""
+    return run_e2e(project, "-rs", *SHORT, *args)
 
 
 def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pytest.Pytester) -> None:
     install = FAKES / "good"
-    result, run_dir, _ = run_e2e(project, "--comfyui-dir", str(install), "--workflow", str(SMOKE))
+    result, run_dir, _ = run_short(project, "--comfyui-dir", str(install), "--workflow", str(SMOKE))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
     assert data["status"] == "passed"
@@ -79,7 +38,7 @@ def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pyte
 
 def test_comfyui_that_crashes_on_boot_fails_the_stage_quickly(project: pytest.Pytester) -> None:
     install = FAKES / "crash_on_boot"
-    result, run_dir, elapsed = run_e2e(
+    result, run_dir, elapsed = run_short(
         project, "--comfyui-dir", str(install), "--workflow", str(SMOKE), "--comfyui-boot-timeout", "120"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED

@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import jsonschema
 import pytest
 
-from pytest_gemdirect.schemas_io import load_schema
+from tests.outside import REPO, PipelineRun, run_e2e, stages, summary_of
 
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
-REPO = Path(__file__).resolve().parents[1]
 VITEST_DIR = REPO / "fixtures" / "suites" / "vitest"
 JUNIT_SUITE = REPO / "fixtures" / "suites" / "junit_python" / "junit_suite.py"
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    return pytester
 
 
 @pytest.fixture
@@ -32,29 +22,16 @@ def vitest_dir() -> Path:
     return VITEST_DIR
 
 
-def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
-    run_dir = project.path / "run"
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", "e2e", "-rs", *SHORT, *args
-    )
-    return result, run_dir
-
-
-def summary_of(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
-    jsonschema.validate(data, load_schema("run-summary.schema.json"))
-    return data
-
-
-def stage(data: dict, name: str) -> dict:
-    return next(s for s in data["stages"] if s["name"] == name)
+def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
+    """``run_e2e`` with ``-rs`` and a one-scene fallback story."""
+    return run_e2e(project, "-rs", *SHORT, *args)
 
 
 def test_vitest_preset_passes_with_totals_in_the_summary(project: pytest.Pytester, vitest_dir: Path) -> None:
-    result, run_dir = run_e2e(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
+    result, run_dir, _ = run_short(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
-    assert stage(data, "suites")["status"] == "passed"
+    assert stages(data)["suites"]["status"] == "passed"
     (suite,) = data["suites"]
     assert suite["name"] == "vitest" and suite["status"] == "passed" and suite["exit_code"] == 0
     totals = suite["totals"]
@@ -67,31 +44,31 @@ def test_failing_vitest_case_is_named_in_the_pytest_output(
     project: pytest.Pytester, vitest_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEMDIRECT_VITEST_FAIL", "1")
-    result, run_dir = run_e2e(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
+    result, run_dir, _ = run_short(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*FAILED*tests/scene.test.js*", "*expected 24 to be 25*"])
     data = summary_of(run_dir)
-    assert stage(data, "suites")["status"] == "failed"
+    assert stages(data)["suites"]["status"] == "failed"
     (suite,) = data["suites"]
     assert suite["totals"]["failures"] == 1
     assert suite["failures"][0]["file"] == "tests/scene.test.js"
     # the pipeline itself still passed
-    assert stage(data, "frames")["status"] == "passed"
+    assert stages(data)["frames"]["status"] == "passed"
 
 
 def test_no_suite_configured_skips_the_suites_stage(project: pytest.Pytester) -> None:
-    result, run_dir = run_e2e(project)
+    result, run_dir, _ = run_short(project)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.stdout.fnmatch_lines(["*SKIPPED*no external suites configured*"])
     data = summary_of(run_dir)
-    assert stage(data, "suites")["status"] == "skipped"
-    assert "no external suites configured" in stage(data, "suites")["message"]
+    assert stages(data)["suites"]["status"] == "skipped"
+    assert "no external suites configured" in stages(data)["suites"]["message"]
 
 
 def test_python_junit_suite_failure_names_the_case(project: pytest.Pytester) -> None:
     python = Path(sys.executable).as_posix()
     command = f'"{python}" "{JUNIT_SUITE.as_posix()}" --fail'
-    result, run_dir = run_e2e(project, "--suite", f"py={command}")
+    result, run_dir, _ = run_short(project, "--suite", f"py={command}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*test_scene_has_25_frames*", "*scene-001 has 24 frames, expected 25*"])
     data = summary_of(run_dir)

@@ -10,35 +10,11 @@ import pytest
 from PIL import Image
 
 from pytest_gemdirect.schemas_io import load_schema
-
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A user project that collects the eight stages."""
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    return pytester
-
-
-def run_e2e(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
-    run_dir = project.path / "run"
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--run-dir", str(run_dir), *args)
-    return result, run_dir
-
-
-def summary_of(run_dir: Path) -> dict:
-    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
-    jsonschema.validate(data, load_schema("run-summary.schema.json"))
-    return data
-
-
-def stage_status(data: dict) -> dict[str, str]:
-    return {stage["name"]: stage["status"] for stage in data["stages"]}
+from tests.outside import REPO, run_e2e, stages, summary_of
 
 
 def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: pytest.Pytester) -> None:
-    result, run_dir = run_e2e(project, "-m", "e2e", "-v")
+    result, run_dir, _ = run_e2e(project, "-v")
     # env, llm, story, comfyui, 3 x svd, 3 x frames, summary pass; no suites configured -> skipped
     result.assert_outcomes(passed=11, skipped=1)
     result.stdout.fnmatch_lines(
@@ -54,7 +30,7 @@ def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: py
         "comfyui": "embedded",
         "llm": "embedded",
     }
-    assert stage_status(data) == {
+    assert {name: stage["status"] for name, stage in stages(data).items()} == {
         "env": "passed",
         "llm": "passed",
         "story": "passed",
@@ -89,10 +65,8 @@ def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: py
 def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Pytester) -> None:
     # LLM mode against a port where nothing listens: the LLM stage fails, the story and
     # everything that needs it are skipped as "not reached", none errored.
-    result, run_dir = run_e2e(
+    result, run_dir, _ = run_e2e(
         project,
-        "-m",
-        "e2e",
         "-rs",
         "--story-mode",
         "llm",
@@ -107,10 +81,10 @@ def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Py
     result.stdout.fnmatch_lines(["*not reached: llm failed*"])
     data = summary_of(run_dir)
     assert data["status"] == "failed"
-    statuses = stage_status(data)
-    assert statuses["llm"] == "failed"
-    assert statuses["story"] == "not_reached"
-    assert statuses["svd"] == statuses["frames"] == "not_reached"
+    by_stage = stages(data)
+    assert by_stage["llm"]["status"] == "failed"
+    assert by_stage["story"]["status"] == "not_reached"
+    assert by_stage["svd"]["status"] == by_stage["frames"]["status"] == "not_reached"
     assert [scene["status"] for scene in data["scenes"]] == ["not_reached"] * 3
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
@@ -118,20 +92,16 @@ def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Py
 def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
     project: pytest.Pytester, tmp_path: Path
 ) -> None:
-    workflow = json.loads(
-        (Path(__file__).parents[1] / "fixtures" / "workflows" / "svd_img2vid.json").read_text(
-            encoding="utf-8"
-        )
-    )
+    workflow = json.loads((REPO / "fixtures" / "workflows" / "svd_img2vid.json").read_text(encoding="utf-8"))
     workflow["1"]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    result, run_dir = run_e2e(project, "-m", "e2e", "--workflow", str(path), "--story-mode", "fallback")
+    result, run_dir, _ = run_e2e(project, "--workflow", str(path), "--story-mode", "fallback")
     result.stdout.fnmatch_lines(["*checkpoint no_such_model.safetensors is not in models/checkpoints*"])
-    statuses = stage_status(summary_of(run_dir))
-    assert statuses["comfyui"] == "failed"
-    assert statuses["svd"] == statuses["frames"] == "not_reached"
-    assert statuses["summary"] == "passed"
+    by_stage = stages(summary_of(run_dir))
+    assert by_stage["comfyui"]["status"] == "failed"
+    assert by_stage["svd"]["status"] == by_stage["frames"]["status"] == "not_reached"
+    assert by_stage["summary"]["status"] == "passed"
 
 
 @pytest.mark.parametrize(
@@ -145,13 +115,13 @@ def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
 def test_marker_filtered_runs_do_the_work_they_need(
     project: pytest.Pytester, markexpr: str, passed: int
 ) -> None:
-    result, run_dir = run_e2e(project, "-m", markexpr)
+    result, run_dir, _ = run_e2e(project, markexpr=markexpr)
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == passed
     assert "failed" not in outcomes
     data = summary_of(run_dir)
     assert all(scene["status"] == "passed" for scene in data["scenes"])
-    assert stage_status(data)["frames"] == "passed"
+    assert stages(data)["frames"]["status"] == "passed"
 
 
 def test_scenes_setting_precedence_flag_env_ini(
@@ -210,11 +180,11 @@ def test_plain_unit_test_run_makes_no_run_directory(pytester: pytest.Pytester) -
 
 def test_generation_only_run_leaves_no_scene_running(project: pytest.Pytester) -> None:
     # -m svd generates but never retrieves: the finished summary must not claim a scene is still running
-    result, run_dir = run_e2e(project, "-m", "svd")
+    result, run_dir, _ = run_e2e(project, markexpr="svd")
     result.assert_outcomes(passed=3)
     data = summary_of(run_dir)
-    assert stage_status(data)["svd"] == "passed"
-    assert stage_status(data)["frames"] == "not_reached"
+    assert stages(data)["svd"]["status"] == "passed"
+    assert stages(data)["frames"]["status"] == "not_reached"
     for scene in data["scenes"]:
         assert scene["status"] == "not_reached"
         assert "not retrieved" in scene["message"]
@@ -234,10 +204,10 @@ def broken_for_the_story(request):
         raise RuntimeError("the user's fixture broke")
 """
     )
-    result, run_dir = run_e2e(project, "-m", "e2e")
+    result, run_dir, _ = run_e2e(project)
     result.assert_outcomes(passed=10, skipped=1, errors=1)
     data = summary_of(run_dir)
-    assert stage_status(data)["story"] == "passed"
+    assert stages(data)["story"]["status"] == "passed"
     assert data["status"] == "failed"
     assert "test_story" in data["status_reason"] and "outside the stage's own check" in data["status_reason"]
     result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*test_story*"])

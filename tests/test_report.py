@@ -23,6 +23,7 @@ from pytest_gemdirect.report import (
 )
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.summary import RunSummary, validate_summary
+from tests.outside import run_e2e
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -980,25 +981,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
-
-
 @pytest.fixture
-def real_failed_run(pytester: pytest.Pytester) -> Path:
+def real_failed_run(project: pytest.Pytester) -> Path:
     """A real run on the embedded stack whose scene-002 fails in generation (no re-queue)."""
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
-    run_dir = pytester.path / "run"
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "e2e",
-        "--sim-fault",
-        "execution-error@scene-002",
-        "--max-scene-retries",
-        "0",
-        "--run-dir",
-        str(run_dir),
+    result, run_dir, _ = run_e2e(
+        project, "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
     )
     result.assert_outcomes(failed=1, passed=9, skipped=2)
     return run_dir

@@ -10,10 +10,19 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup
 
-from tests.test_pipeline_faults import FAST, items, scenes, stages, summary_of
-from tests.test_pipeline_launch import FAKES, SMOKE, processes_from
+from tests.outside import (
+    FAKES,
+    FAST,
+    SMOKE,
+    PipelineRun,
+    items,
+    processes_from,
+    run_e2e,
+    scenes,
+    stages,
+    summary_of,
+)
 
-PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
 # Tests of the user's own, beside the pipeline: they still spread over the workers.
 OTHER_TESTS = """
 import pytest
@@ -28,27 +37,15 @@ NO_BENCHMARK = ("-p", "no:benchmark")
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE, test_other=OTHER_TESTS)
-    return pytester
+def project(project: pytest.Pytester) -> pytest.Pytester:
+    """The pipeline project, with tests of the user's own beside it."""
+    project.makepyfile(test_other=OTHER_TESTS)
+    return project
 
 
-def run_xdist(project: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
-    run_dir = project.path / "run"
-    result = project.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        *NO_BENCHMARK,
-        "-n",
-        "2",
-        "-v",
-        "--run-dir",
-        str(run_dir),
-        "-m",
-        "e2e",
-        *args,
-    )
-    return result, run_dir
+def run_xdist(project: pytest.Pytester, *args: str) -> PipelineRun:
+    """``run_e2e`` on two xdist workers, verbose (the output names each test's worker)."""
+    return run_e2e(project, *NO_BENCHMARK, "-n", "2", "-v", *args)
 
 
 def workers_of(result: pytest.RunResult, test_file: str) -> set[str]:
@@ -67,7 +64,7 @@ def verdict_of(report: Path) -> str:
 def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
     project: pytest.Pytester,
 ) -> None:
-    result, run_dir = run_xdist(project)
+    result, run_dir, _ = run_xdist(project)
     result.assert_outcomes(passed=17, skipped=1)  # 11 stages + 6 of the user's own; no suites
     assert len(workers_of(result, "test_pipeline.py")) == 1, result.stdout.str()
     result.stdout.fnmatch_lines(
@@ -75,7 +72,7 @@ def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
     )
     data = summary_of(run_dir)
     assert data["status"] == "passed"
-    assert {name: stage["status"] for name, stage in stages(data).items()}["frames"] == "passed"
+    assert stages(data)["frames"]["status"] == "passed"
     assert all(scene["status"] == "passed" and scene["frame_count"] == 25 for scene in data["scenes"])
     assert data["backends"]["comfyui"]["target"] == "embedded"
     assert "PASSED" in verdict_of(run_dir / "report.html")
@@ -84,7 +81,7 @@ def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
 def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report(
     project: pytest.Pytester,
 ) -> None:
-    result, run_dir = run_xdist(
+    result, run_dir, _ = run_xdist(
         project, "--story-mode", "fallback", *FAST, "--sim-fault", "history-never@scene-002"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -100,7 +97,7 @@ def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
     project: pytest.Pytester,
 ) -> None:
     install = FAKES / "good"
-    result, run_dir = run_xdist(
+    result, run_dir, _ = run_xdist(
         project,
         "--story-mode",
         "fallback",
@@ -151,7 +148,7 @@ def test_a_worker_that_dies_mid_pipeline_fails_the_run_in_summary_and_report(
     project: pytest.Pytester,
 ) -> None:
     project.makeconftest(CRASH_ONCE)
-    result, run_dir = run_xdist(project)
+    result, run_dir, _ = run_xdist(project)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_frames[[]scene-001[]]*"])
     result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*a pytest-xdist worker crashed while running*"])

@@ -1,0 +1,169 @@
+"""Helpers for the outside-in tests: a generated project runs ``pytest`` in a subprocess and we read
+the exit status, the output, run-summary.json and the files in the run directory.
+
+A plain module (its name does not start with ``test_``), so pytest does not collect it; the
+``project`` fixture lives in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jsonschema
+import psutil
+import pytest
+
+from pytest_gemdirect.schemas_io import load_schema
+
+PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
+"""The user project's test module: it collects the pipeline's stages."""
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository's root folder."""
+
+FAKES = REPO / "tests" / "fake_comfyui"
+"""Fake ComfyUI install folders for ``--comfyui-dir``."""
+
+SMOKE = REPO / "fixtures" / "workflows" / "smoke.json"
+"""A small workflow the fake installs can run."""
+
+FAST = (
+    "--completion-grace",
+    "2",
+    "--scene-max-wait",
+    "6",
+    "--ws-idle-timeout",
+    "1",
+    "--history-poll-interval",
+    "0.3",
+)
+"""Small policy values that keep a faulted run to a few seconds."""
+
+
+class PipelineRun(NamedTuple):
+    """What ``run_e2e`` gives back: pytest's result, the run directory and the seconds it took."""
+
+    result: pytest.RunResult
+    run_dir: Path
+    elapsed: float
+
+
+def run_e2e(project: pytest.Pytester, *args: str, markexpr: str = "e2e") -> PipelineRun:
+    """``pytest -m <markexpr> --run-dir <project>/run *args`` in a subprocess, timed."""
+    run_dir = project.path / "run"
+    started = time.monotonic()
+    result = project.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", markexpr, *args
+    )
+    return PipelineRun(result, run_dir, time.monotonic() - started)
+
+
+def summary_of(run_dir: Path) -> dict:
+    """The run's run-summary.json, checked against its schema."""
+    data = json.loads((run_dir / "run-summary.json").read_text(encoding="utf-8"))
+    jsonschema.validate(data, load_schema("run-summary.schema.json"))
+    return data
+
+
+def stages(data: dict) -> dict[str, dict]:
+    """A summary's stages by name."""
+    return {stage["name"]: stage for stage in data["stages"]}
+
+
+def items(data: dict, stage: str) -> dict[str, dict]:
+    """One stage's items by key (``svd[scene-002]``)."""
+    return {item["key"]: item for item in stages(data)[stage].get("items") or []}
+
+
+def scenes(data: dict) -> dict[str, dict]:
+    """A summary's scenes by id."""
+    return {scene["id"]: scene for scene in data["scenes"]}
+
+
+def events(run_dir: Path, scene_id: str) -> list[dict]:
+    """The events a scene wrote to ``<scene_id>/events.jsonl``, blank lines passed over."""
+    lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def processes_from(install: Path) -> list[psutil.Process]:
+    """Live processes whose command line or working folder is inside ``install``."""
+    needle = str(install)
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        info = proc.info
+        if info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if needle in " ".join(info["cmdline"] or []) or needle in (info["cwd"] or ""):
+            found.append(proc)
+    return found
+
+
+# --- a run we watch while it is going -------------------------------------------------------------
+
+
+def read_summary(path: Path) -> dict | None:
+    """The summary file as it stands now, or None while it is missing or half written."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """Start ``pytest -m e2e`` ourselves with scene-002 stalling under a long scene-max-wait."""
+    run_dir = project.path / "run"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", "--run-dir", str(run_dir)]
+    argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
+    argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
+    argv += extra
+    kwargs: dict = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    else:
+        # a parent started in the background may ignore SIGINT; the child must not inherit that
+        kwargs["preexec_fn"] = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(
+        argv, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+    return proc, run_dir
+
+
+def wait_for_scene_002_attempt(proc: subprocess.Popen, run_dir: Path) -> dict:
+    """The live summary once scene-002's first attempt is running (and the simulator pid is known)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        data = read_summary(run_dir / "run-summary.json")
+        if data and (data.get("backends", {}).get("comfyui") or {}).get("pid"):
+            scene = next((s for s in data.get("scenes", []) if s["id"] == "scene-002"), None)
+            if scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running":
+                return data
+        assert proc.poll() is None, "pytest ended before scene-002 was running"
+        time.sleep(0.1)
+    pytest.fail("scene-002 never showed a running attempt in run-summary.json")
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    """Ctrl-C the run and give back its output; kill it if it is still there after that."""
+    try:
+        proc.send_signal(signal.CTRL_C_EVENT if sys.platform == "win32" else signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+        return output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def is_running(pid: int) -> bool:
+    """Whether a process with this pid is alive (a zombie is not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
