@@ -90,6 +90,8 @@ class GemdirectRun:
         self.xdist_note = self._keep_pipeline_on_one_worker()
         if handed:
             self.run = RunDirectory(Path(handed["run_dir"]), handed["run_id"])
+        elif config.getoption("collectonly", False):
+            pass  # nothing will run: no run directory, no report
         elif selects_pipeline(config.getoption("markexpr", "")) or settings.run_dir is not None:
             self._start_run_dir()
             self._wire_html_report()

@@ -178,6 +178,13 @@ def test_plain_unit_test_run_makes_no_run_directory(pytester: pytest.Pytester) -
     assert not (pytester.path / "logs").exists()
 
 
+def test_collect_only_makes_no_run_directory(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*test_generation[[]scene-003[]]*"])
+    assert not (project.path / "logs").exists()
+
+
 def test_generation_only_run_leaves_no_scene_running(project: pytest.Pytester) -> None:
     # -m svd generates but never retrieves: the finished summary must not claim a scene is still running
     result, run_dir, _ = run_e2e(project, markexpr="svd")
