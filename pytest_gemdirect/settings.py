@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pytest_gemdirect.policy import POLICY_SETTINGS, PolicySetting
 from pytest_gemdirect.sim.faults import FaultPlan
 
 
@@ -142,6 +143,13 @@ class SettingSpec:
         return "GEMDIRECT_" + self.name.upper()
 
 
+def _policy_spec(setting: PolicySetting) -> SettingSpec:
+    if setting.whole:
+        parse = _positive_int if setting.minimum >= 1 else _non_negative_int
+        return SettingSpec(setting.name, parse, setting.default, setting.help, metavar="N")
+    return SettingSpec(setting.name, _positive_float, setting.default, setting.help, metavar="S")
+
+
 SPECS: tuple[SettingSpec, ...] = (
     # services
     SettingSpec("comfyui_url", _url, None, "attach to the ComfyUI server at this URL", metavar="URL"),
@@ -239,25 +247,8 @@ SPECS: tuple[SettingSpec, ...] = (
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
     ),
-    # queue policy (design §4)
-    SettingSpec(
-        "max_scene_retries", _non_negative_int, 1, "re-queues of a scene after a failed attempt", metavar="N"
-    ),
-    SettingSpec(
-        "scene_max_wait", _positive_float, 180.0, "seconds for a whole attempt, queue to frames", metavar="S"
-    ),
-    SettingSpec("history_poll_interval", _positive_float, 2.0, "seconds between /history polls", metavar="S"),
-    SettingSpec("history_max_attempts", _positive_int, 30, "/history polls before giving up", metavar="N"),
-    SettingSpec(
-        "completion_grace",
-        _positive_float,
-        30.0,
-        "seconds after completion until outputs must be in history",
-        metavar="S",
-    ),
-    SettingSpec(
-        "ws_idle_timeout", _positive_float, 15.0, "seconds of WebSocket silence before polling", metavar="S"
-    ),
+    # queue policy (design §4): named once, in policy.py
+    *(_policy_spec(p) for p in POLICY_SETTINGS),
     # external suites
     SettingSpec(
         "suites",

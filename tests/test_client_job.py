@@ -627,13 +627,11 @@ def test_download_outputs_counts_animated_frames_and_names_every_problem(tmp_pat
 
 
 def test_job_policy_names_its_settings_and_refuses_nonsense():
-    assert JobPolicy().settings() == {
-        "scene_max_wait": 180.0,
-        "history_poll_interval": 2.0,
-        "history_max_attempts": 30,
-        "completion_grace": 30.0,
-        "ws_idle_timeout": 15.0,
-    }
+    from pytest_gemdirect.policy import POLICY_NAMES
+    from pytest_gemdirect.settings import SPECS_BY_NAME
+
+    assert JobPolicy().settings() == {name: SPECS_BY_NAME[name].default for name in POLICY_NAMES}
+    assert JobPolicy().settings()["scene_max_wait"] == 180.0
     with pytest.raises(ValueError, match="completion_grace_s"):
         JobPolicy(completion_grace_s=0)
     with pytest.raises(ValueError, match="history_max_attempts"):

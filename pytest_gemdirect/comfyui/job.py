@@ -48,6 +48,7 @@ from pytest_gemdirect.comfyui.client import (
 )
 from pytest_gemdirect.comfyui.outputs import list_outputs
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.policy import POLICY_NAMES, QueuePolicy, flag_of
 
 EventSink = Callable[[dict[str, Any]], None]
 ProgressSink = Callable[[int, int], None]
@@ -61,13 +62,7 @@ KINDS = (
     "server_gone",
     "rejected",
 )
-FLAGS = {
-    "scene_max_wait": "--scene-max-wait",
-    "history_poll_interval": "--history-poll-interval",
-    "history_max_attempts": "--history-max-attempts",
-    "completion_grace": "--completion-grace",
-    "ws_idle_timeout": "--ws-idle-timeout",
-}
+FLAGS = {name: flag_of(name) for name in POLICY_NAMES}
 ALIVE_CHECK_S = 0.5  # how often is_server_alive is asked while waiting
 CLEANUP_BUDGET_S = 5.0  # interrupt + dequeue + queue snapshot after a deadline, at most
 WS_CLOSE_TIMEOUT_S = 0.5
@@ -76,40 +71,7 @@ LAST_MESSAGES = 10
 HISTORY_LATE_NOTE_S = 0.5  # history this long after executing{node: null} (sent once it is stored)
 
 
-@dataclass(frozen=True)
-class JobPolicy:
-    """The queue policy; each field is named after its setting (``--scene-max-wait`` …)."""
-
-    scene_max_wait_s: float = 180.0  # --scene-max-wait: the whole attempt, queue to history
-    history_poll_interval_s: float = 2.0  # --history-poll-interval
-    history_max_attempts: int = 30  # --history-max-attempts: polls that find nothing after completion
-    completion_grace_s: float = 30.0  # --completion-grace: completion signal -> history entry
-    ws_idle_timeout_s: float = 15.0  # --ws-idle-timeout: silence before polling
-
-    def __post_init__(self) -> None:
-        for name in (
-            "scene_max_wait_s",
-            "history_poll_interval_s",
-            "completion_grace_s",
-            "ws_idle_timeout_s",
-        ):
-            value = getattr(self, name)
-            if not float(value) > 0:
-                raise ValueError(f"JobPolicy.{name} must be positive, got {value!r}")
-        if int(self.history_max_attempts) < 1:
-            raise ValueError(
-                f"JobPolicy.history_max_attempts must be >= 1, got {self.history_max_attempts!r}"
-            )
-
-    def settings(self) -> dict[str, float | int]:
-        """The values under their setting names (``scene_max_wait`` …), as the summary records them."""
-        return {
-            "scene_max_wait": self.scene_max_wait_s,
-            "history_poll_interval": self.history_poll_interval_s,
-            "history_max_attempts": self.history_max_attempts,
-            "completion_grace": self.completion_grace_s,
-            "ws_idle_timeout": self.ws_idle_timeout_s,
-        }
+JobPolicy = QueuePolicy  # the queue policy is defined once, in policy.py
 
 
 class JobFailed(Exception):
