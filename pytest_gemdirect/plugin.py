@@ -1,23 +1,36 @@
-"""pytest wiring for pytest-gemdirect: options, markers, fixtures; the run machinery lives in session.py."""
+"""pytest wiring for pytest-gemdirect: options, markers, fixtures.
+
+The plugin loads in every pytest run of the environment, so this module only wires: the run
+(run.py) and its parts for the terminal, pytest-timeout and pytest-xdist are registered once
+pipeline tests are collected. A run without them shows nothing, creates nothing and costs nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
-from pytest_gemdirect.pipeline import NotReached, StageFailed, StageSkipped
-from pytest_gemdirect.session import GemdirectRun, run_of
-from pytest_gemdirect.settings import SPECS, SettingError, resolve
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES
+from pytest_gemdirect.pipeline_tests import is_pipeline_item
+from pytest_gemdirect.settings import SPECS, SettingError, Settings, check_startup, resolve
+from pytest_gemdirect.summary import STAGE_TITLES, STAGES, scene_ids
 
 if TYPE_CHECKING:
-    from pytest_gemdirect.stages import Stages
+    from pytest_gemdirect.run import Run
+    from pytest_gemdirect.stages import ComfyUIService, Generation, SceneFrames, Stages, Story
 
+SETTINGS_KEY = pytest.StashKey["Settings"]()
+RUN_KEY = pytest.StashKey["Run"]()
 MARKERS = {"e2e": "the end-to-end pipeline (all eight stages)"} | {
     name: f"pipeline stage: {STAGE_TITLES[name]}" for name in STAGES
 }
+# Stage order of the pipeline's tests: each scene's retrieval right after its generation,
+# so the scene's deadline covers queue to frames on disk.
+_STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
+T = TypeVar("T")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,7 +46,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=f"{spec.help} ({default}env {spec.env}, ini {spec.ini})",
             **extra,
         )
-        parser.addini(spec.ini, type="linelist" if spec.multi else "string", default=None, help=spec.help)
+        if spec.multi:
+            parser.addini(spec.ini, type="linelist", default=None, help=spec.help)
+        else:
+            parser.addini(spec.ini, type="string", default=None, help=spec.help)
 
 
 def _ini_value(config: pytest.Config, name: str) -> Any:
@@ -51,58 +67,156 @@ def pytest_configure(config: pytest.Config) -> None:
     ini = {spec.name: _ini_value(config, spec.ini) for spec in SPECS}
     try:
         settings = resolve(flags, ini)
+        if not hasattr(config, "workerinput"):  # the controller checked it; its run is the workers' run
+            check_startup(
+                settings, rootpath=config.rootpath, inipath=config.inipath, args=config.invocation_params.args
+            )
     except SettingError as exc:
         raise pytest.UsageError(f"pytest-gemdirect: {exc}") from None
-    config.pluginmanager.register(GemdirectRun(config, settings), "gemdirect-run")
+    config.stash[SETTINGS_KEY] = settings
+    if config.pluginmanager.hasplugin("xdist"):
+        from pytest_gemdirect import xdist_support
+
+        xdist_support.check_dist_mode(config)
+        if xdist_support.is_controller(config):
+            controller = xdist_support.XdistController(config, lambda: activate(config))
+            config.pluginmanager.register(controller, "gemdirect-xdist")
+
+
+def activate(config: pytest.Config) -> Run:
+    """The run of this process, made and registered (with its parts) on first need."""
+    if RUN_KEY in config.stash:
+        return config.stash[RUN_KEY]
+    from pytest_gemdirect.run import Run
+    from pytest_gemdirect.terminal import Terminal
+
+    settings = config.stash[SETTINGS_KEY]
+    run = Run(config, settings, baseline=_baseline(settings))
+    if hasattr(config, "workerinput"):
+        from pytest_gemdirect.xdist_support import worker_handoff
+
+        run.handoff = worker_handoff(config)
+    config.stash[RUN_KEY] = run
+    config.pluginmanager.register(run, "gemdirect-run")
+    config.pluginmanager.register(Terminal(config, run), "gemdirect-terminal")
+    return run
+
+
+def _baseline(settings: Settings) -> dict[str, Any] | None:
+    if settings.baseline is None:
+        return None
+    from pytest_gemdirect.report import BaselineError, load_baseline
+
+    try:
+        return load_baseline(settings.baseline)
+    except BaselineError as exc:
+        raise pytest.UsageError(f"pytest-gemdirect: invalid value for baseline: {exc}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Scenes come from the scenes setting, suites from the suite setting."""
-    run = run_of(metafunc.config)
+    settings = metafunc.config.stash[SETTINGS_KEY]
     if "gemdirect_scene" in metafunc.fixturenames:
-        ids = run.scene_ids()
+        ids = scene_ids(settings.scenes)
         metafunc.parametrize("gemdirect_scene", ids, ids=ids)
     if "gemdirect_suite" in metafunc.fixturenames:
-        names = run.suite_names()
+        from pytest_gemdirect.suites import parse_suite_specs
+
+        names = [spec.name for spec in parse_suite_specs(list(settings.suites))]
         metafunc.parametrize("gemdirect_suite", names or [None], ids=names or ["none"])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """A user's own check over a stage's result belongs to the pipeline: ``-m e2e`` selects it too."""
+    if is_pipeline_item(item) and item.get_closest_marker("e2e") is None:
+        item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Once the pipeline is among the selected tests, the run is switched on and its tests ordered."""
+    slots = [index for index, item in enumerate(items) if is_pipeline_item(item)]
+    if not slots:
+        return
+    ordered = sorted((items[index] for index in slots), key=_order_key)
+    for slot, item in zip(slots, ordered, strict=True):
+        items[slot] = item
+    run = activate(config)
+    run.pipeline_tests.update(item.nodeid for item in ordered)
+    if config.pluginmanager.hasplugin("timeout"):
+        from pytest_gemdirect.timeout_support import TimeoutSupport
+
+        support = TimeoutSupport(run)
+        config.pluginmanager.register(support, "gemdirect-timeout")
+        support.add_backstop(ordered)
+
+
+def _order_key(item: pytest.Item) -> tuple[int, int, int]:
+    stage = next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), None)
+    params = getattr(item, "callspec", None)
+    scene = params.params.get("gemdirect_scene") if params else None
+    if stage is None:  # a user's own check over the stages' results: after the stages it needs
+        return (_STAGE_RANK["frames"], int(scene.split("-")[1]) if scene else 10**6, len(STAGES))
+    if stage in ("svd", "frames") and scene:
+        return (_STAGE_RANK["svd"], int(scene.split("-")[1]), _STAGE_RANK[stage])
+    return (_STAGE_RANK[stage], 0, 0)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """``-m e2e`` that found no pipeline test: say which line collects it."""
+    if RUN_KEY in config.stash or exitstatus != pytest.ExitCode.NO_TESTS_COLLECTED:
+        return
+    if re.search(r"\be2e\b", config.getoption("markexpr", "") or ""):
+        terminalreporter.write_line(
+            "gemdirect: no pipeline test was collected; add this line to a test module:\n"
+            "    from pytest_gemdirect.pipeline_tests import *  # noqa: F401,F403"
+        )
+
+
+# --- fixtures ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def gemdirect_stages(pytestconfig: pytest.Config) -> Stages:
-    """The run's stage work (started on first use: run directory, summary, services)."""
-    return run_of(pytestconfig).stages()
+    """The run's stages (started on first use: run directory, summary, services)."""
+    return activate(pytestconfig).stages()
 
 
-@pytest.fixture
-def gemdirect_check(gemdirect_stages: Stages) -> Callable[[str], Any]:
-    """Run one stage key (``svd[scene-001]``) and show its outcome as this test's outcome."""
+def _needed(get: Callable[[], T]) -> T:
+    from pytest_gemdirect.stages import NotReached, StageSkipped
 
-    def check(key: str) -> Any:
-        try:
-            return gemdirect_stages.pipeline.run(key)
-        except StageFailed as exc:
-            failure = str(exc)  # failed outside the except block: the message once, without a chain
-        except (NotReached, StageSkipped) as exc:
-            pytest.skip(str(exc))
-        pytest.fail(failure, pytrace=False)
-
-    return check
-
-
-def _require(stages: Stages, key: str) -> Any:
     try:
-        return stages.pipeline.require(key)
+        return get()
     except (NotReached, StageSkipped) as exc:
         pytest.skip(str(exc))
 
 
 @pytest.fixture
-def gemdirect_story(gemdirect_stages: Stages) -> dict[str, Any]:
+def gemdirect_story(gemdirect_stages: Stages) -> Story:
     """The run's story (skips with "not reached: …" when its stage failed)."""
-    return _require(gemdirect_stages, "story")
+    return _needed(lambda: gemdirect_stages.story(need=True))
 
 
 @pytest.fixture
-def gemdirect_run_dir(gemdirect_stages: Stages) -> Iterator[Any]:
-    """The run directory (pathlib.Path) of this run."""
-    yield gemdirect_stages.run.root
+def gemdirect_comfyui(gemdirect_stages: Stages) -> ComfyUIService:
+    """The ready ComfyUI: its URL, client and checked workflows."""
+    return _needed(lambda: gemdirect_stages.comfyui(need=True))
+
+
+@pytest.fixture
+def gemdirect_generation(gemdirect_stages: Stages, gemdirect_scene: str) -> Generation:
+    """One scene's generation (the test runs once per scene): prompt id, attempts, job result."""
+    return _needed(lambda: gemdirect_stages.generation(gemdirect_scene, need=True))
+
+
+@pytest.fixture
+def gemdirect_frames(gemdirect_stages: Stages, gemdirect_scene: str) -> SceneFrames:
+    """One scene's frames on disk (the test runs once per scene); skips "not reached" upstream."""
+    return _needed(lambda: gemdirect_stages.frames(gemdirect_scene, need=True))
+
+
+@pytest.fixture
+def gemdirect_run_dir(gemdirect_stages: Stages) -> Path:
+    """The run directory of this run."""
+    return gemdirect_stages.ctx.run.root

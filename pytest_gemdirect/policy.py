@@ -60,7 +60,12 @@ class QueuePolicy:
     max_scene_retries: int = 1  # --max-scene-retries: re-queues after a failed attempt (the stage's)
 
     def __post_init__(self) -> None:
-        for name in ("scene_max_wait_s", "history_poll_interval_s", "completion_grace_s", "ws_idle_timeout_s"):
+        for name in (
+            "scene_max_wait_s",
+            "history_poll_interval_s",
+            "completion_grace_s",
+            "ws_idle_timeout_s",
+        ):
             value = getattr(self, name)
             if not float(value) > 0:
                 raise ValueError(f"QueuePolicy.{name} must be positive, got {value!r}")

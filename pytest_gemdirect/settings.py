@@ -8,7 +8,7 @@ message naming the setting and where the value came from (pytest-timeout's patte
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,23 @@ def _existing_file(text: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {path}")
     return path
+
+
+SHIPPED_WORKFLOWS = ("smoke", "svd_img2vid", "keyframe_txt2img")
+"""Workflows that ship inside the package, named without a folder (``--workflow smoke``)."""
+
+
+def _workflow_file(text: str) -> Path:
+    """A workflow file, or the short name of a shipped one (``smoke``, ``svd_img2vid``…)."""
+    name = text.removesuffix(".json")
+    if name in SHIPPED_WORKFLOWS and not Path(text).is_file():
+        from importlib import resources
+
+        return Path(str(resources.files("pytest_gemdirect.workflows").joinpath(f"{name}.json")))
+    try:
+        return _existing_file(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or name a shipped workflow: {', '.join(SHIPPED_WORKFLOWS)})") from None
 
 
 def _existing_dir(text: str) -> Path:
@@ -235,14 +252,14 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec(
         "workflow",
-        _existing_file,
+        _workflow_file,
         None,
-        "API-format ComfyUI workflow (default: the shipped SVD graph)",
+        "API-format ComfyUI workflow file, or a shipped one by name: smoke, svd_img2vid (the default)",
         metavar="FILE",
     ),
     SettingSpec(
         "keyframe_workflow",
-        _existing_file,
+        _workflow_file,
         None,
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
@@ -379,3 +396,98 @@ def describe_targets(settings: Settings) -> dict[str, str]:
     if settings.story_mode == "fallback" and not settings.llm_url:
         llm += ", story mode fallback"
     return {"comfyui": comfy, "llm": llm}
+
+
+PATH_SETTINGS = (
+    "comfyui_dir",
+    "workflow",
+    "keyframe_workflow",
+    "run_dir",
+    "logs_dir",
+    "baseline",
+    "suite_cwd",
+)
+"""Settings whose value is a path: written ``--flag PATH``, pytest may take PATH for a test path."""
+
+
+def check_startup(
+    settings: Settings, *, rootpath: Path, inipath: Path | None, args: Sequence[str] = ()
+) -> None:
+    """What can be known before anything runs, checked now: the run fails here, not at stage 4.
+
+    Raises SettingError naming the setting, its source and the file or scene.
+    """
+    _check_path_flags_kept_their_root(args, rootpath, inipath)
+    _check_run_dir_is_new(settings)
+    _check_workflows(settings)
+    _check_fault_scenes(settings)
+    _check_comfyui_args(settings)
+
+
+def _check_path_flags_kept_their_root(args: Sequence[str], rootpath: Path, inipath: Path | None) -> None:
+    """``--comfyui-dir ~/ComfyUI`` (with a space) lets pytest pick its rootdir and config there.
+
+    pytest chooses them from the command line's paths before any plugin says which options take
+    a value; a path option written with a space looks like a test path to it.
+    """
+    flags = {SPECS_BY_NAME[name].flag: SPECS_BY_NAME[name] for name in PATH_SETTINGS}
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag not in flags:
+            continue
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue
+        folder = path.resolve() if path.is_dir() else path.resolve().parent
+        moved = folder == rootpath.resolve() or (inipath is not None and folder in inipath.resolve().parents)
+        if moved:
+            where = f"its config file {inipath}" if inipath is not None else f"its rootdir {rootpath}"
+            raise SettingError(
+                f"{flag} {value}: written with a space, pytest took {value} for a test path and chose"
+                f" {where} from it; write {flag}={value} instead"
+            )
+
+
+def _check_run_dir_is_new(settings: Settings) -> None:
+    run_dir = settings.run_dir
+    if run_dir is not None and Path(run_dir).is_dir() and any(Path(run_dir).iterdir()):
+        raise SettingError(
+            f"run_dir ({settings.sources['run_dir']}): {run_dir} is not empty (an earlier run?);"
+            " a run never mixes its files with another's: name a new or empty folder"
+        )
+
+
+def _check_workflows(settings: Settings) -> None:
+    for name in ("workflow", "keyframe_workflow"):
+        path = settings.values[name]
+        if path is None:
+            continue
+        from pytest_gemdirect.comfyui.workflow import WorkflowError, load_workflow
+
+        try:
+            load_workflow(path)
+        except WorkflowError as exc:
+            raise SettingError(f"invalid value for {name} ({settings.sources[name]}): {exc}") from None
+
+
+def _check_fault_scenes(settings: Settings) -> None:
+    scenes = {f"scene-{n:03d}" for n in range(1, settings.scenes + 1)}
+    for fault in settings.faults.faults:
+        if fault.scene is not None and fault.scene not in scenes:
+            raise SettingError(
+                f"invalid value for sim_fault ({settings.sources['sim_fault']}): {fault.spec()} names"
+                f" {fault.scene}, but the run has {settings.scenes} scene(s) (scenes = {settings.scenes})"
+            )
+
+
+def _check_comfyui_args(settings: Settings) -> None:
+    from pytest_gemdirect.suites import split_command
+
+    if not settings.comfyui_args:
+        return
+    try:
+        split_command(settings.comfyui_args)
+    except ValueError as exc:
+        raise SettingError(
+            f"invalid value {settings.comfyui_args!r} for comfyui_args"
+            f" ({settings.sources['comfyui_args']}): {exc}"
+        ) from None

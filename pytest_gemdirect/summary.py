@@ -11,6 +11,7 @@ from typing import Any
 from pytest_gemdirect import __version__
 from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
 from pytest_gemdirect.schemas_io import load_schema
+from pytest_gemdirect.text import visible
 
 STAGES: tuple[str, ...] = ("env", "llm", "story", "comfyui", "svd", "frames", "suites", "summary")
 STAGE_TITLES: dict[str, str] = {
@@ -25,13 +26,13 @@ STAGE_TITLES: dict[str, str] = {
 }
 # The outcomes a reader must be told about: "What went wrong" in the summary, terminal and report.
 WRONG = ("failed", "interrupted")
-SYMBOLS = {
-    "passed": "✅",
-    "failed": "❌",
-    "not_reached": "⏸",
-    "skipped": "⏭",
-    "running": "…",
-    "interrupted": "⏹",
+SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them as they are
+    "passed": "[+]",
+    "failed": "[x]",
+    "not_reached": "[-]",
+    "skipped": "[~]",
+    "running": "[>]",
+    "interrupted": "[!]",
 }
 
 
@@ -61,6 +62,7 @@ class RunSummary:
         self._started_scenes: set[str] = set()  # their generation stage is at work
         self._started = time.monotonic()
         self._items: dict[str, dict[str, Any]] = {}
+        self._scene_details: dict[str, dict[str, Any]] = {}  # scene.json's fields beyond the summary's
         self.data: dict[str, Any] = {
             "schema_version": 1,
             "run_id": run.run_id,
@@ -142,6 +144,15 @@ class RunSummary:
         with self._lock:
             self.scene(scene_id).update(fields)
             self._update_scene_status(scene_id)
+            self.write()
+
+    def set_scene_details(self, scene_id: str, details: dict[str, Any]) -> None:
+        """Fields scene-NNN/scene.json holds beyond the scene's summary record (settings, frames…).
+
+        scene.json is rewritten with the summary, so the two never disagree about the scene.
+        """
+        with self._lock:
+            self._scene_details[scene_id] = details
             self.write()
 
     def start_scene(self, scene_id: str) -> None:
@@ -256,6 +267,10 @@ class RunSummary:
                 return
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             write_summary_files(self.run, self.data)
+            for scene_id, details in self._scene_details.items():
+                atomic_write_json(
+                    self.run.scene_dir(scene_id) / "scene.json", {**self.scene(scene_id), **details}
+                )
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed stage node with its message, in stage order."""
@@ -343,9 +358,9 @@ def render_text(data: dict[str, Any]) -> str:
     if wrong:
         lines += ["", "what went wrong:"]
         for item in wrong:
-            lines.append(f"  {item['key']}: {item.get('message') or '(no message)'}")
+            lines.append(f"  {item['key']}: {visible(item.get('message') or '(no message)')}")
     if data["warnings"]:
-        lines += ["", "warnings:"] + [f"  - {w}" for w in data["warnings"]]
+        lines += ["", "warnings:"] + [f"  - {visible(w)}" for w in data["warnings"]]
     if data["artifacts"]:
         lines += ["", "artifacts:"] + [f"  {k}: {v}" for k, v in sorted(data["artifacts"].items())]
     return "\n".join(lines) + "\n"

@@ -59,7 +59,7 @@ def run_e2e(project: pytest.Pytester, *args: str, markexpr: str = "e2e") -> Pipe
     run_dir = project.path / "run"
     started = time.monotonic()
     result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--run-dir", str(run_dir), "-m", markexpr, *args
+        "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", markexpr, *args
     )
     return PipelineRun(result, run_dir, time.monotonic() - started)
 
@@ -119,7 +119,7 @@ def read_summary(path: Path) -> dict | None:
 def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess.Popen, Path]:
     """Start ``pytest -m e2e`` ourselves with scene-002 stalling under a long scene-max-wait."""
     run_dir = project.path / "run"
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", "--run-dir", str(run_dir)]
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", f"--run-dir={run_dir}"]
     argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
     argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
     argv += extra

@@ -31,7 +31,7 @@ KEYFRAME_WORKFLOW = str(default_workflow_path("keyframe_txt2img.json"))
 
 def keyframe_run(project: pytest.Pytester, *extra: str) -> PipelineRun:
     """``pytest -m e2e`` with ComfyUI drawing the keyframes (fallback story: no LLM needed)."""
-    return run_e2e(project, "--story-mode", "fallback", "--keyframe-workflow", KEYFRAME_WORKFLOW, *extra)
+    return run_e2e(project, "--story-mode", "fallback", f"--keyframe-workflow={KEYFRAME_WORKFLOW}", *extra)
 
 
 def test_comfyui_draws_every_keyframe_and_the_video_starts_from_it(project: pytest.Pytester) -> None:
@@ -70,7 +70,7 @@ def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
     workflow["4"]["inputs"]["ckpt_name"] = "sd_xl_base_1.0.safetensors"
     path = tmp_path / "my-keyframes.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", "--keyframe-workflow", str(path))
+    result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", f"--keyframe-workflow={path}")
     result.stdout.fnmatch_lines(
         [f"*keyframe workflow {path}: checkpoint sd_xl_base_1.0.safetensors is not in models/checkpoints*"]
     )
@@ -111,7 +111,7 @@ def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on
 def test_a_scene_whose_keyframe_is_being_drawn_is_running_in_the_live_summary(
     project: pytest.Pytester,
 ) -> None:
-    proc, run_dir = start_stalled_run(project, "--keyframe-workflow", KEYFRAME_WORKFLOW)
+    proc, run_dir = start_stalled_run(project, f"--keyframe-workflow={KEYFRAME_WORKFLOW}")
     try:
         deadline = time.monotonic() + 60
         live = None

@@ -19,7 +19,7 @@ def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
 
 def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pytest.Pytester) -> None:
     install = FAKES / "good"
-    result, run_dir, _ = run_short(project, "--comfyui-dir", str(install), "--workflow", str(SMOKE))
+    result, run_dir, _ = run_short(project, f"--comfyui-dir={install}", f"--workflow={SMOKE}")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
     assert data["status"] == "passed"
@@ -39,7 +39,7 @@ def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pyte
 def test_comfyui_that_crashes_on_boot_fails_the_stage_quickly(project: pytest.Pytester) -> None:
     install = FAKES / "crash_on_boot"
     result, run_dir, elapsed = run_short(
-        project, "--comfyui-dir", str(install), "--workflow", str(SMOKE), "--comfyui-boot-timeout", "120"
+        project, f"--comfyui-dir={install}", f"--workflow={SMOKE}", "--comfyui-boot-timeout", "120"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert elapsed < 60  # not the 120 s boot timeout

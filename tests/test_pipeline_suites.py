@@ -28,7 +28,7 @@ def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
 
 
 def test_vitest_preset_passes_with_totals_in_the_summary(project: pytest.Pytester, vitest_dir: Path) -> None:
-    result, run_dir, _ = run_short(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
+    result, run_dir, _ = run_short(project, "--suite", "vitest", f"--suite-cwd={vitest_dir}")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
     assert stages(data)["suites"]["status"] == "passed"
@@ -44,7 +44,7 @@ def test_failing_vitest_case_is_named_in_the_pytest_output(
     project: pytest.Pytester, vitest_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEMDIRECT_VITEST_FAIL", "1")
-    result, run_dir, _ = run_short(project, "--suite", "vitest", "--suite-cwd", str(vitest_dir))
+    result, run_dir, _ = run_short(project, "--suite", "vitest", f"--suite-cwd={vitest_dir}")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*FAILED*tests/scene.test.js*", "*expected 24 to be 25*"])
     data = summary_of(run_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -96,7 +97,7 @@ def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
     workflow["1"]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    result, run_dir, _ = run_e2e(project, "--workflow", str(path), "--story-mode", "fallback")
+    result, run_dir, _ = run_e2e(project, f"--workflow={path}", "--story-mode", "fallback")
     result.stdout.fnmatch_lines(["*checkpoint no_such_model.safetensors is not in models/checkpoints*"])
     by_stage = stages(summary_of(run_dir))
     assert by_stage["comfyui"]["status"] == "failed"
@@ -218,3 +219,58 @@ def broken_for_the_story(request):
     assert data["status"] == "failed"
     assert "test_story" in data["status_reason"] and "outside the stage's own check" in data["status_reason"]
     result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*test_story*"])
+
+
+def _made_by_us(folder: Path) -> list[str]:
+    """What lies in a project folder, less what pytester itself keeps there (basetemp, captured output)."""
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not p.name.startswith("runpytest-") and p.name not in ("stdout", "stderr")
+    )
+
+
+def _without_timings(lines: list[str]) -> list[str]:
+    return [
+        re.sub(r" in [\d.]+s", "", line) for line in lines if not line.startswith(("plugins:", "rootdir:"))
+    ]
+
+
+def test_a_project_without_pipeline_tests_sees_nothing_of_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    before = _made_by_us(pytester.path)
+    loaded = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    unloaded = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:gemdirect")
+    assert loaded.ret == unloaded.ret == pytest.ExitCode.OK
+    assert _without_timings(loaded.outlines) == _without_timings(unloaded.outlines)
+    assert "gemdirect" not in loaded.stderr.str()
+    assert _made_by_us(pytester.path) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("--markers",),
+        ("--fixtures",),
+        ("-m", "e2e", "-k", "no_such_test"),
+        ("-m", "e2e", "--collect-only"),
+        ("-n", "2", "-p", "no:benchmark", "-k", "not test_"),
+    ],
+    ids=["help", "markers", "fixtures", "k-matches-nothing", "collect-only", "xdist-nothing-selected"],
+)
+def test_runs_that_run_no_stage_create_nothing(project: pytest.Pytester, args: tuple[str, ...]) -> None:
+    before = _made_by_us(project.path)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+    assert _made_by_us(project.path) == before
+    assert "gemdirect run directory" not in result.stdout.str()
+
+
+def test_e2e_without_the_pipeline_says_which_line_collects_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    result.stdout.fnmatch_lines(
+        ["*no pipeline test was collected*", "*from pytest_gemdirect.pipeline_tests import *"]
+    )

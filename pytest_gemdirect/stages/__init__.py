@@ -1,0 +1,126 @@
+"""The eight stages (design §2), each in its own module returning a typed result.
+
+:class:`Stages` runs each stage's work at most once and hands its result to whoever asks: the
+stage's own test (which shows a failure as its outcome), a later stage, or a user's test through
+the plugin's fixtures (which shows a failure upstream as "not reached"). The string keys
+(``svd[scene-001]``) the summary records stay inside this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from pytest_gemdirect.stages import comfyui, environment, frames, generation, llm, story, suites, summary
+from pytest_gemdirect.stages.comfyui import ComfyUIService
+from pytest_gemdirect.stages.context import ProgressSink, StageContext
+from pytest_gemdirect.stages.environment import EnvironmentFacts
+from pytest_gemdirect.stages.frames import SceneFrames
+from pytest_gemdirect.stages.generation import Generation
+from pytest_gemdirect.stages.llm import LLMHealth
+from pytest_gemdirect.stages.pipeline import NotReached, Pipeline, StageFailed, StageSkipped
+from pytest_gemdirect.stages.story import SceneScript, Story
+from pytest_gemdirect.stages.summary import CheckedSummary
+from pytest_gemdirect.suites import SuiteResult, SuiteSpec, parse_suite_specs
+from pytest_gemdirect.summary import scene_ids
+
+__all__ = [
+    "CheckedSummary",
+    "ComfyUIService",
+    "EnvironmentFacts",
+    "Generation",
+    "LLMHealth",
+    "NotReached",
+    "ProgressSink",
+    "SceneFrames",
+    "SceneScript",
+    "StageContext",
+    "StageFailed",
+    "StageSkipped",
+    "Stages",
+    "Story",
+    "SuiteResult",
+]
+
+
+def _scene_of(key: str) -> str:
+    return key[key.index("[") + 1 : -1]
+
+
+class Stages:
+    """One run's stage work. Each accessor runs its stage once and returns its typed result.
+
+    With ``need=False`` (a stage's own test) a failure raises :class:`StageFailed`; with
+    ``need=True`` (a later stage, a user's check) it raises :class:`NotReached` naming the stage.
+    """
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.suite_specs: dict[str, SuiteSpec] = {
+            s.name: s for s in parse_suite_specs(list(ctx.settings.suites))
+        }
+        self.pipeline = Pipeline(
+            ctx.summary,
+            {
+                "env": lambda key: environment.check(ctx),
+                "llm": lambda key: llm.check(ctx),
+                "story": lambda key: story.write(ctx, self.llm),
+                "comfyui": lambda key: comfyui.start(ctx),
+                "svd": lambda key: generation.generate(
+                    ctx, _scene_of(key), self.story(need=True), self.comfyui(need=True)
+                ),
+                "frames": lambda key: frames.retrieve(ctx, self.generation(_scene_of(key), need=True)),
+                "suites": self._suite,
+                "summary": self._summary,
+            },
+        )
+
+    def _get(self, key: str, need: bool) -> Any:
+        return self.pipeline.require(key) if need else self.pipeline.run(key)
+
+    def environment(self, *, need: bool = False) -> EnvironmentFacts:
+        return cast(EnvironmentFacts, self._get("env", need))
+
+    def llm(self, *, need: bool = False) -> LLMHealth:
+        return cast(LLMHealth, self._get("llm", need))
+
+    def story(self, *, need: bool = False) -> Story:
+        return cast(Story, self._get("story", need))
+
+    def comfyui(self, *, need: bool = False) -> ComfyUIService:
+        return cast(ComfyUIService, self._get("comfyui", need))
+
+    def generation(self, scene_id: str, *, need: bool = False) -> Generation:
+        return cast(Generation, self._get(f"svd[{scene_id}]", need))
+
+    def frames(self, scene_id: str, *, need: bool = False) -> SceneFrames:
+        return cast(SceneFrames, self._get(f"frames[{scene_id}]", need))
+
+    def suite(self, name: str | None, *, need: bool = False) -> SuiteResult:
+        """One configured suite's result (``None``: no suite configured, the stage is skipped)."""
+        return cast(SuiteResult, self._get(f"suites[{name}]" if name else "suites", need))
+
+    def summary(self, *, need: bool = False) -> CheckedSummary:
+        return cast(CheckedSummary, self._get("summary", need))
+
+    def scene_ids(self) -> list[str]:
+        return scene_ids(self.ctx.settings.scenes)
+
+    def all_keys(self) -> list[str]:
+        """Every stage node of the run, in order (the summary stage runs them all)."""
+        scenes = self.scene_ids()
+        keys = ["env", "llm", "story", "comfyui"]
+        keys += [f"svd[{s}]" for s in scenes] + [f"frames[{s}]" for s in scenes]
+        return keys + ([f"suites[{name}]" for name in self.suite_specs] or ["suites"])
+
+    def interrupt_running(self, message: str) -> None:
+        """Record every stage still at work as interrupted (the process is about to end)."""
+        self.pipeline.interrupt_running(message)
+
+    def _suite(self, key: str) -> SuiteResult:
+        if "[" not in key:
+            raise StageSkipped("no external suites configured")
+        return suites.run(self.ctx, self.suite_specs[_scene_of(key)])
+
+    def _summary(self, key: str) -> CheckedSummary:
+        self.pipeline.attempt_all(self.all_keys())
+        return summary.check(self.ctx)

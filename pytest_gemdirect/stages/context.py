@@ -1,0 +1,60 @@
+"""What every stage works with: the settings, the run directory, the summary and the services.
+
+Each stage module is a function of this context and the results of the stages it needs; none of
+them imports pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pytest_gemdirect.policy import QueuePolicy
+from pytest_gemdirect.rundir import RunDirectory, append_jsonl
+from pytest_gemdirect.services import Services
+from pytest_gemdirect.settings import Settings
+from pytest_gemdirect.summary import RunSummary
+
+ProgressSink = Callable[[str, int, int], None]
+"""Called with ``(scene_id, value, max)`` for each sampler progress message."""
+
+STARTUP_TIMEOUT_S = 30.0
+"""The budget of the start-up checks (environment facts, ComfyUI's first answers)."""
+
+
+@dataclass
+class StageContext:
+    """One run's shared state, handed to every stage."""
+
+    settings: Settings
+    run: RunDirectory
+    summary: RunSummary
+    services: Services
+    suite_cwd: Path
+    progress: ProgressSink | None = None
+    server_gone: str | None = None  # set once ComfyUI died: later scenes are not reached
+
+    @property
+    def policy(self) -> QueuePolicy:
+        return QueuePolicy.from_settings(self.settings.values)
+
+    def event(self, scene_id: str, record: dict[str, Any]) -> None:
+        """One line of the scene's events.jsonl, written at once."""
+        append_jsonl(self.run.events_path(scene_id), record)
+
+
+def now() -> str:
+    """Wall-clock time for the summary and events (durations use the monotonic clock)."""
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def as_json(value: Any) -> Any:
+    """A typed result as JSON-friendly data, for the summary and scene.json."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value

@@ -1,0 +1,95 @@
+"""Stage 6, frame retrieval (marker ``frames``), one per scene: outputs listed, downloaded, decodable."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_gemdirect.comfyui.client import ComfyError
+from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
+from pytest_gemdirect.policy import POLICY_NAMES
+from pytest_gemdirect.rundir import atomic_write_json
+from pytest_gemdirect.stages.context import StageContext, as_json
+from pytest_gemdirect.stages.generation import Generation
+from pytest_gemdirect.stages.pipeline import StageFailed
+
+
+@dataclass(frozen=True)
+class SceneFrames:
+    """One scene's frames on disk: what a user's own per-scene check gets."""
+
+    scene_id: str
+    files: tuple[DownloadedFile, ...]
+    frames_dir: Path
+    history_path: Path
+
+    @property
+    def frame_count(self) -> int:
+        return sum(f.frames for f in self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(f.path) for f in self.files]
+
+
+def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
+    scene_id = generation.scene_id
+    scene_dir = ctx.run.scene_dir(scene_id)
+    if generation.deferred is not None:
+        _scene_details(ctx, generation, [])
+        raise StageFailed(f"{scene_id} frame retrieval: {generation.deferred}")
+    result = generation.result
+    assert result is not None, "a generation without a deferred failure has a result"
+    history_path = scene_dir / "history.json"
+    atomic_write_json(history_path, result.history)
+    started = time.monotonic()
+    if result.cached:
+        ctx.summary.warn(
+            f"{scene_id}: ComfyUI answered from its cache; no new files were written for this run"
+        )
+    if not result.outputs:
+        _scene_details(ctx, generation, [])
+        raise StageFailed(f"{scene_id}: /history/{result.prompt_id} lists no output files")
+    try:
+        files = download_outputs(
+            generation.client, result.outputs, ctx.run.frames_dir(scene_id), deadline=generation.deadline
+        )
+    except ComfyError as exc:
+        _scene_details(ctx, generation, [])
+        raise StageFailed(f"{scene_id} frame retrieval: {exc}") from None
+    frames = SceneFrames(scene_id, tuple(files), ctx.run.frames_dir(scene_id), history_path)
+    telemetry = {
+        **(ctx.summary.scene(scene_id).get("telemetry") or {}),
+        "retrieval_s": round(time.monotonic() - started, 3),
+    }
+    ctx.summary.update_scene(
+        scene_id,
+        frame_count=frames.frame_count,
+        frames_dir=ctx.run.relative(frames.frames_dir),
+        telemetry=telemetry,
+        files={
+            "keyframe": ctx.run.relative(scene_dir / "keyframe.png"),
+            "history": ctx.run.relative(history_path),
+            "scene": ctx.run.relative(scene_dir / "scene.json"),
+            "events": ctx.run.relative(ctx.run.events_path(scene_id)),
+            "workflow": ctx.run.relative(scene_dir / "workflow.json"),
+        },
+    )
+    _scene_details(ctx, generation, files)
+    return frames
+
+
+def _scene_details(ctx: StageContext, generation: Generation, frames: list[DownloadedFile]) -> None:
+    """scene.json: the scene's summary record plus the settings, frames and samples behind it."""
+    public = ctx.settings.public()
+    details: dict[str, Any] = {
+        "settings": {name: public[name] for name in POLICY_NAMES},
+        "frames": [as_json(f) for f in frames],
+        "gpu_samples": generation.gpu_samples,
+        "gpu_note": generation.gpu_note,
+    }
+    if generation.result is not None:
+        details["progress"] = generation.result.progress
+    ctx.summary.set_scene_details(generation.scene_id, details)

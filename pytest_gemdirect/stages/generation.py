@@ -1,0 +1,209 @@
+"""Stage 5, generation (marker ``svd``), one per scene: the workflow queued and followed to the end.
+
+Each attempt is bounded by ``--scene-max-wait``; a failure a re-queue can cure is retried up to
+``--max-scene-retries`` times; every attempt and event is recorded as it happens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
+from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
+from pytest_gemdirect.comfyui.outputs import safe_name
+from pytest_gemdirect.comfyui.workflow import ScenePatch, patch_workflow
+from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.gpu_sampler import GpuSampler
+from pytest_gemdirect.rundir import atomic_write_json
+from pytest_gemdirect.stages import keyframe
+from pytest_gemdirect.stages.attempts import Next, after_failure
+from pytest_gemdirect.stages.comfyui import ComfyUIService
+from pytest_gemdirect.stages.context import StageContext, now
+from pytest_gemdirect.stages.pipeline import NotReached, StageFailed
+from pytest_gemdirect.stages.story import Story
+
+
+@dataclass
+class Generation:
+    """One scene's generation: what the frame-retrieval stage (and a user's own check) gets."""
+
+    scene_id: str
+    client: ComfyClient
+    deadline: Deadline
+    result: JobResult | None = None
+    deferred: JobFailed | None = None  # completion seen, outputs never in /history: frames fails
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    vram_free_before: int | None = None
+    vram_free_after: int | None = None
+    gpu_samples: list[dict[str, Any]] = field(default_factory=list)
+    gpu_note: str | None = None
+    notes: list[str] = field(default_factory=list)  # the harness's own, before the job's notes
+
+    @property
+    def prompt_id(self) -> str | None:
+        return self.result.prompt_id if self.result else None
+
+
+def generate(ctx: StageContext, scene_id: str, story: Story, comfy: ComfyUIService) -> Generation:
+    if ctx.server_gone:
+        raise NotReached(f"not reached: {ctx.server_gone}")
+    deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
+    generation = Generation(scene_id, comfy.client, deadline)
+    ctx.summary.start_scene(scene_id)
+    if comfy.keyframe_workflow is not None:
+        keyframe.draw(ctx, generation, comfy.keyframe_workflow, story.scene(scene_id).visual_prompt)
+    prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
+    max_attempts = ctx.policy.max_attempts
+    for number in range(1, max_attempts + 1):
+        attempt = {
+            "number": number,
+            "started_at": now(),
+            "ended_at": None,
+            "outcome": "running",
+            "reason": None,
+        }
+        generation.attempts.append(attempt)
+        record_scene(ctx, generation)
+        ctx.event(scene_id, {"t": now(), "event": "attempt_start", "attempt": number, "scene": scene_id})
+        try:
+            result = _follow(ctx, generation, prompt, number)
+        except PromptRejected as exc:
+            attempt.update(ended_at=now(), outcome="rejected", reason=str(exc))
+            record_scene(ctx, generation)
+            raise StageFailed(f"{scene_id}: ComfyUI rejected the workflow: {exc}") from None
+        except JobFailed as failure:
+            if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts) is Next.DEFER:
+                return generation
+            generation.deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
+            continue
+        attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
+        ctx.event(scene_id, {"t": now(), "event": "attempt_end", "attempt": number, "outcome": "success"})
+        generation.result = result
+        generation.vram_free_after = _vram_free(comfy.client, generation.deadline)
+        record_scene(ctx, generation)
+        for note in result.notes:
+            ctx.summary.warn(f"{scene_id}: {note}")
+        return generation
+    raise AssertionError("unreachable: the attempt loop returns or raises")
+
+
+def _prepare(
+    ctx: StageContext, generation: Generation, keyframe_png: Any, comfy: ComfyUIService
+) -> dict[str, Any]:
+    """Upload the keyframe and patch the workflow for this scene (written to workflow.json)."""
+    scene_id = generation.scene_id
+    try:
+        uploaded = comfy.client.upload_image(
+            keyframe_png, name=f"gemdirect-{ctx.run.run_id}-{scene_id}.png", deadline=generation.deadline
+        )
+        generation.vram_free_before = _vram_free(comfy.client, generation.deadline)
+    except ComfyError as exc:
+        raise StageFailed(f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}") from None
+    image_name = (
+        f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
+    )
+    prompt = patch_workflow(
+        comfy.workflow,
+        ScenePatch(
+            image_name=image_name,
+            filename_prefix=f"gemdirect/{scene_id}/{safe_name(ctx.run.run_id)}/frame",
+            seed=ctx.settings.llm_seed,
+        ),
+    )
+    atomic_write_json(ctx.run.scene_dir(scene_id) / "workflow.json", prompt)
+    return prompt
+
+
+def _after_failed_attempt(
+    ctx: StageContext,
+    generation: Generation,
+    attempt: dict[str, Any],
+    failure: JobFailed,
+    max_attempts: int,
+) -> Next:
+    """Record the failed attempt; return RETRY or DEFER, or raise the stage's failure."""
+    scene_id, number = generation.scene_id, attempt["number"]
+    attempt.update(ended_at=now(), outcome=failure.kind, reason=str(failure))
+    attempt["prompt_id"] = failure.evidence.get("prompt_id")
+    record_scene(ctx, generation, evidence=failure.evidence)
+    ctx.event(scene_id, {"t": now(), "event": "attempt_end", "attempt": number, "outcome": failure.kind})
+    step = after_failure(failure, number, max_attempts, can_defer=True)
+    if step is Next.DEFER:
+        generation.deferred = failure
+    elif step is Next.SERVER_GONE:
+        ctx.server_gone = f"ComfyUI server died during {scene_id}"
+        ctx.summary.warn(f"{scene_id}: {failure}")
+        raise StageFailed(f"{scene_id}: {failure}") from None
+    elif step is Next.RETRY:
+        ctx.summary.warn(f"{scene_id}: attempt {number} failed ({failure.kind}); re-queued")
+    else:
+        tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
+        raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
+    return step
+
+
+def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], number: int) -> JobResult:
+    """One attempt: queue and follow the job; sample the GPU meanwhile when ComfyUI runs here."""
+    scene_id = generation.scene_id
+    sampler = GpuSampler(interval_s=1.0) if ctx.services.comfyui_launched_locally() else None
+    if sampler is not None:
+        sampler.start()
+    progress = ctx.progress
+    try:
+        return run_job(
+            generation.client,
+            prompt,
+            policy=ctx.policy,
+            on_event=lambda event: ctx.event(scene_id, {**event, "scene_attempt": number}),
+            on_progress=lambda value, maximum: progress(scene_id, value, maximum) if progress else None,
+            is_server_alive=ctx.services.comfyui_alive,
+        )
+    finally:
+        if sampler is not None:
+            generation.gpu_samples += sampler.stop()
+            generation.gpu_note = sampler.note
+        else:
+            generation.gpu_note = "GPU not sampled: ComfyUI was not launched by the harness on this machine"
+
+
+def record_scene(
+    ctx: StageContext, generation: Generation, *, evidence: dict[str, Any] | None = None
+) -> None:
+    """The scene's attempts, telemetry and notes in the summary, as they stand now."""
+    result = generation.result
+    timings = result.timings if result else {}
+    telemetry = {
+        "queue_wait_s": _delta(timings, "started_s", None),
+        "generation_s": _delta(
+            timings, "completed_s", "started_s" if timings.get("started_s") else "queued_s"
+        ),
+        "seconds_per_step": result.seconds_per_step if result else None,
+        "steps": result.progress[-1][2] if result and result.progress else None,
+        "vram_free_before": generation.vram_free_before,
+        "vram_free_after": generation.vram_free_after,
+    }
+    fields: dict[str, Any] = {"attempts": generation.attempts}
+    if result:
+        fields["prompt_id"] = result.prompt_id
+        fields["notes"] = generation.notes + list(result.notes)
+    if evidence is not None:
+        fields["evidence"] = evidence
+    old = ctx.summary.scene(generation.scene_id).get("telemetry") or {}
+    fields["telemetry"] = {**old, **{k: v for k, v in telemetry.items() if v is not None}}
+    ctx.summary.update_scene(generation.scene_id, **fields)
+
+
+def _vram_free(client: ComfyClient, deadline: Deadline) -> int | None:
+    try:
+        devices = client.system_stats(deadline=deadline).get("devices") or []
+    except ComfyError:
+        return None
+    free = devices[0].get("vram_free") if devices else None
+    return int(free) if isinstance(free, int | float) else None
+
+
+def _delta(timings: dict[str, Any], end: str, start: str | None) -> float | None:
+    if timings.get(end) is None or (start is not None and timings.get(start) is None):
+        return None
+    return round(float(timings[end]) - (float(timings[start]) if start else 0.0), 3)

@@ -1,0 +1,60 @@
+"""A project's own checks over the stages' typed results, through the plugin's fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.outside import PIPELINE_MODULE, run_e2e, summary_of
+
+# The README's example: one test, run once per scene, on the frames that scene produced.
+FRAME_SIZE_CHECK = """
+from PIL import Image
+
+
+def test_every_frame_is_1024x576(gemdirect_frames):
+    assert gemdirect_frames.frame_count == 25
+    for path in gemdirect_frames.paths:
+        with Image.open(path) as image:
+            assert image.size == (1024, 576), f"{path.name} is {image.size}"
+"""
+
+
+@pytest.fixture
+def checked_project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE + FRAME_SIZE_CHECK)
+    return pytester
+
+
+def test_a_users_frames_check_runs_once_per_scene_with_e2e(checked_project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(checked_project, "-v")
+    result.assert_outcomes(passed=14, skipped=1)  # 11 stages + 3 scenes of the user's check; no suites
+    result.stdout.fnmatch_lines(
+        [
+            "*test_frames?scene-001? PASSED*",
+            "*test_every_frame_is_1024x576?scene-001? PASSED*",
+            "*test_every_frame_is_1024x576?scene-003? PASSED*",
+        ]
+    )
+    assert summary_of(run_dir)["status"] == "passed"
+
+
+def test_a_failing_users_check_fails_the_run_and_names_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_pipeline=PIPELINE_MODULE + FRAME_SIZE_CHECK.replace("(1024, 576)", "(512, 512)"))
+    result, run_dir, _ = run_e2e(pytester)
+    result.assert_outcomes(passed=11, failed=3, skipped=1)
+    data = summary_of(run_dir)
+    assert data["status"] == "failed"
+    assert "test_every_frame_is_1024x576[scene-002]" in data["status_reason"]
+
+
+def test_a_users_check_is_not_reached_where_its_scene_failed(checked_project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(
+        checked_project, "-rs", "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
+    )
+    # scene-002's frames stage and the user's check of scene-002 are skipped; no suites configured
+    result.assert_outcomes(passed=11, failed=1, skipped=3)
+    result.stdout.fnmatch_lines(
+        ["SKIPPED [[]1[]] test_pipeline.py:*: not reached: svd[[]scene-002[]] failed"]
+    )
+    scenes = {scene["id"]: scene["status"] for scene in summary_of(run_dir)["scenes"]}
+    assert scenes == {"scene-001": "passed", "scene-002": "failed", "scene-003": "passed"}
