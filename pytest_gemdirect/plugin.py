@@ -69,7 +69,11 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(flags, ini)
         if not hasattr(config, "workerinput"):  # the controller checked it; its run is the workers' run
             check_startup(
-                settings, rootpath=config.rootpath, inipath=config.inipath, args=config.invocation_params.args
+                settings,
+                rootpath=config.rootpath,
+                inipath=config.inipath,
+                args=config.invocation_params.args,
+                invocation_dir=config.invocation_params.dir,
             )
     except SettingError as exc:
         raise pytest.UsageError(f"pytest-gemdirect: {exc}") from None

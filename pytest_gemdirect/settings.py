@@ -411,39 +411,50 @@ PATH_SETTINGS = (
 
 
 def check_startup(
-    settings: Settings, *, rootpath: Path, inipath: Path | None, args: Sequence[str] = ()
+    settings: Settings,
+    *,
+    rootpath: Path,
+    inipath: Path | None,
+    args: Sequence[str] = (),
+    invocation_dir: Path | None = None,
 ) -> None:
     """What can be known before anything runs, checked now: the run fails here, not at stage 4.
 
     Raises SettingError naming the setting, its source and the file or scene.
     """
-    _check_path_flags_kept_their_root(args, rootpath, inipath)
+    _check_path_flags_kept_their_root(args, rootpath, inipath, invocation_dir or Path.cwd())
     _check_run_dir_is_new(settings)
     _check_workflows(settings)
     _check_fault_scenes(settings)
     _check_comfyui_args(settings)
 
 
-def _check_path_flags_kept_their_root(args: Sequence[str], rootpath: Path, inipath: Path | None) -> None:
+def _check_path_flags_kept_their_root(
+    args: Sequence[str], rootpath: Path, inipath: Path | None, invocation_dir: Path
+) -> None:
     """``--comfyui-dir ~/ComfyUI`` (with a space) lets pytest pick its rootdir and config there.
 
     pytest chooses them from the command line's paths before any plugin says which options take
-    a value; a path option written with a space looks like a test path to it.
+    a value, so a path option written with a space looks like a test path to it. Such a value
+    outside the folder pytest was started in, or holding the config file pytest chose, is refused.
     """
-    flags = {SPECS_BY_NAME[name].flag: SPECS_BY_NAME[name] for name in PATH_SETTINGS}
+    flags = {SPECS_BY_NAME[name].flag for name in PATH_SETTINGS}
+    started_in = invocation_dir.resolve()
     for flag, value in zip(args, args[1:], strict=False):
-        if flag not in flags:
-            continue
         path = Path(value).expanduser()
-        if not path.exists():
+        if flag not in flags or not path.exists():
             continue
         folder = path.resolve() if path.is_dir() else path.resolve().parent
-        moved = folder == rootpath.resolve() or (inipath is not None and folder in inipath.resolve().parents)
-        if moved:
-            where = f"its config file {inipath}" if inipath is not None else f"its rootdir {rootpath}"
+        outside = folder != started_in and started_in not in folder.parents
+        holds_config = inipath is not None and folder in (
+            inipath.resolve().parent,
+            *inipath.resolve().parents,
+        )
+        if outside or holds_config or folder == rootpath.resolve():
+            where = f"config file {inipath}" if inipath is not None else f"rootdir {rootpath}"
             raise SettingError(
-                f"{flag} {value}: written with a space, pytest took {value} for a test path and chose"
-                f" {where} from it; write {flag}={value} instead"
+                f"{flag} {value}: written with a space, pytest took {value} for a test path when it"
+                f" chose its {where}; write {flag}={value} instead"
             )
 
 
