@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
-from tests.outside import PIPELINE_MODULE
+from tests.outside import PIPELINE_MODULE, REPO
+
+VITEST_DIR = REPO / "fixtures" / "suites" / "vitest"
+"""The sample vitest project that stands in for the app's own suites."""
 
 
 @pytest.fixture
@@ -12,3 +19,27 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A user project that collects the pipeline's stages."""
     pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
     return pytester
+
+
+@pytest.fixture(scope="session")
+def vitest_dir() -> Path:
+    """The sample vitest project, its npm packages installed once (``npm ci``) when missing.
+
+    So that a fresh clone passes the README's test command with nothing else typed.
+    """
+    if (VITEST_DIR / "node_modules" / "vitest").is_dir():
+        return VITEST_DIR
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: the sample vitest project cannot be set up")
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=VITEST_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0 or not (VITEST_DIR / "node_modules" / "vitest").is_dir():
+        pytest.fail(f"npm ci in {VITEST_DIR} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return VITEST_DIR

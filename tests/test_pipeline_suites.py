@@ -10,16 +10,8 @@ import pytest
 
 from tests.outside import REPO, PipelineRun, run_e2e, stages, summary_of
 
-VITEST_DIR = REPO / "fixtures" / "suites" / "vitest"
 JUNIT_SUITE = REPO / "fixtures" / "suites" / "junit_python" / "junit_suite.py"
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
-
-
-@pytest.fixture
-def vitest_dir() -> Path:
-    if not (VITEST_DIR / "node_modules").is_dir():
-        pytest.fail(f"{VITEST_DIR / 'node_modules'} is missing: run `npm ci --prefix fixtures/suites/vitest`")
-    return VITEST_DIR
 
 
 def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
