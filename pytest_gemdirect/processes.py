@@ -411,19 +411,8 @@ def _orphans(pid: int, started: float | None) -> list[psutil.Process]:
     return found
 
 
-def kill_tree(pid_or_popen: int | subprocess.Popen[Any], *, grace_s: float = 5.0) -> list[int]:
-    """End a process and every descendant: terminate all, wait up to ``grace_s``, kill the rest.
-
-    The descendants are snapshotted first (``children(recursive=True)``), so a parent that dies
-    on terminate does not hide its children; when the parent is already dead its orphans are
-    still found (see ``_orphans``). Returns the pids it ended (processes that were still running
-    when it signalled them), the root last. Never raises for processes that are already gone.
-    A ``Popen`` is also reaped, so its ``returncode`` is set afterwards.
-    """
-    popen = pid_or_popen if isinstance(pid_or_popen, subprocess.Popen) else None
-    pid = popen.pid if popen is not None else int(pid_or_popen)  # type: ignore[arg-type]
-    started: float | None = getattr(popen, "gemdirect_create_time", None)
-
+def _snapshot(pid: int, started: float | None) -> tuple[psutil.Process | None, list[psutil.Process]]:
+    """The root process (None when gone or its pid reused) and every descendant, orphans too."""
     root: psutil.Process | None = None
     descendants: list[psutil.Process] = []
     try:
@@ -440,47 +429,68 @@ def kill_tree(pid_or_popen: int | subprocess.Popen[Any], *, grace_s: float = 5.0
         if proc.pid not in seen:
             descendants.append(proc)
             seen.add(proc.pid)
+    return root, descendants
 
+
+def _signal_all(procs: list[psutil.Process], how: str, ended: list[int]) -> None:
+    for proc in procs:
+        try:
+            getattr(proc, how)()
+        except psutil.Error:
+            continue
+        if proc.pid not in ended:
+            ended.append(proc.pid)
+
+
+def _signal_popen(popen: subprocess.Popen[Any] | None, how: str) -> bool:
+    """``popen.terminate()`` / ``kill()`` while it runs; True when it was signalled."""
+    if popen is None or popen.poll() is not None:
+        return False
+    try:
+        getattr(popen, how)()
+    except OSError:
+        return False
+    return True
+
+
+def _wait_gone(
+    targets: list[psutil.Process], popen: subprocess.Popen[Any] | None, seconds: float
+) -> list[psutil.Process]:
+    """Wait up to ``seconds`` for every target (and ``popen``) to end; the ones still alive."""
+    deadline = time.monotonic() + max(0.0, seconds)
+    while True:
+        alive = [p for p in targets if not _gone(p)]
+        root_alive = popen is not None and popen.poll() is None
+        if (not alive and not root_alive) or time.monotonic() >= deadline:
+            return alive
+        time.sleep(_POLL_S)
+
+
+def kill_tree(pid_or_popen: int | subprocess.Popen[Any], *, grace_s: float = 5.0) -> list[int]:
+    """End a process and every descendant: terminate all, wait up to ``grace_s``, kill the rest.
+
+    The descendants are snapshotted first (``children(recursive=True)``), so a parent that dies
+    on terminate does not hide its children; when the parent is already dead its orphans are
+    still found (see ``_orphans``). Returns the pids it ended (processes that were still running
+    when it signalled them), the root last. Never raises for processes that are already gone.
+    A ``Popen`` is also reaped, so its ``returncode`` is set afterwards.
+    """
+    popen = pid_or_popen if isinstance(pid_or_popen, subprocess.Popen) else None
+    pid = popen.pid if popen is not None else int(pid_or_popen)  # type: ignore[arg-type]
+    root, descendants = _snapshot(pid, getattr(popen, "gemdirect_create_time", None))
     targets = [p for p in descendants if not _gone(p)]
     if popen is None and root is not None and not _gone(root):
         targets.append(root)  # a bare pid: psutil ends it like the others
-    popen_running = popen is not None and popen.poll() is None
     ended: list[int] = []
 
-    def _signal(procs: list[psutil.Process], how: str) -> None:
-        for proc in procs:
-            try:
-                getattr(proc, how)()
-            except psutil.Error:
-                continue
-            if proc.pid not in ended:
-                ended.append(proc.pid)
-
-    def _wait(seconds: float) -> list[psutil.Process]:
-        deadline = time.monotonic() + max(0.0, seconds)
-        while True:
-            alive = [p for p in targets if not _gone(p)]
-            root_alive = popen is not None and popen.poll() is None
-            if (not alive and not root_alive) or time.monotonic() >= deadline:
-                return alive
-            time.sleep(_POLL_S)
-
-    _signal(targets, "terminate")
-    if popen_running:
-        try:
-            popen.terminate()  # type: ignore[union-attr]
-            ended.append(pid)
-        except OSError:
-            pass
-    alive = _wait(grace_s)
+    _signal_all(targets, "terminate", ended)
+    if _signal_popen(popen, "terminate"):
+        ended.append(pid)
+    alive = _wait_gone(targets, popen, grace_s)
     if alive or (popen is not None and popen.poll() is None):
-        _signal(alive, "kill")
-        if popen is not None and popen.poll() is None:
-            try:
-                popen.kill()
-            except OSError:
-                pass
-        _wait(_KILL_WAIT_S)
+        _signal_all(alive, "kill", ended)
+        _signal_popen(popen, "kill")
+        _wait_gone(targets, popen, _KILL_WAIT_S)
     if popen is not None:
         wait_sliced(popen, _KILL_WAIT_S)
     if pid in ended:  # the root last, for a readable order
