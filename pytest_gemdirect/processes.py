@@ -228,6 +228,22 @@ def kill_on_close_job(process_handle: int, *, kernel32: Any = None) -> int | Non
     return int(job)
 
 
+def close_job(popen: object, *, kernel32: Any = None) -> bool:
+    """Close the Job Object ``launch_logged`` made for ``popen`` (Windows ends whatever is still
+    in it, which ``kill_tree`` wants anyway); True when there was one. Idempotent."""
+    job = getattr(popen, "gemdirect_job", None)
+    if not job:
+        return False
+    if kernel32 is None:
+        try:
+            kernel32 = _load_kernel32()
+        except OSError:
+            return False
+    kernel32.CloseHandle(job)
+    popen.gemdirect_job = None  # type: ignore[attr-defined]
+    return True
+
+
 def parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` that has Linux SIGKILL the child when the thread that started it ends
     (the harness killed hard); None on other systems. libc is looked up here, before the fork,
@@ -493,6 +509,7 @@ def kill_tree(pid_or_popen: int | subprocess.Popen[Any], *, grace_s: float = 5.0
         _wait_gone(targets, popen, _KILL_WAIT_S)
     if popen is not None:
         wait_sliced(popen, _KILL_WAIT_S)
+        close_job(popen)  # Windows: ends anything that escaped the snapshot, frees the handle
     if pid in ended:  # the root last, for a readable order
         ended.remove(pid)
         ended.append(pid)

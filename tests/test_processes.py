@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -27,6 +28,7 @@ from pytest_gemdirect.processes import (
     CompletedRun,
     JobLimits,
     child_env,
+    close_job,
     command_for,
     join_sliced,
     kill_on_close_job,
@@ -508,6 +510,11 @@ def test_windows_job_object_kills_the_tree_when_the_harness_goes() -> None:
     assert JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE == 0x2000
     if ctypes.sizeof(ctypes.c_void_p) == 8:
         assert ctypes.sizeof(JobLimits) == 144  # JOBOBJECT_EXTENDED_LIMIT_INFORMATION on x64
+
+    popen = types.SimpleNamespace(gemdirect_job=77)  # what launch_logged hangs on its Popen
+    assert close_job(popen, kernel32=kernel32) is True
+    assert kernel32.calls[-1] == ("close", 77)
+    assert close_job(popen, kernel32=kernel32) is False  # once only
 
     refused = FakeKernel32(assign_ok=False)
     assert kill_on_close_job(1234, kernel32=refused) is None
