@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.cmdline import resolve_program
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.processes import run_captured
 
 REQUIRED_PACKAGES = (
     "pytest",
@@ -31,18 +32,17 @@ class EnvironmentProblem(Exception):
 
 
 def _tool_version(command: list[str], deadline: Deadline) -> str | None:
-    exe = shutil.which(command[0])
-    if exe is None:
-        return None
+    """The first line a tool prints for ``--version``; None when it is missing or silent.
+
+    The tool is found like the suites find theirs (``npm`` is ``npm.cmd`` on Windows, never the
+    extensionless shell script npm installs beside it), and waited for in slices (Ctrl-C)."""
     try:
-        done = subprocess.run(
-            [exe, *command[1:]], capture_output=True, text=True, timeout=deadline.timeout(cap=10), check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        exe = resolve_program(command[0], cwd=None)
+        done = run_captured([str(exe), *command[1:]], timeout_s=deadline.timeout(cap=10))
+    except OSError:
         return None
-    return (
-        (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else None
-    )
+    text = (done.stdout or done.stderr).strip()
+    return text.splitlines()[0] if done.exit_code is not None and text else None
 
 
 def gpu_facts(deadline: Deadline) -> dict[str, Any]:
@@ -50,20 +50,14 @@ def gpu_facts(deadline: Deadline) -> dict[str, Any]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return {"visible": False, "note": "nvidia-smi not found on this machine", "gpus": []}
+    query = ["--query-gpu=name,memory.total,memory.free,driver_version", "--format=csv,noheader,nounits"]
+    limit = deadline.timeout(cap=15)
     try:
-        done = subprocess.run(
-            [
-                exe,
-                "--query-gpu=name,memory.total,memory.free,driver_version",
-                "--format=csv,noheader,nounits",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=deadline.timeout(cap=15),
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = run_captured([exe, *query], timeout_s=limit)
+    except OSError as exc:
         return {"visible": False, "note": f"nvidia-smi did not answer: {exc}", "gpus": []}
+    if done.exit_code is None:
+        return {"visible": False, "note": f"nvidia-smi did not answer within {limit:g} s", "gpus": []}
     gpus = []
     for line in done.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]

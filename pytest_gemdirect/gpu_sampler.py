@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+from pytest_gemdirect.processes import join_sliced
+
 QUERY = "timestamp,memory.used,memory.total,utilization.gpu"
 NOT_FOUND_NOTE = "nvidia-smi not found on this machine"
 _MAX_CONSECUTIVE_FAILURES = 3
@@ -106,7 +108,7 @@ class GpuSampler:
                 pass
         thread = self._thread
         if thread is not None:
-            thread.join(timeout=_JOIN_S)
+            join_sliced(thread, _JOIN_S)  # in slices: a Windows join would hold up a Ctrl-C
         return self.samples
 
     @property

@@ -1,8 +1,11 @@
 """Launching a real ComfyUI from its install directory (design §3, target "launch a process").
 
-``ComfyLaunch`` runs ``<python> main.py --listen 127.0.0.1 --port P [extra args]`` in the ComfyUI
-folder, with UTF-8 forced in its environment and its output in a log file (``comfyui.log`` in the
-run directory), and waits until ``GET /system_stats`` answers with ComfyUI's JSON.
+``ComfyLaunch`` runs ``<python> -X utf8 -u main.py --listen 127.0.0.1 --port P [extra args]`` in the
+ComfyUI folder, with UTF-8 forced (on its command line, which the portable build's isolated Python
+honours, and in its environment for everything it starts) and its output in a log file
+(``comfyui.log`` in the run directory), and waits until ``GET /system_stats`` answers with
+ComfyUI's JSON. ``python`` may start with ``~``; a relative path is taken from the folder pytest
+was started in (where the user typed it), and a missing interpreter is named with that folder.
 
 - **Process death is noticed at once.** The boot loop checks the process between probes (each
   probe's connect is bounded at half a second), so a ComfyUI that crashes on start-up (a bad
@@ -49,8 +52,9 @@ from typing import Any
 import psutil
 import requests
 
+from pytest_gemdirect.cmdline import ProgramNotFound, resolve_program
 from pytest_gemdirect.deadline import Deadline
-from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
+from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail, python_argv
 
 HOST = "127.0.0.1"
 BOOT_TIMEOUT_SETTING = "--comfyui-boot-timeout"
@@ -201,11 +205,11 @@ def port_owner(port: int) -> tuple[int, str] | None:
         try:
             # net_connections() since psutil 6, connections() before (pyproject allows 5.9)
             method = getattr(proc, "net_connections", None) or proc.connections
-            conns = method(kind="tcp")
+            conns: list[Any] = method(kind="tcp")
         except (psutil.Error, OSError):
             continue
-        for conn in conns:
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+        for own in conns:
+            if own.status == psutil.CONN_LISTEN and own.laddr and own.laddr.port == port:
                 return proc.pid, name_of(proc.pid)
     return None
 
@@ -291,8 +295,7 @@ class ComfyLaunch:
                 port=port,
             )
 
-        self.command = [self.python, *(["-s"] if self.portable else []), "main.py"]
-        self.command += ["--listen", HOST, "--port", str(port), *self.extra_args]
+        self.command = self.planned_command(port)
         deadline = Deadline(self.boot_timeout_s, setting=BOOT_TIMEOUT_SETTING)
         try:
             self.popen = launch_logged(
@@ -314,6 +317,17 @@ class ComfyLaunch:
         self.boot_seconds = deadline.elapsed()
         self.url = url
         return url
+
+    def planned_command(self, port: int) -> list[str]:
+        """The command ``start()`` runs: ``<python> [-s] -X utf8 -u main.py --listen … --port
+        <port> [extra args]``, the interpreter found (``~`` expanded, a relative path from the
+        folder pytest runs in). Raises LaunchError naming where it looked when it is missing."""
+        try:
+            python = str(resolve_program(self.python, cwd=Path.cwd()))
+        except ProgramNotFound as exc:
+            raise LaunchError(f"could not start ComfyUI: its Python {exc}", port=port) from None
+        command = python_argv(python, *(["-s"] if self.portable else []), "main.py")
+        return [*command, "--listen", HOST, "--port", str(port), *self.extra_args]
 
     def alive(self) -> bool:
         """Launched: the process still runs. Attached: the server still answers ``/system_stats``."""

@@ -72,6 +72,7 @@ class Run:
         self.failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
         self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
+        self.report_problem: str | None = None  # the last rewrite of report.html failed: why
         self.notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
         self._previous_handlers: dict[int, Any] = {}
 
@@ -153,7 +154,12 @@ class Run:
             return
         from pytest_gemdirect import report
 
-        report.write_report(self.directory.report_html, data, self.directory.root, baseline=self.baseline)
+        try:
+            report.write_report(self.directory.report_html, data, self.directory.root, baseline=self.baseline)
+        except OSError as exc:  # held by a sync client or a virus scanner: the next rewrite may land
+            self.report_problem = f"report.html could not be written: {exc}"
+        else:
+            self.report_problem = None
 
     def end_now(self, reason: str) -> None:
         """The process is about to end (pytest-timeout's thread method): close the run first."""

@@ -1,4 +1,9 @@
-"""The run directory (design §5): its paths, atomic JSON writes and append-only event logs."""
+"""The run directory (design §5): its paths, atomic JSON writes and append-only event logs.
+
+Files are replaced whole (``atomic_write_bytes``); on Windows, where a file another program
+holds (OneDrive, Defender) cannot be replaced for a moment, the rename is retried for about ten
+seconds, and report rewrites can ask for a best effort that never raises.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,21 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+# How long a held file is waited for before a write gives up (OneDrive and Defender hold a file
+# for a second or more; 1 s was not enough), and the pauses between tries.
+REPLACE_RETRY_S = 10.0
+_FIRST_PAUSE_S = 0.05
+_MAX_PAUSE_S = 1.0
+
 _append_lock = threading.Lock()
+_locks_guard = threading.Lock()
+_path_writes: dict[str, _PathWrites] = {}
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -18,48 +33,118 @@ def new_run_id(now: datetime | None = None) -> str:
     return (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, sync: bool = False) -> None:
+def atomic_write_bytes(
+    path: Path,
+    data: bytes,
+    *,
+    sync: bool = False,
+    best_effort: bool = False,
+    retry_s: float = REPLACE_RETRY_S,
+    replace: Callable[[Path, Path], None] = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """Write a temp file beside ``path``, then rename it over: no reader or crash sees half a file.
 
     The temp file is made with mode 0666 less the umask, like any file the user writes (not
     tempfile's 0600): artifacts are for everyone who may read the run folder. ``sync`` flushes
     it to disk first, for files that must survive a power cut (the summary).
+
+    On Windows the rename fails while another program holds the file (OneDrive syncing it,
+    Defender scanning it, an editor): it is retried with a growing pause for ``retry_s`` seconds.
+    When it still fails, the PermissionError is raised; with ``best_effort`` that (or any other
+    OSError, a full disk) leaves the old file as it was and returns False instead (for files
+    rewritten later anyway: report.html; never the summary). True when written.
+
+    Writes to one path from this process happen one at a time, and a write that was waiting
+    while a later call wrote is dropped (True: the later content stands), so a write held up by a
+    held file never lands after a later one: the last call wins (the summary on disk is the last
+    one asked for). ``replace`` and ``sleep`` are for tests.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``text`` as UTF-8 (line ends as given: no CRLF on Windows), atomically and synced."""
-    atomic_write_bytes(path, text.encode("utf-8"), sync=True)
-
-
-def _replace(tmp: Path, path: Path) -> None:
-    # On Windows a reader holding the target open makes os.replace fail for a moment; retry briefly.
-    for attempt in range(20):
+    state = _path_state(path)
+    with _locks_guard:
+        state.calls += 1
+        call = state.calls
+    with state.lock:
+        if call < state.written:
+            return True  # a later call has written already: its content is the one to keep
         try:
-            os.replace(tmp, path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                if sync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            replace_with_retry(tmp, path, retry_s=retry_s, replace=replace, sleep=sleep)
+        except OSError:
+            _discard(tmp)
+            if best_effort:
+                return False
+            raise
+        except BaseException:
+            _discard(tmp)
+            raise
+        state.written = call
+    return True
+
+
+def atomic_write_text(path: Path, text: str, *, best_effort: bool = False) -> bool:
+    """``text`` as UTF-8 (line ends as given: no CRLF on Windows), atomically and synced."""
+    return atomic_write_bytes(path, text.encode("utf-8"), sync=True, best_effort=best_effort)
+
+
+def replace_with_retry(
+    src: Path,
+    dst: Path,
+    *,
+    retry_s: float = REPLACE_RETRY_S,
+    replace: Callable[[Path, Path], None] = os.replace,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """``replace(src, dst)``, retried on PermissionError with pauses from 50 ms doubling to 1 s
+    until ``retry_s`` seconds of pauses have passed; then the last PermissionError is raised."""
+    waited = 0.0
+    pause = _FIRST_PAUSE_S
+    while True:
+        try:
+            replace(src, dst)
             return
         except PermissionError:
-            if attempt == 19:
+            if waited >= retry_s:
                 raise
-            time.sleep(0.05)
+        step = min(pause, retry_s - waited)
+        sleep(step)
+        waited += step
+        pause = min(pause * 2, _MAX_PAUSE_S)
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # held too (a scanner): the original error is the one to report
+
+
+@dataclass
+class _PathWrites:
+    """The writes to one path: one at a time (``lock``), numbered in call order."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    calls: int = 0
+    written: int = 0  # the number of the call whose content is on disk
+
+
+def _path_state(path: Path) -> _PathWrites:
+    key = os.path.normcase(os.path.abspath(path))
+    with _locks_guard:
+        return _path_writes.setdefault(key, _PathWrites())
+
+
+def atomic_write_json(path: Path, data: Any, *, best_effort: bool = False) -> bool:
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    return atomic_write_text(path, text, best_effort=best_effort)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
+from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.settings import Settings
-from pytest_gemdirect.suites import split_command
 
 EMBEDDED_BOOT_TIMEOUT_S = 30.0
 
@@ -134,7 +134,7 @@ class Services:
             s.comfyui_dir,
             python=s.comfyui_python,
             port=s.comfyui_port,
-            extra_args=split_command(s.comfyui_args) if s.comfyui_args else [],
+            extra_args=split_args(s.comfyui_args, what="--comfyui-args"),
             log_path=log_path,
             boot_timeout_s=s.comfyui_boot_timeout,
         )

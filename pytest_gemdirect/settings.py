@@ -491,12 +491,10 @@ def _check_fault_scenes(settings: Settings) -> None:
 
 
 def _check_comfyui_args(settings: Settings) -> None:
-    from pytest_gemdirect.suites import split_command
+    from pytest_gemdirect.cmdline import split_args
 
-    if not settings.comfyui_args:
-        return
     try:
-        split_command(settings.comfyui_args)
+        split_args(settings.comfyui_args, what="--comfyui-args")
     except ValueError as exc:
         raise SettingError(
             f"invalid value {settings.comfyui_args!r} for comfyui_args"

@@ -272,6 +272,138 @@ def _message(item: dict[str, Any]) -> str:
     return _short(item["text"])
 
 
+class _LogScan:
+    """One pass over a log's lines; the blocks it is inside (traceback, import times, comfy_extras)
+    carry from one line to the next."""
+
+    def __init__(self) -> None:
+        self.found = _Findings()
+        # (line_no, type, message) of traceback final lines; dropped at the end when an
+        # import-failure line carries the same reason
+        self.exceptions: list[tuple[int, str, str]] = []
+        self.reasons: set[str] = set()
+        self.in_times = ""
+        self.in_extras = False
+        self.in_traceback = False
+        self.skip_next_indented = False
+
+    def line(self, raw: str, line_no: int, *, until_server_start: bool) -> bool:
+        """Read one line; False when the scan should stop there."""
+        line, level = _strip_prefix(raw.rstrip())
+        stripped = line.strip()
+        if self._continuation(raw, stripped, line_no):
+            return True
+        if stripped == _TRACEBACK or stripped.endswith(" " + _TRACEBACK):
+            self.in_traceback = True
+            return True
+        if _SERVER_STARTED.match(stripped) and until_server_start:
+            return False
+        if self._times_block(line, stripped, line_no) or self._extras_block(stripped, line_no):
+            return True
+        if not self._import_failure(stripped, line_no):
+            self._other(stripped, level, line_no)
+        return True
+
+    def _continuation(self, raw: str, stripped: str, line_no: int) -> bool:
+        """True for a line that only continues what came before (a warning's source line, a
+        traceback's body); a traceback's final line is noted and read on as a line of its own."""
+        if self.skip_next_indented:
+            self.skip_next_indented = False
+            if raw.startswith((" ", "\t")):
+                return True  # the source line Python prints under a warning
+        if self.in_traceback:
+            if not stripped or raw.startswith((" ", "\t")):
+                return True
+            self.in_traceback = False
+            exc = _EXC_LINE.match(stripped)
+            if exc:
+                # and read on: "ModuleNotFoundError: No module named 'x'" is also a finding
+                self.exceptions.append((line_no, exc.group("type"), exc.group("msg")))
+        return False
+
+    def _times_block(self, line: str, stripped: str, line_no: int) -> bool:
+        header = _TIMES_HEADER.match(stripped)
+        if header:
+            self.in_times = header.group("what")
+            return True
+        if not self.in_times:
+            return False
+        entry = _TIMES_ENTRY.match(line)
+        if not entry:
+            self.in_times = ""
+            return False
+        if entry.group("flag"):
+            path = entry.group("path")
+            prestartup = entry.group("flag") == "PRESTARTUP FAILED"
+            kind = "builtin_node_import_failed" if _is_builtin(path) else "custom_node_import_failed"
+            key = ("prestartup:" if prestartup else "") + _node_name(path)
+            self.found.add(kind, key, line_no, name=_node_name(path), prestartup=prestartup)
+        return True
+
+    def _extras_block(self, stripped: str, line_no: int) -> bool:
+        if _EXTRAS_HEADER.search(stripped):
+            self.in_extras = True
+            return True
+        if not self.in_extras:
+            return False
+        extra = _EXTRAS_FAILED.match(stripped)
+        if extra:
+            name = _node_name(extra.group("name"))
+            self.found.add("builtin_node_import_failed", name, line_no, name=name)
+            return True
+        if not stripped:
+            return True
+        self.in_extras = False  # "This issue might be caused by new missing dependencies…"
+        return stripped.startswith(("This issue might be caused", "Please run the update script"))
+
+    def _import_failure(self, stripped: str, line_no: int) -> bool:
+        cannot = _CANNOT_IMPORT.search(stripped)
+        if cannot:
+            path, reason = cannot.group("path"), cannot.group("reason").strip()
+            self.reasons.add(reason)
+            name = _node_name(path)
+            kind = "builtin_node_import_failed" if _is_builtin(path) else "custom_node_import_failed"
+            self.found.add(kind, name, line_no, name=name, reason=reason)
+            missing = _NO_MODULE.search(reason)
+            pkg = _module_package(missing.group("name")) if missing else None
+            if pkg:
+                self.found.add("missing_package", pkg, line_no, name=pkg, needed_by=name)
+            return True
+        skip = _SKIP_NODE.search(stripped)
+        if skip:
+            name = _node_name(skip.group("path"))
+            reason = skip.group("reason").strip()
+            self.found.add(
+                "custom_node_import_failed", "skip:" + name, line_no, name=name, skipped=True, reason=reason
+            )
+            return True
+        return False
+
+    def _other(self, stripped: str, level: str | None, line_no: int) -> None:
+        pywarn = _PY_WARNING.match(stripped)
+        if pywarn:
+            self.skip_next_indented = True  # Python prints the warning's source line under it
+        note = pywarn.group("msg") if pywarn else stripped
+        pkg = _missing_package(stripped)
+        if pkg:
+            self.found.add("missing_package", pkg, line_no, name=pkg, note=note)
+        elif pywarn:
+            text_ = f"{pywarn.group('cat')}: {pywarn.group('msg')} ({_node_name(pywarn.group('file'))})"
+            self.found.add("warning", f"{pywarn.group('cat')}:{pywarn.group('msg')}", line_no, text=text_)
+        elif level in ("ERROR", "CRITICAL") or _UPPER_ERROR.search(stripped):
+            self.found.add("error", stripped, line_no, text=stripped)
+        elif level == "WARNING" or _UPPER_WARNING.search(stripped):
+            self.found.add("warning", stripped, line_no, text=stripped)
+
+    def findings(self) -> list[StartupWarning]:
+        for line_no, exc_type, exc_msg in self.exceptions:
+            if exc_msg.strip() in self.reasons or _NO_MODULE.search(exc_msg):
+                continue
+            text_ = f"{exc_type}: {exc_msg}" if exc_msg else exc_type
+            self.found.add("error", text_, line_no, text=text_)
+        return [StartupWarning(item["kind"], _message(item), item["line_no"]) for item in self.found.items()]
+
+
 def find_startup_warnings(
     log_text: str, *, until_server_start: bool = False, max_findings: int = MAX_FINDINGS
 ) -> list[StartupWarning]:
@@ -284,133 +416,11 @@ def find_startup_warnings(
     if not log_text:
         return []
     text = strip_ansi(log_text).replace("\r\n", "\n").replace("\r", "\n")
-    lines = text.split("\n")
-    found = _Findings()
-    # (line_no, exception text) of traceback final lines; dropped later when an import-failure
-    # line carries the same reason.
-    exceptions: list[tuple[int, str, str]] = []
-    reasons: set[str] = set()
-    in_times = ""
-    in_extras = False
-    in_traceback = False
-    skip_next_indented = False
-
-    for index, raw in enumerate(lines):
-        line_no = index + 1
-        line, level = _strip_prefix(raw.rstrip())
-        stripped = line.strip()
-
-        if skip_next_indented:
-            skip_next_indented = False
-            if raw.startswith((" ", "\t")):
-                continue  # the source line Python prints under a warning
-
-        if in_traceback:
-            if not stripped or raw.startswith((" ", "\t")):
-                continue
-            in_traceback = False
-            exc = _EXC_LINE.match(stripped)
-            if exc:
-                exceptions.append((line_no, exc.group("type"), exc.group("msg")))
-                # fall through: "ModuleNotFoundError: No module named 'x'" is also a finding
-
-        if stripped == _TRACEBACK or stripped.endswith(" " + _TRACEBACK):
-            in_traceback = True
-            continue
-
-        if _SERVER_STARTED.match(stripped) and until_server_start:
+    scan = _LogScan()
+    for index, raw in enumerate(text.split("\n")):
+        if not scan.line(raw, index + 1, until_server_start=until_server_start):
             break
-
-        header = _TIMES_HEADER.match(stripped)
-        if header:
-            in_times = header.group("what")
-            continue
-        if in_times:
-            entry = _TIMES_ENTRY.match(line)
-            if entry:
-                if entry.group("flag"):
-                    path = entry.group("path")
-                    prestartup = entry.group("flag") == "PRESTARTUP FAILED"
-                    kind = "builtin_node_import_failed" if _is_builtin(path) else "custom_node_import_failed"
-                    found.add(
-                        kind,
-                        ("prestartup:" if prestartup else "") + _node_name(path),
-                        line_no,
-                        name=_node_name(path),
-                        prestartup=prestartup,
-                    )
-                continue
-            in_times = ""
-
-        if _EXTRAS_HEADER.search(stripped):
-            in_extras = True
-            continue
-        if in_extras:
-            extra = _EXTRAS_FAILED.match(stripped)
-            if extra:
-                name = _node_name(extra.group("name"))
-                found.add("builtin_node_import_failed", name, line_no, name=name)
-                continue
-            if stripped:
-                in_extras = False  # "This issue might be caused by new missing dependencies…"
-                if stripped.startswith(("This issue might be caused", "Please run the update script")):
-                    continue
-            else:
-                continue
-
-        cannot = _CANNOT_IMPORT.search(stripped)
-        if cannot:
-            path, reason = cannot.group("path"), cannot.group("reason").strip()
-            reasons.add(reason)
-            name = _node_name(path)
-            kind = "builtin_node_import_failed" if _is_builtin(path) else "custom_node_import_failed"
-            found.add(kind, name, line_no, name=name, reason=reason)
-            missing = _NO_MODULE.search(reason)
-            pkg = _module_package(missing.group("name")) if missing else None
-            if pkg:
-                found.add("missing_package", pkg, line_no, name=pkg, needed_by=name)
-            continue
-
-        skip = _SKIP_NODE.search(stripped)
-        if skip:
-            name = _node_name(skip.group("path"))
-            found.add(
-                "custom_node_import_failed",
-                "skip:" + name,
-                line_no,
-                name=name,
-                skipped=True,
-                reason=skip.group("reason").strip(),
-            )
-            continue
-
-        pywarn = _PY_WARNING.match(stripped)
-        if pywarn:
-            skip_next_indented = True  # Python prints the warning's source line under it
-        note = pywarn.group("msg") if pywarn else stripped
-
-        pkg = _missing_package(stripped)
-        if pkg:
-            found.add("missing_package", pkg, line_no, name=pkg, note=note)
-            continue
-
-        if pywarn:
-            text_ = f"{pywarn.group('cat')}: {pywarn.group('msg')} ({_node_name(pywarn.group('file'))})"
-            found.add("warning", f"{pywarn.group('cat')}:{pywarn.group('msg')}", line_no, text=text_)
-            continue
-
-        if level in ("ERROR", "CRITICAL") or _UPPER_ERROR.search(stripped):
-            found.add("error", stripped, line_no, text=stripped)
-        elif level == "WARNING" or _UPPER_WARNING.search(stripped):
-            found.add("warning", stripped, line_no, text=stripped)
-
-    for line_no, exc_type, exc_msg in exceptions:
-        if exc_msg.strip() in reasons or _NO_MODULE.search(exc_msg):
-            continue
-        text_ = f"{exc_type}: {exc_msg}" if exc_msg else exc_type
-        found.add("error", text_, line_no, text=text_)
-
-    result = [StartupWarning(item["kind"], _message(item), item["line_no"]) for item in found.items()]
+    result = scan.findings()
     if max_findings >= 1 and len(result) > max_findings:
         left = len(result) - (max_findings - 1)
         result = result[: max_findings - 1] + [

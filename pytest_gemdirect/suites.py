@@ -1,8 +1,10 @@
 """Stage 7, external suites: run the app's own test commands and fold their JUnit results in.
 
 A suite is ``NAME=COMMAND`` (or a preset name alone, e.g. ``vitest``). The command runs without a
-shell, split with shlex, in the suite folder, with the run directory in its environment
-(``GEMDIRECT_RUN_DIR``) and the JUnit XML file it should write (``GEMDIRECT_JUNIT``, also the
+shell, split by the platform's rules (``cmdline.split_command``: POSIX shell rules, or Windows'
+``CommandLineToArgvW`` rules where ``C:\\tools\\x.exe`` stays as written), in the suite folder
+(a relative program path is taken from there, on every platform), with the run directory in its
+environment (``GEMDIRECT_RUN_DIR``) and the JUnit XML file it should write (``GEMDIRECT_JUNIT``, also the
 ``{junit}`` placeholder); its output goes to ``suites/NAME.log`` in the run directory and it is
 bounded by the suite timeout, after which its whole process tree is ended. The JUnit file is
 parsed into totals and failing cases, which the failure message, the summary and the report show.
@@ -13,7 +15,6 @@ This module imports nothing from pytest; the plugin turns each ``SuiteResult`` i
 from __future__ import annotations
 
 import re
-import shlex
 import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
-from pytest_gemdirect.processes import IS_WINDOWS, log_tail, resolve_command, run_with_deadline, strip_ansi
+from pytest_gemdirect.cmdline import ProgramNotFound, split_command
+from pytest_gemdirect.processes import log_tail, run_with_deadline, strip_ansi
 
 JUNIT_PLACEHOLDER = "{junit}"
 
@@ -60,25 +62,6 @@ class SuiteSpec:
         if junit is not None:
             args = [arg.replace(JUNIT_PLACEHOLDER, str(junit)) for arg in args]
         return args
-
-
-def split_command(command: str, *, windows: bool | None = None) -> list[str]:
-    """Split a command line like a POSIX shell would, without running one.
-
-    Quotes group and are removed on every platform. On Windows a backslash is an ordinary
-    character (``C:\\tools\\x.exe`` stays as written) instead of an escape. Raises ValueError for
-    an unbalanced quote or an empty command.
-    """
-    windows = IS_WINDOWS if windows is None else windows
-    lexer = shlex.shlex(command, posix=True)
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    if windows:
-        lexer.escape = ""
-    args = list(lexer)
-    if not args:
-        raise ValueError("the command is empty")
-    return args
 
 
 def parse_suite_specs(values: list[str] | tuple[str, ...]) -> list[SuiteSpec]:
@@ -120,10 +103,7 @@ def parse_suite_specs(values: list[str] | tuple[str, ...]) -> list[SuiteSpec]:
             )
         if name in seen:
             raise ValueError(f"suite {value!r}: the name {name!r} is used twice")
-        try:
-            split_command(command)
-        except ValueError as exc:
-            raise ValueError(f"suite {value!r}: the command cannot be split: {exc}") from None
+        split_command(command, what=f"suite {value!r}: the command")  # ValueError naming both
         seen.add(name)
         specs.append(SuiteSpec(name, command))
     return specs
@@ -533,11 +513,7 @@ def run_suite(spec: SuiteSpec, *, cwd: Path, run_dir: Path, timeout_s: float) ->
     try:
         run = run_with_deadline(argv, cwd=cwd, env_overrides=env, log_path=log_path, timeout_s=timeout_s)
     except OSError as exc:
-        program = argv[0]
-        if isinstance(exc, FileNotFoundError) and resolve_command(program) == program:
-            reason = f"{program!r} was not found (not on PATH, nor a path from {cwd})"
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
+        reason = str(exc) if isinstance(exc, ProgramNotFound) else f"{type(exc).__name__}: {exc}"
         log_path.write_text(f"could not start {argv!r}: {reason}\n", encoding="utf-8")
         return SuiteResult(status="error", exit_code=None, duration_s=0.0, start_error=reason, **base)
 

@@ -138,5 +138,7 @@ class Terminal:
             write(f"  {failure['key']}: {visible(failure['message'] or '')}")
         write(f"gemdirect verdict: {visible(verdict(data))}")
         write(f"gemdirect run directory: {run.directory.root}")
-        if run.directory.report_html.is_file():
+        if run.report_problem:
+            write(f"gemdirect: {run.report_problem}")
+        elif run.directory.report_html.is_file():
             write(f"gemdirect report: {run.directory.report_html}")

@@ -150,9 +150,13 @@ def wait_for_scene_002_attempt(proc: subprocess.Popen, run_dir: Path) -> dict:
 
 
 def interrupt(proc: subprocess.Popen) -> str:
-    """Ctrl-C the run and give back its output; kill it if it is still there after that."""
+    """Ctrl-C the run and give back its output; kill it if it is still there after that.
+
+    On Windows a process group made with CREATE_NEW_PROCESS_GROUP ignores Ctrl-C; Ctrl-Break,
+    which the harness treats like Ctrl-C (SIGBREAK), reaches it.
+    """
     try:
-        proc.send_signal(signal.CTRL_C_EVENT if sys.platform == "win32" else signal.SIGINT)
+        proc.send_signal(signal.CTRL_BREAK_EVENT if sys.platform == "win32" else signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
         return output
     finally:

@@ -3,8 +3,7 @@ installs in tests/fake_comfyui."""
 
 from __future__ import annotations
 
-import time
-
+import psutil
 import pytest
 
 from tests.outside import FAKES, SMOKE, PipelineRun, processes_from, run_e2e, stages, summary_of
@@ -29,25 +28,24 @@ def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pyte
     assert (run_dir / "comfyui.log").is_file()
     assert "IMPORT FAILED" in (run_dir / "comfyui.log").read_text(encoding="utf-8")
     assert any("ComfyUI-Foo" in w and "failed to import" in w for w in data["warnings"]), data["warnings"]
-    gone_by = time.monotonic() + 10
-    while processes_from(install) and time.monotonic() < gone_by:
-        time.sleep(0.1)
-    left = [(p.pid, p.info["cmdline"]) for p in processes_from(install)]
+    _ended, alive = psutil.wait_procs(processes_from(install), timeout=30)
+    left = [(p.pid, p.info["cmdline"]) for p in alive]
     assert not left, f"processes from {install} still running: {left}"
 
 
 def test_comfyui_that_crashes_on_boot_fails_the_stage_quickly(project: pytest.Pytester) -> None:
     install = FAKES / "crash_on_boot"
-    result, run_dir, elapsed = run_short(
-        project, f"--comfyui-dir={install}", f"--workflow={SMOKE}", "--comfyui-boot-timeout", "120"
+    # a boot timeout no test waits for: the stage can only end through noticing the crash
+    result, run_dir, _elapsed = run_short(
+        project, f"--comfyui-dir={install}", f"--workflow={SMOKE}", "--comfyui-boot-timeout", "3600"
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert elapsed < 60  # not the 120 s boot timeout
     data = summary_of(run_dir)
     by_stage = stages(data)
     message = by_stage["comfyui"]["message"]
     assert by_stage["comfyui"]["status"] == "failed"
-    assert "exit code" in message
+    assert "exited during start-up with exit code 3" in message
+    assert "--comfyui-boot-timeout" not in message  # the crash, not the deadline
     assert "comfyui.log" in message and "Last" in message  # the log tail
     assert "Checkpoint files will always be loaded safely." in message
     assert by_stage["svd"]["status"] == by_stage["frames"]["status"] == "not_reached"
