@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
-from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.settings import Settings
 
 EMBEDDED_BOOT_TIMEOUT_S = 30.0
