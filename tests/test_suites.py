@@ -358,14 +358,9 @@ def test_timeout_ends_the_whole_tree(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def vitest_project() -> Path:
-    if not (VITEST_DIR / "node_modules" / "vitest").is_dir():
-        pytest.fail(
-            f"the vitest fixture project is not installed ({VITEST_DIR / 'node_modules'} is missing);"
-            " run `npm ci --prefix fixtures/suites/vitest` from the repository root",
-            pytrace=False,
-        )
-    return VITEST_DIR
+def vitest_project(vitest_dir: Path) -> Path:
+    """The sample vitest project, installed once by the session fixture in conftest.py."""
+    return vitest_dir
 
 
 def test_vitest_passes_with_a_skip(
