@@ -86,18 +86,34 @@ def test_comfyui_startup(gemdirect_stages: Stages) -> None:
     stage_check(gemdirect_stages.comfyui)
 
 
+def _with_figures(stages: Stages, scene_id: str, record_property: Callable[[str, object], None]) -> None:
+    """The scene's figures as JUnit properties (``--junitxml``), whatever the stage's outcome."""
+    for name, value in stages.scene_figures(scene_id).items():
+        record_property(name, value)
+
+
 @pytest.mark.e2e
 @pytest.mark.svd
-def test_generation(gemdirect_stages: Stages, gemdirect_scene: str) -> None:
+def test_generation(
+    gemdirect_stages: Stages, gemdirect_scene: str, record_property: Callable[[str, object], None]
+) -> None:
     """The scene's workflow queued and followed to completion under the queue policy."""
-    stage_check(lambda: gemdirect_stages.generation(gemdirect_scene))
+    try:
+        stage_check(lambda: gemdirect_stages.generation(gemdirect_scene))
+    finally:
+        _with_figures(gemdirect_stages, gemdirect_scene, record_property)
 
 
 @pytest.mark.e2e
 @pytest.mark.frames
-def test_frames(gemdirect_stages: Stages, gemdirect_scene: str) -> None:
+def test_frames(
+    gemdirect_stages: Stages, gemdirect_scene: str, record_property: Callable[[str, object], None]
+) -> None:
     """The scene's outputs listed in /history, downloaded, counted and decodable."""
-    stage_check(lambda: gemdirect_stages.frames(gemdirect_scene))
+    try:
+        stage_check(lambda: gemdirect_stages.frames(gemdirect_scene))
+    finally:
+        _with_figures(gemdirect_stages, gemdirect_scene, record_property)
 
 
 @pytest.mark.e2e

@@ -200,6 +200,12 @@ class Run:
             settle_workers_summary(self.directory, self.summary_data(), self.crashed_tests, self.failed_tests)
         self.write_report()
         self.close_services()
+        data = self.summary_data()
+        if data is not None and not self.is_worker and self.directory is not None:
+            from pytest_gemdirect.step_summary import append_step_summary
+
+            report = self.directory.report_html
+            append_step_summary(data, report if report.is_file() else None)
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
         """With the user's own ``--html``, pytest-html's report carries the run's overview too."""

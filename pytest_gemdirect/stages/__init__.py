@@ -112,6 +112,22 @@ class Stages:
         keys += [f"svd[{s}]" for s in scenes] + [f"frames[{s}]" for s in scenes]
         return keys + ([f"suites[{name}]" for name in self.suite_specs] or ["suites"])
 
+    def scene_figures(self, scene_id: str) -> dict[str, str | int | float]:
+        """A scene's figures as the summary has them now (for JUnit properties)."""
+        record = self.ctx.summary.scene(scene_id)
+        figures: dict[str, str | int | float] = {
+            "scene_status": record["status"],
+            "frame_count": record["frame_count"],
+            "attempts": len(record["attempts"]),
+        }
+        if record.get("prompt_id"):
+            figures["prompt_id"] = str(record["prompt_id"])
+        telemetry = record.get("telemetry") or {}
+        figures.update(
+            {k: v for k, v in telemetry.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        )
+        return figures
+
     def interrupt_running(self, message: str) -> None:
         """Record every stage still at work as interrupted (the process is about to end)."""
         self.pipeline.interrupt_running(message)
