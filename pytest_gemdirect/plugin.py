@@ -148,6 +148,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[slot] = item
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
+    run.selected_stages.update(
+        m.name for item in ordered for m in item.iter_markers() if m.name in _STAGE_RANK
+    )
     if config.pluginmanager.hasplugin("timeout"):
         from pytest_gemdirect.timeout_support import TimeoutSupport
 

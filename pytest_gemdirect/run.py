@@ -70,6 +70,7 @@ class Run:
         self.progress: ProgressSink | None = None  # set by the terminal part
         self.on_start: list[Callable[[Run], None]] = []  # called once, when the first stage starts
         self.failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
+        self.selected_stages: set[str] = set()  # stages whose own tests were selected in this process
         self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.report_problem: str | None = None  # the last rewrite of report.html failed: why
@@ -193,6 +194,7 @@ class Run:
                 "interrupted" if interrupted else "passed",
                 "interrupted" if interrupted else None,
                 failed_tests=self.failed_tests,
+                selected_stages=self.selected_stages,
             )
         elif not self.is_worker and self.directory is not None:
             from pytest_gemdirect.xdist_support import settle_workers_summary

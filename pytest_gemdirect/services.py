@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,7 @@ class Services:
         self.run_root = run_root
         self._sim: subprocess.Popen[bytes] | None = None
         self._sim_urls: dict[str, Any] | None = None
+        self._sim_tmp: Path | None = None  # the simulator's own files, removed at close()
         self._launch: ComfyLaunch | None = None
         # Under xdist the controller owns the services and hands each worker the backends it booted.
         self._backends: dict[str, Backend] = {name: Backend(**info) for name, info in (handed or {}).items()}
@@ -97,6 +100,9 @@ class Services:
         if self._sim is not None:
             kill_tree(self._sim, grace_s=3.0)
             self._sim = None
+        if self._sim_tmp is not None:
+            shutil.rmtree(self._sim_tmp, ignore_errors=True)
+            self._sim_tmp = None
 
     # --- internals -----------------------------------------------------------------------
 
@@ -152,8 +158,19 @@ class Services:
             self._sim_urls = self._boot_simulator()
         return self._sim_urls
 
+    def _simulator_root(self) -> Path:
+        """Where the simulator keeps its inputs and outputs: a temporary folder, unless asked.
+
+        Its outputs are the frames the harness downloads into the run directory anyway; kept,
+        they would double a run directory's size (--sim-keep-files true keeps them).
+        """
+        if self.settings.sim_keep_files:
+            return self.run_root / "simulator"
+        self._sim_tmp = Path(tempfile.mkdtemp(prefix="gemdirect-sim-"))
+        return self._sim_tmp
+
     def _boot_simulator(self) -> dict[str, Any]:
-        sim_root = self.run_root / "simulator"
+        sim_root = self._simulator_root()
         ready_file = sim_root / "ready.json"
         log_path = self.run_root / "simulator.log"
         sim_root.mkdir(parents=True, exist_ok=True)

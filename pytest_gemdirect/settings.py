@@ -228,6 +228,13 @@ SPECS: tuple[SettingSpec, ...] = (
         "seconds per sampler step in the simulator",
         metavar="S",
     ),
+    SettingSpec(
+        "sim_keep_files",
+        _bool,
+        False,
+        "keep the simulator's own input and output files in the run directory (simulator/)",
+        metavar="BOOL",
+    ),
     # story
     SettingSpec(
         "story_mode",

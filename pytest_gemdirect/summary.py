@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -215,7 +215,14 @@ class RunSummary:
             stages.append(entry)
         self.data["stages"] = stages
 
-    def finish(self, status: str, reason: str | None = None, *, failed_tests: Sequence[str] = ()) -> None:
+    def finish(
+        self,
+        status: str,
+        reason: str | None = None,
+        *,
+        failed_tests: Sequence[str] = (),
+        selected_stages: Iterable[str] | None = None,
+    ) -> None:
         """Close the run: ``passed``/``failed`` from the stages unless told ``interrupted``.
 
         ``failed`` or ``interrupted`` here means the run was cut short (Ctrl-C, a timeout that
@@ -232,12 +239,24 @@ class RunSummary:
                 if status == "passed" and failed_tests:
                     status, reason = "failed", tests_failed_reason(failed_tests)
             self._close_open_scenes(cut_short=cut_short, reason=reason)
+            if selected_stages is not None:
+                self._explain_deselected(set(selected_stages))
             self.data["status"] = status
             self.data["status_reason"] = reason
             self.data["finished_at"] = _now()
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             self.write()
             self._closed = True
+
+    def _explain_deselected(self, selected: set[str]) -> None:
+        """A stage whose tests were not selected says why its row looks as it does."""
+        for stage in self.data["stages"]:
+            if stage["name"] in selected or stage["message"]:
+                continue
+            if stage["status"] == "not_reached":
+                stage["message"] = "its tests were not selected and no selected test needed its work"
+            else:
+                stage["message"] = "its tests were not selected; its work ran for the stages that needed it"
 
     def _close_open_scenes(self, *, cut_short: bool, reason: str | None) -> None:
         """A finished run has no scene or attempt "running": say what happened to those still open."""

@@ -274,3 +274,26 @@ def test_e2e_without_the_pipeline_says_which_line_collects_it(pytester: pytest.P
     result.stdout.fnmatch_lines(
         ["*no pipeline test was collected*", "*from pytest_gemdirect.pipeline_tests import *"]
     )
+
+
+def test_deselected_stages_say_why_their_rows_look_as_they_do(project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(project, "--scenes", "1", markexpr="svd")
+    result.assert_outcomes(passed=1)
+    by_stage = stages(summary_of(run_dir))
+    assert by_stage["svd"]["message"] is None  # selected: its own outcome speaks
+    assert by_stage["story"]["status"] == "passed"
+    assert (
+        by_stage["story"]["message"]
+        == "its tests were not selected; its work ran for the stages that needed it"
+    )
+    assert by_stage["frames"]["status"] == "not_reached"
+    assert by_stage["frames"]["message"] == "its tests were not selected and no selected test needed its work"
+
+
+def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(project: pytest.Pytester) -> None:
+    result, run_dir, _ = run_e2e(project, "--scenes", "1")
+    result.assert_outcomes(passed=7, skipped=1)
+    devices = summary_of(run_dir)["comfyui"]["devices"]
+    assert devices and all(device["name"].endswith("(SIMULATED)") for device in devices)
+    assert not (run_dir / "simulator").exists()
+    assert (run_dir / "simulator.log").is_file()

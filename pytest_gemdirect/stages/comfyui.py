@@ -83,12 +83,15 @@ def _facts(
     problems: list[str],
 ) -> dict[str, Any]:
     system = stats.get("system", {})
+    devices = stats.get("devices", [])
+    if backend.simulated:  # a simulated "RTX 3090" must never read as a real one
+        devices = [{**device, "name": f"{device.get('name')} (SIMULATED)"} for device in devices]
     return {
         "url": backend.url,
         "version": backend.version,
         "python": system.get("python_version"),
         "pytorch": system.get("pytorch_version"),
-        "devices": stats.get("devices", []),
+        "devices": devices,
         "workflow": str(workflow_path),
         "workflow_hash": workflow_hash(workflow),
         "keyframe_workflow": str(ctx.settings.keyframe_workflow or "") or None,
