@@ -209,6 +209,6 @@ class Services:
                 f"the embedded simulator exited with code {code} while booting; its log ({log_path}) ends:\n"
                 f"{log_tail(log_path)}"
             )
-        urls = json.loads(ready_file.read_text(encoding="utf-8"))
+        urls: dict[str, Any] = json.loads(ready_file.read_text(encoding="utf-8"))
         urls["log"] = str(log_path)
         return urls

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pytest_gemdirect import __version__
 from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
@@ -135,7 +135,7 @@ class RunSummary:
         """The scene's record (added when a scene beyond the configured count shows up)."""
         for scene in self.data["scenes"]:
             if scene["id"] == scene_id:
-                return scene
+                return cast(dict[str, Any], scene)
         scene = self._new_scene(scene_id)
         self.data["scenes"].append(scene)
         return scene
@@ -164,7 +164,7 @@ class RunSummary:
 
     def record_item(
         self, key: str, status: str, *, duration_s: float | None = None, message: str | None = None
-    ):
+    ) -> None:
         """The outcome of one stage node (``llm``, ``svd[scene-001]``, ``suites[vitest]``)."""
         with self._lock:
             self._items[key] = {"key": key, "status": status, "duration_s": duration_s, "message": message}
@@ -314,7 +314,7 @@ def failures(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _items_of(stage: dict[str, Any]) -> list[dict[str, Any]]:
     if "items" in stage:
-        return stage["items"]
+        return cast(list[dict[str, Any]], stage["items"])
     return [{"key": stage["name"], "status": stage["status"], "message": stage["message"]}]
 
 

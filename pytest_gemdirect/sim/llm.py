@@ -125,7 +125,9 @@ STATE_KEY: web.AppKey[LLMState] = web.AppKey("gemdirect_llm_state", LLMState)
 
 
 # ---------------------------------------------------------------------------------------- errors
-def _error(status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None):
+def _error(
+    status: int, message: str, *, type_: str, param: str | None = None, code: str | None = None
+) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.json_response(body, status=status)
 
@@ -251,7 +253,7 @@ def scene_count_of(body: dict[str, Any]) -> int:
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
         scenes = (schema.get("properties") or {}).get("scenes") if isinstance(schema, dict) else None
         if isinstance(scenes, dict) and isinstance(scenes.get("minItems"), int) and scenes["minItems"] > 0:
-            return min(99, scenes["minItems"])
+            return min(99, int(scenes["minItems"]))
     match = SCENES_IN_TEXT.search(_last_user_text(body.get("messages") or []))
     if match and int(match.group(1)) > 0:
         return min(99, int(match.group(1)))
