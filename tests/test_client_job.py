@@ -32,7 +32,7 @@ from pytest_gemdirect.comfyui.client import (
     PromptRejected,
     ServerGone,
 )
-from pytest_gemdirect.comfyui.job import JobFailed, JobPolicy, JobResult, run_job
+from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
 from pytest_gemdirect.comfyui.outputs import (
     OutputDownloadError,
     OutputFile,
@@ -42,12 +42,13 @@ from pytest_gemdirect.comfyui.outputs import (
     safe_output_path,
 )
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.policy import QueuePolicy
 from pytest_gemdirect.sim.comfyui import DEFAULT_CHECKPOINTS, ComfyUISimulator
 from pytest_gemdirect.sim.faults import FaultPlan
 
 WORKFLOWS = Path(__file__).parents[1] / "fixtures" / "workflows"
 GRACE = 1.5
-POLICY = JobPolicy(
+POLICY = QueuePolicy(
     scene_max_wait_s=20.0,
     history_poll_interval_s=0.1,
     history_max_attempts=40,
@@ -113,7 +114,7 @@ def upload(client: ComfyClient, keyframe: Path) -> str:
     return answer["name"]
 
 
-def follow(client: ComfyClient, prompt: dict[str, Any], policy: JobPolicy = POLICY, **kw: Any) -> Any:
+def follow(client: ComfyClient, prompt: dict[str, Any], policy: QueuePolicy = POLICY, **kw: Any) -> Any:
     """run_job that also collects its events; returns (result or JobFailed, events, seconds)."""
     events: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -259,7 +260,7 @@ def test_history_never_fails_completion_grace_soon_after_executed_and_interrupts
 def test_history_never_with_few_attempts_fails_history_max_attempts(make_sim, make_client, keyframe):
     sim = make_sim("history-never")
     client = make_client(sim.url)
-    policy = JobPolicy(
+    policy = QueuePolicy(
         scene_max_wait_s=20,
         history_poll_interval_s=0.1,
         history_max_attempts=3,
@@ -314,7 +315,7 @@ def test_stall_fails_at_scene_max_wait_with_last_progress_and_interrupts_our_pro
 ):
     sim = make_sim("stall")
     client = make_client(sim.url)
-    policy = JobPolicy(
+    policy = QueuePolicy(
         scene_max_wait_s=2.5,
         history_poll_interval_s=0.2,
         history_max_attempts=3,
@@ -385,7 +386,7 @@ def test_a_deadline_never_touches_another_clients_prompt_and_their_interrupt_is_
         timeout=5,
     ).json()
     assert wait_until(lambda: [i["prompt_id"] for i in client.queue()["running"]] == [other["prompt_id"]])
-    short = JobPolicy(
+    short = QueuePolicy(
         scene_max_wait_s=1.5,
         history_poll_interval_s=0.2,
         history_max_attempts=5,
@@ -630,12 +631,12 @@ def test_job_policy_names_its_settings_and_refuses_nonsense():
     from pytest_gemdirect.policy import POLICY_NAMES
     from pytest_gemdirect.settings import SPECS_BY_NAME
 
-    assert JobPolicy().settings() == {name: SPECS_BY_NAME[name].default for name in POLICY_NAMES}
-    assert JobPolicy().settings()["scene_max_wait"] == 180.0
+    assert QueuePolicy().settings() == {name: SPECS_BY_NAME[name].default for name in POLICY_NAMES}
+    assert QueuePolicy().settings()["scene_max_wait"] == 180.0
     with pytest.raises(ValueError, match="completion_grace_s"):
-        JobPolicy(completion_grace_s=0)
+        QueuePolicy(completion_grace_s=0)
     with pytest.raises(ValueError, match="history_max_attempts"):
-        JobPolicy(history_max_attempts=0)
+        QueuePolicy(history_max_attempts=0)
 
 
 # ---------------------------------------------------------------------------------------- recorded traces
@@ -880,7 +881,7 @@ class Replay:
         return counts
 
 
-def replay(name: str, policy: JobPolicy = POLICY, **options: Any) -> tuple[Any, Replay]:
+def replay(name: str, policy: QueuePolicy = POLICY, **options: Any) -> tuple[Any, Replay]:
     with Replay(name, **options) as server, ComfyClient(server.url) as client:
         outcome, _, _ = follow(client, {"4": {"class_type": "SaveImage", "inputs": {}}}, policy)
     return outcome, server
