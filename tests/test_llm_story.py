@@ -26,9 +26,10 @@ from pytest_gemdirect.llm import (
     LLMClient,
     LLMError,
     check_health,
-    classify_connection_error,
     normalize_llm_url,
 )
+from pytest_gemdirect.names import slug
+from pytest_gemdirect.net import RESET, classify_connection_error
 from pytest_gemdirect.schemas_io import load_schema
 from pytest_gemdirect.sim.faults import FaultPlan
 from pytest_gemdirect.sim.llm import DEFAULT_MODEL, LLMSimulator, create_llm_app
@@ -42,7 +43,6 @@ from pytest_gemdirect.story import (
     parse_story_text,
     render_keyframes,
     request_schema,
-    safe_name,
     story_hash,
 )
 
@@ -254,7 +254,7 @@ def test_llm_down_refuses_connections_and_the_app_alone_drops_them(make_sim: Mak
     with ServerThread(create_llm_app(faults=FaultPlan.parse(["llm-down"]))) as server:
         with pytest.raises(requests.ConnectionError) as dropped:
             requests.get(server.url + "/v1/models", timeout=5)
-    assert classify_connection_error(dropped.value) == "connection"
+    assert classify_connection_error(dropped.value) == RESET
 
 
 def test_a_hanging_completion_times_out_and_does_not_delay_stop(make_client: MakeClient) -> None:
@@ -746,12 +746,12 @@ def test_keyframes_refuse_unsafe_scene_ids(tmp_path: Path) -> None:
         ("", "untitled"),
     ],
 )
-def test_safe_name(text: str, expected: str) -> None:
-    assert safe_name(text) == expected
+def test_slug(text: str, expected: str) -> None:
+    assert slug(text) == expected
 
 
-def test_safe_name_bounds_and_never_empty() -> None:
-    assert len(safe_name("a" * 500)) == 64
+def test_slug_bounds_and_never_empty() -> None:
+    assert len(slug("a" * 500)) == 64
     for text in ("..", " . ", "日本語", "/", "\\\\"):
-        name = safe_name(text)
+        name = slug(text)
         assert name.startswith("untitled-") and "/" not in name and ".." not in name

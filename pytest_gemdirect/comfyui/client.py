@@ -9,23 +9,21 @@ waiting for its deadline.
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import json
 import mimetypes
 import time
 import weakref
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import requests
 
+from pytest_gemdirect import net
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.net import excerpt
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
-_REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows)
-_RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, 10053, 10054}  # WSAECONNABORTED/RESET
 _CHUNK = 256 * 1024
 _MIN_TIMEOUT_S = 0.001
 
@@ -155,64 +153,6 @@ def describe_rejection(body: Any) -> tuple[str, list[str]]:
     return head, lines
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo:
-        item = todo.pop()
-        if any(item is s for s in seen):
-            continue
-        seen.append(item)
-        for nxt in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return seen
-
-
-def classify_connection_error(exc: BaseException) -> str:
-    """``refused``, ``reset``, ``timeout``, ``dns`` or ``connection`` for a requests/urllib3/socket error."""
-    chain = _chain(exc)
-    names = {type(e).__name__ for e in chain}
-    for item in chain:
-        if isinstance(item, ConnectionRefusedError) or (
-            isinstance(item, OSError) and item.errno in _REFUSED_ERRNOS
-        ):
-            return "refused"
-    text = " ".join(str(e) for e in chain).lower()
-    if "connection refused" in text or "actively refused" in text:
-        return "refused"
-    for item in chain:
-        if isinstance(item, ConnectionResetError | ConnectionAbortedError | BrokenPipeError) or (
-            isinstance(item, OSError) and item.errno in _RESET_ERRNOS
-        ):
-            return "reset"
-    if names & {"RemoteDisconnected", "ProtocolError"} or "connection aborted" in text:
-        return "reset"
-    if names & {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "timeout"}:
-        return "timeout"
-    if any(isinstance(e, TimeoutError) for e in chain):
-        return "timeout"
-    if "NameResolutionError" in names or "getaddrinfo failed" in text or "name or service not known" in text:
-        return "dns"
-    return "connection"
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _excerpt(raw: bytes, limit: int = 300) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def queue_item(item: Any) -> dict[str, Any]:
     """A /queue item ``[number, prompt_id, prompt, extra_data, outputs]`` without the (large) prompt."""
     if not isinstance(item, list | tuple) or len(item) < 2:
@@ -236,19 +176,14 @@ class ComfyClient:
     """Blocking ComfyUI HTTP client; one pooled ``requests`` session, closed by :meth:`close` or GC."""
 
     def __init__(self, base_url: str, *, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
-        url = base_url.strip()
-        if "://" not in url:
-            url = "http://" + url
-        self.base_url = url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"ComfyUI URL {base_url!r} is not an http(s)://host:port URL")
+        try:
+            self.base_url = net.server_url(base_url)
+        except ValueError as exc:
+            raise ValueError(f"ComfyUI URL {base_url!r}: {exc}") from None
         if request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be positive")
         self.request_timeout_s = float(request_timeout_s)
-        self._session = requests.Session()
-        self._session.trust_env = not _is_loopback(parts.hostname)
-        self._session.headers["Accept"] = "application/json"
+        self._session = net.json_session(self.base_url)
         self._finalizer = weakref.finalize(self, self._session.close)
 
     def __repr__(self) -> str:
@@ -328,16 +263,16 @@ class ComfyClient:
             except ComfyError:
                 raise
             except requests.exceptions.RequestException as exc:
-                kind = classify_connection_error(exc)
+                kind = net.classify_connection_error(exc)
                 took = time.monotonic() - started
-                if kind == "refused":
+                if kind == net.REFUSED:
                     raise ServerGone(
                         f"{route}: connection refused at {self.base_url};"
                         " ComfyUI is not running there (any more)",
                         route=route,
                         url=url,
                     ) from None
-                if kind == "reset":
+                if kind == net.RESET:
                     if attempt + 1 < tries:
                         continue  # a pooled keep-alive socket closed under us: one fresh try
                     raise ServerGone(
@@ -346,7 +281,7 @@ class ComfyClient:
                         route=route,
                         url=url,
                     ) from None
-                if kind == "timeout":
+                if kind == net.TIMEOUT:
                     raise ComfyTimeout(
                         f"{route} to {url}: no answer {self._timeout_text(deadline, timeout)}"
                         f" (waited {took:.1f} s)",
@@ -363,16 +298,16 @@ class ComfyClient:
             return json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise ComfyError(
-                f"{route} at {self.base_url} answered HTTP {status} that is not JSON: {_excerpt(body)!r}",
+                f"{route} at {self.base_url} answered HTTP {status} that is not JSON: {excerpt(body)!r}",
                 route=route,
                 url=self.base_url + path,
                 status=status,
-                body=_excerpt(body),
+                body=excerpt(body),
                 kind="bad_response",
             ) from None
 
     def _http_error(self, status: int, body: bytes, route: str, path: str, what: str = "") -> ComfyHTTPError:
-        text = _excerpt(body)
+        text = excerpt(body)
         detail = f": {text}" if text else " (empty body)"
         return ComfyHTTPError(
             f"{route} at {self.base_url} answered HTTP {status}{what}{detail}",
@@ -510,7 +445,7 @@ class ComfyClient:
             try:
                 data = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                data = {"error": _excerpt(body)}
+                data = {"error": excerpt(body)}
             head, lines = describe_rejection(data)
             message = f"ComfyUI rejected the prompt (HTTP 400): {head}"
             if lines:
@@ -522,15 +457,14 @@ class ComfyClient:
                 node_messages=lines,
                 route=route,
                 url=self.base_url + "/prompt",
-                body=_excerpt(body, 2000),
+                body=excerpt(body, 2000),
             )
         if status != 200:
             raise self._http_error(status, body, route, "/prompt")
         answer = self._json(status, body, route, "/prompt")
         if not isinstance(answer, dict) or not answer.get("prompt_id"):
             raise ComfyError(
-                f"POST /prompt at {self.base_url} answered {_excerpt(body)!r},"
-                " expected {prompt_id, number}",
+                f"POST /prompt at {self.base_url} answered {excerpt(body)!r}, expected {{prompt_id, number}}",
                 kind="bad_response",
             )
         return {
@@ -612,7 +546,6 @@ __all__ = [
     "OutputMissing",
     "PromptRejected",
     "ServerGone",
-    "classify_connection_error",
     "describe_rejection",
     "node_sort_key",
     "queue_item",

@@ -8,12 +8,12 @@ a :class:`~pytest_gemdirect.comfyui.state.JobState` and returns text or plain da
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from pytest_gemdirect.comfyui.outputs import list_outputs
 from pytest_gemdirect.comfyui.state import JobState
+from pytest_gemdirect.net import one_line
 from pytest_gemdirect.policy import QueuePolicy
 
 HISTORY_LATE_NOTE_S = 0.5  # history this long after executing{node: null} (sent once it is stored)
@@ -33,11 +33,6 @@ def secs(value: float | None) -> str:
     if value is None:
         return "? s"
     return f"{value:.2f} s" if abs(value) < 10 else f"{value:.1f} s"
-
-
-def one_line(text: Any, limit: int = 240) -> str:
-    flat = re.sub(r"\s+", " ", str(text or "")).strip()
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------------------------------- what was seen
@@ -280,7 +275,6 @@ __all__ = [
     "grace_text",
     "job_notes",
     "messages_text",
-    "one_line",
     "polls_text",
     "post_deadline_text",
     "progress_text",

@@ -14,7 +14,6 @@ from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejec
 from pytest_gemdirect.comfyui.events import JobEvents
 from pytest_gemdirect.comfyui.evidence import (
     evidence,
-    one_line,
     server_error_fields,
     server_failure_text,
     server_gone_text,
@@ -22,6 +21,7 @@ from pytest_gemdirect.comfyui.evidence import (
 from pytest_gemdirect.comfyui.polling import Poller
 from pytest_gemdirect.comfyui.state import JobState
 from pytest_gemdirect.comfyui.websocket_feed import WebSocketFeed
+from pytest_gemdirect.net import one_line
 from pytest_gemdirect.policy import QueuePolicy
 
 KINDS = (

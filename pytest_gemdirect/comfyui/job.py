@@ -43,7 +43,6 @@ from pytest_gemdirect.comfyui.client import (
     ComfyError,
     PromptRejected,
     ServerGone,
-    classify_connection_error,
 )
 from pytest_gemdirect.comfyui.events import EventSink, JobEvents
 from pytest_gemdirect.comfyui.evidence import (
@@ -51,7 +50,6 @@ from pytest_gemdirect.comfyui.evidence import (
     deadline_text,
     grace_text,
     job_notes,
-    one_line,
     post_deadline_text,
     unfinished_status_text,
 )
@@ -62,6 +60,7 @@ from pytest_gemdirect.comfyui.polling import Poller
 from pytest_gemdirect.comfyui.state import Incident, JobState, is_final, needed_nodes, outputs_to_execute
 from pytest_gemdirect.comfyui.websocket_feed import WebSocketFeed
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.net import REFUSED, classify_connection_error, one_line
 from pytest_gemdirect.policy import POLICY_NAMES, QueuePolicy, flag_of
 
 ProgressSink = Callable[[int, int], None]
@@ -214,7 +213,7 @@ class _Job:
         try:
             self.feed.connect(url, self.deadline.timeout(cap=self.client.request_timeout_s))
         except (OSError, websocket.WebSocketException) as exc:
-            if classify_connection_error(exc) == "refused":
+            if classify_connection_error(exc) == REFUSED:
                 raise self.end.fail(
                     "server_gone",
                     f"the ComfyUI server at {self.client.base_url} refused the WebSocket connection"

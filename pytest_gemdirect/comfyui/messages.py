@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gemdirect.comfyui.evidence import one_line
 from pytest_gemdirect.comfyui.outputs import list_outputs
 from pytest_gemdirect.comfyui.state import JobState
+from pytest_gemdirect.net import one_line
 
 FAILURES = ("execution_error", "execution_interrupted")
 

@@ -27,6 +27,7 @@ from pytest_gemdirect.comfyui.client import (
     node_sort_key,
 )
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.rundir import atomic_write_bytes
 
 # SaveImage/PreviewImage and the animated/video saves use "images" (with "animated": [true]);
@@ -34,11 +35,6 @@ from pytest_gemdirect.rundir import atomic_write_bytes
 OUTPUT_KEYS = ("images", "gifs", "videos")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".apng")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
-MAX_NAME = 180
-_WINDOWS_RESERVED = re.compile(
-    r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE
-)
-_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -178,22 +174,6 @@ def list_outputs(history_entry: Mapping[str, Any] | None, *, include_temp: bool 
     return found
 
 
-def safe_name(name: str) -> str:
-    """One path component from an untrusted name: no separators, ``..``, drives, NUL or device names."""
-    cleaned = _BAD_CHARS.sub("_", str(name)).strip(" .")
-    if not cleaned or cleaned in (".", ".."):
-        cleaned = "unnamed"
-    if _WINDOWS_RESERVED.match(cleaned):
-        cleaned = "_" + cleaned
-    if len(cleaned) > MAX_NAME:
-        stem, dot, suffix = cleaned.rpartition(".")
-        if dot and 0 < len(suffix) <= 10:
-            cleaned = stem[: MAX_NAME - len(suffix) - 1] + "." + suffix
-        else:
-            cleaned = cleaned[:MAX_NAME]
-    return cleaned
-
-
 def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Path:
     """Where a server-named file goes: always inside ``dest_dir``.
 
@@ -210,13 +190,13 @@ def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Pat
             part = part[2:]
         if part in ("", ".", ".."):
             continue
-        parts.append(safe_name(part))
+        parts.append(safe_file_name(part))
     base = re.split(r"[\\/]+", str(filename))[-1]
     if _DRIVE.match(base):
         base = base[2:]
     if base.strip(" .") in ("", ".."):
         raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: no file name is left")
-    target = root.joinpath(*parts, safe_name(base))
+    target = root.joinpath(*parts, safe_file_name(base))
     resolved_root = root.resolve()
     resolved = target.resolve()
     if resolved != resolved_root and resolved_root not in resolved.parents:
@@ -408,6 +388,5 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "download_outputs",
     "list_outputs",
-    "safe_name",
     "safe_output_path",
 ]

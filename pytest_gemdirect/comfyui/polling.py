@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, ServerGone
-from pytest_gemdirect.comfyui.evidence import answer_text, cleanup_text, one_line
+from pytest_gemdirect.comfyui.evidence import answer_text, cleanup_text
 from pytest_gemdirect.comfyui.state import JobState, is_final
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.net import one_line
 
 CLEANUP_BUDGET_S = 5.0  # interrupt + dequeue + queue snapshot after a deadline, at most
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import websocket
 
-from pytest_gemdirect.comfyui.evidence import one_line, secs
+from pytest_gemdirect.comfyui.evidence import secs
+from pytest_gemdirect.net import one_line
 
 WS_CLOSE_TIMEOUT_S = 0.5
 
