@@ -3,8 +3,8 @@
 Every failure is one :class:`LLMError` whose message says what happened (connection refused,
 DNS or URL error, timeout, HTTP error with status and body excerpt, non-JSON answer, ...), at
 which URL, and which setting to change (``--llm-url``, ``--llm-model``, ``--llm-timeout``,
-``--llm-api-key``). The API key is sent as a bearer token and never appears in a message, a repr
-or a log line. Nothing here imports pytest.
+``--llm-api-key``, ``--max-response-mb``). The API key is sent as a bearer token and never
+appears in a message, a repr or a log line. Nothing here imports pytest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import requests
 from pytest_gemdirect import net
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import classify_connection_error, excerpt, innermost, redact_url
+from pytest_gemdirect.policy import flag_of
 
 log = logging.getLogger("pytest_gemdirect.llm")
 
@@ -30,6 +31,7 @@ URL_SETTING = "--llm-url"
 MODEL_SETTING = "--llm-model"
 TIMEOUT_SETTING = "--llm-timeout"
 KEY_SETTING = "--llm-api-key"
+MAX_RESPONSE_SETTING = "--max-response-mb"
 
 #: LLMError kinds and how a message names them.
 KINDS: dict[str, str] = {
@@ -42,10 +44,10 @@ KINDS: dict[str, str] = {
     "non_json": "non-JSON answer",
     net.OTHER: "connection error",
     "bad_response": "unexpected answer",
+    "too_large": "answer too large",
     "model_not_found": "model not listed",
     "no_models": "no models listed",
 }
-MAX_BODY_BYTES = 16 * 1024 * 1024
 HEALTH_PROMPT = "Reply with the single word OK."
 
 
@@ -170,13 +172,25 @@ class HealthResult:
 
 # ---------------------------------------------------------------------------------------- client
 class LLMClient:
-    """Talks to one OpenAI-compatible server. ``timeout_s`` bounds every single request."""
+    """Talks to one OpenAI-compatible server. ``timeout_s`` bounds every single request, body
+    included (however slowly it comes); an answer over ``max_body_bytes`` fails (kind
+    ``too_large``, setting ``--max-response-mb``)."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_body_bytes: int = net.DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
         self.endpoints = normalize_llm_url(url)
         if not timeout_s > 0:
             raise ValueError("timeout_s must be above 0")
+        if not max_body_bytes > 0:
+            raise ValueError("max_body_bytes must be above 0")
         self.timeout_s = float(timeout_s)
+        self.max_body_bytes = int(max_body_bytes)
         self.__api_key = api_key or None
         self._session = net.json_session(self.endpoints.base)
         # Pooled sockets are closed even when nobody calls close() (no ResourceWarning at GC).
@@ -293,19 +307,18 @@ class LLMClient:
     def _error(self, kind: str, message: str, url: str, setting: str = URL_SETTING, **extra: Any) -> LLMError:
         return LLMError(kind, self._redact(message), redact_url(url), setting, **extra)
 
-    def _timeout_for(self, deadline: Deadline | None) -> tuple[float, str]:
-        """Seconds this request may take, and the setting that bounds it."""
-        timeout, setting = self.timeout_s, TIMEOUT_SETTING
-        if deadline is not None and deadline.remaining() < timeout:
-            timeout = deadline.remaining()
-            if deadline.setting:
-                setting = "--" + deadline.setting.replace("_", "-")
-        return timeout, setting
+    def _budget(self, deadline: Deadline | None) -> tuple[Deadline, str]:
+        """The deadline this request lives under (``timeout_s`` or the caller's, whichever ends
+        first) and the flag of the setting that bounds it."""
+        own = Deadline(self.timeout_s, setting="llm_timeout")
+        budget = own.sooner(deadline)
+        return budget, flag_of(budget.setting) if budget.setting else TIMEOUT_SETTING
 
     def _request(
         self, method: str, url: str, *, json_body: Any = None, deadline: Deadline | None = None
     ) -> tuple[Any, float]:
-        timeout, timeout_setting = self._timeout_for(deadline)
+        budget, timeout_setting = self._budget(deadline)
+        timeout = budget.remaining()
         route = f"{method} {urlsplit(url).path}"
         if timeout <= 0:
             raise self._error(
@@ -317,11 +330,15 @@ class LLMClient:
                 method, url, json=json_body, timeout=(timeout, timeout), stream=True, allow_redirects=False
             )
             try:
-                raw = self._read_body(response, started, timeout, route, url, timeout_setting)
+                raw = net.read_body(
+                    response, budget, max_bytes=self.max_body_bytes, read_cap_s=self.timeout_s
+                )
             finally:
                 response.close()
-        except LLMError:
-            raise
+        except net.BodyTooLarge as exc:
+            raise self._error("too_large", f"{route}: {exc}", url, MAX_RESPONSE_SETTING) from None
+        except net.BodyTooSlow as exc:
+            raise self._timeout_error(route, url, timeout, timeout_setting, exc.received) from None
         except (
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
@@ -334,41 +351,33 @@ class LLMClient:
             raise self._connection_error(exc, route, url, timeout, timeout_setting) from None
         latency = time.monotonic() - started
         log.debug("%s -> HTTP %s in %.3f s", route, response.status_code, latency)
+        return self._decode(response, raw, route, url), latency
+
+    def _decode(self, response: requests.Response, raw: bytes, route: str, url: str) -> Any:
+        """The JSON of a 2xx answer; an LLMError naming the status, or saying it is not JSON."""
         status = response.status_code
-        ctype = response.headers.get("Content-Type", "")
         text = raw.decode("utf-8", errors="replace")
         if status >= 300:
             raise self._http_error(status, text, response.headers.get("Location"), route, url)
         try:
-            data = json.loads(raw.decode("utf-8"))
+            return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            kind = ctype.split(";")[0].strip() or "no content type"
+            ctype = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
             raise self._error(
                 "non_json",
-                f"{route} answered HTTP {status} ({kind}), not JSON: {excerpt(text)!r};"
+                f"{route} answered HTTP {status} ({ctype}), not JSON: {excerpt(text)!r};"
                 " is this URL an OpenAI-compatible server?",
                 url,
             ) from None
-        return data, latency
 
-    def _read_body(
-        self, response: requests.Response, started: float, timeout: float, route: str, url: str, setting: str
-    ) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise self._error("bad_response", f"{route}: the answer exceeds {MAX_BODY_BYTES} bytes", url)
-            if time.monotonic() - started > timeout:
-                raise self._timeout_error(route, url, timeout, setting)
-        return b"".join(chunks)
-
-    def _timeout_error(self, route: str, url: str, timeout: float, setting: str) -> LLMError:
+    def _timeout_error(
+        self, route: str, url: str, timeout: float, setting: str, received: int | None = None
+    ) -> LLMError:
+        arrived = f"; {received} bytes of the answer had arrived" if received else ""
         return self._error(
             "timeout",
-            f"{route}: no complete answer within {timeout:.3g} s (raise it if the model is only slow)",
+            f"{route}: no complete answer within {timeout:.3g} s"
+            f" (raise it if the model is only slow){arrived}",
             url,
             setting,
         )

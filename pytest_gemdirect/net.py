@@ -1,5 +1,6 @@
 """What both HTTP clients (ComfyUI, the LLM) share: naming a connection error, server URLs,
-sessions that keep loopback traffic off proxies, and short printable excerpts of untrusted text.
+sessions that keep loopback traffic off proxies, reading an answer's body within its deadline
+and size cap, and short printable excerpts of untrusted text.
 
 One vocabulary of connection errors (:data:`CONNECTION_KINDS`) is used by every client and by
 whoever decides on retries (``story._FATAL_KINDS``): ``connection_refused`` (nothing listens),
@@ -17,6 +18,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3.exceptions
+
+from pytest_gemdirect.deadline import Deadline
 
 REFUSED = "connection_refused"
 RESET = "connection_reset"
@@ -32,6 +36,10 @@ _TIMEOUT_NAMES = {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "Con
 _DNS_TEXTS = ("name or service not known", "getaddrinfo failed", "nodename nor servname")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 EXCERPT_CHARS = 300
+MIB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 64 * MIB
+MAX_RESPONSE_SETTING = "max_response_mb"
+READ_CHUNK = 16 * 1024  # a read returns as soon as any bytes are there, at most this many
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -139,6 +147,92 @@ def json_session(base_url: str) -> requests.Session:
     return session
 
 
+# ---------------------------------------------------------------------------------------- bodies
+def cap_text(max_bytes: int) -> str:
+    """The size cap in the words of its setting: ``64 MiB (max_response_mb, --max-response-mb)``."""
+    size = f"{max_bytes / MIB:g} MiB" if max_bytes >= MIB else f"{max_bytes} bytes"
+    return f"{size} ({MAX_RESPONSE_SETTING}, --max-response-mb)"
+
+
+class BodyTooLarge(Exception):
+    """An answer larger than the size cap; ``declared`` is its Content-Length when it sent one."""
+
+    def __init__(self, max_bytes: int, received: int, declared: int | None) -> None:
+        self.max_bytes = max_bytes
+        self.received = received
+        self.declared = declared
+        size = f"declares {declared} bytes" if declared is not None else f"ran past {received} bytes"
+        super().__init__(f"the answer {size}, more than the cap of {cap_text(max_bytes)}")
+
+
+class BodyTooSlow(Exception):
+    """The deadline passed while the body was still arriving; ``received`` bytes had come."""
+
+    def __init__(self, deadline: Deadline, received: int) -> None:
+        self.deadline = deadline
+        self.received = received
+        bound = f" ({deadline.setting} = {deadline.seconds:g} s)" if deadline.setting else ""
+        super().__init__(
+            f"the body was still arriving when the deadline of {deadline.seconds:g} s{bound} passed"
+            f" ({received} bytes received)"
+        )
+
+
+def _declared_length(response: requests.Response) -> int | None:
+    try:
+        return int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """The socket timeout of the next read (urllib3 keeps the connection on the raw response)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
+def _read_some(raw: Any) -> bytes:
+    """What is there now, up to READ_CHUNK (urllib3 2); small blocking reads with urllib3 1."""
+    read1 = getattr(raw, "read1", None)
+    data = read1(READ_CHUNK) if read1 is not None else raw.read(1024)
+    return bytes(data or b"")
+
+
+def read_body(response: requests.Response, deadline: Deadline, *, max_bytes: int, read_cap_s: float) -> bytes:
+    """The whole body of a ``stream=True`` response, ended at ``deadline`` however slowly it comes.
+
+    Every read returns as soon as some bytes are there (at most :data:`READ_CHUNK`), with a
+    socket timeout of what is left of the deadline (at most ``read_cap_s``), and the deadline is
+    checked after each: a body trickling in a byte at a time ends at the deadline, not when a
+    large buffer fills. More than ``max_bytes`` raises :class:`BodyTooLarge` (before reading
+    when Content-Length says so); the deadline passing raises :class:`BodyTooSlow`. Other
+    failures of the connection are raised as ``requests.ConnectionError`` for the caller to name.
+    """
+    declared = _declared_length(response)
+    if declared is not None and declared > max_bytes:
+        raise BodyTooLarge(max_bytes, 0, declared)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        timeout = deadline.timeout(cap=read_cap_s)
+        if timeout <= 0:
+            raise BodyTooSlow(deadline, size)
+        _set_read_timeout(response, timeout)
+        try:
+            chunk = _read_some(response.raw)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if deadline.expired():
+                raise BodyTooSlow(deadline, size) from None
+            raise requests.ConnectionError(exc) from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(max_bytes, size, declared)
+        chunks.append(chunk)
+
+
 # ---------------------------------------------------------------------------------------- untrusted text
 def visible(text: str) -> str:
     """Control characters (but newline and tab) shown as ``\\x1b`` escapes, so a terminal or a
@@ -162,6 +256,12 @@ def one_line(text: Any, limit: int = 240) -> str:
 
 __all__ = [
     "CONNECTION_KINDS",
+    "DEFAULT_MAX_BODY_BYTES",
+    "MAX_RESPONSE_SETTING",
+    "BodyTooLarge",
+    "BodyTooSlow",
+    "cap_text",
+    "read_body",
     "DNS",
     "OTHER",
     "REFUSED",

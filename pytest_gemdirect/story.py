@@ -38,7 +38,8 @@ FORMS: tuple[str, ...] = ("json_schema", "json_object", "plain")
 MODES: tuple[str, ...] = ("auto", "llm", "fallback")
 MAX_SCENES = 99
 MAX_TOKENS_CAP = 32768
-_FATAL_KINDS = (net.REFUSED, net.DNS, "invalid_url", "model_not_found", "no_models")
+# Not worth a retry: nothing listens, no such host, a bad URL or model, or an answer over the size cap.
+_FATAL_KINDS = (net.REFUSED, net.DNS, "invalid_url", "model_not_found", "no_models", "too_large")
 _FORM_WORDS = re.compile(r"response_format|json_schema|json_object|\bschema\b|grammar", re.IGNORECASE)
 
 SYSTEM_PROMPT = (

@@ -233,6 +233,7 @@ class _Job:
         s = self.state
         self.events.start_clock()
         self.feed.last_activity = s.t_post  # silence is counted from the moment there is a prompt
+        s.last_alive = s.t_post
         self.events.emit("post_prompt", prompt_id=s.prompt_id, client_id=s.client_id)
         try:
             answer = self.client.queue_prompt(
@@ -285,6 +286,10 @@ class _Job:
                 text = deadline_text(s, self.policy, end.ws_text())
                 raise end.fail("scene_max_wait", text, setting="scene_max_wait", cleanup=True)
             if self.grace is not None and self.grace.expired():
+                # The deciding look: one more poll exactly when the grace ends, then the verdict.
+                result = self.poll(final_look=True)
+                if result is not None:
+                    return result
                 text = grace_text(s, self.policy, end.ws_text())
                 raise end.fail("completion_grace", text, setting="completion_grace", cleanup=True)
             now = time.monotonic()
@@ -381,7 +386,7 @@ class _Job:
             raise self.end.server_failure(effect.failure, effect.data, effect.t)
 
     def activity(self) -> None:
-        self.feed.last_activity = time.monotonic()
+        self.feed.last_activity = self.state.last_alive = time.monotonic()
         if not self.feed.silent:
             return
         self.feed.silent = False
@@ -393,19 +398,25 @@ class _Job:
             self.next_poll = None
         self.events.emit("ws_resumed")
 
-    def completed(self, signal: str) -> None:
+    def completed(self, signal: str, *, since: float | None = None) -> None:
+        """Completion seen; the grace for the history entry counts from ``since`` (monotonic) or now."""
         s = self.state
         if s.completion is not None:
             return
         s.completion = signal
         s.completed_s = s.s()
-        self.grace = Deadline(self.policy.completion_grace_s, setting="completion_grace")
+        self.grace = Deadline(self.policy.completion_grace_s, setting="completion_grace", start=since)
         self.events.emit("completion", signal=signal)
 
     # ------------------------------------------------------------------ polling
-    def poll(self) -> JobResult | None:
+    def poll(self, *, final_look: bool = False) -> JobResult | None:
+        """One look at /history (and /queue while no completion was seen).
+
+        ``final_look`` is the poll made when the grace has just ended: its budget is a short
+        fresh one within the scene deadline, and it decides nothing but success.
+        """
         s, p = self.state, self.policy
-        budget = self.deadline.sooner(self.grace)
+        budget = self.deadline.sooner(self.poller.cleanup_budget() if final_look else self.grace)
         where = None
         try:
             outcome = self.poller.history(budget)
@@ -420,8 +431,11 @@ class _Job:
             if where == "running" and s.started_s is None:
                 s.started_s = s.s()
             elif where == "absent":
-                self.completed("left /queue without a /history entry")
+                # Gone since the last sign of life: the grace counts from then, not from this poll.
+                self.completed("left /queue without a /history entry", since=s.last_alive)
         self.events.emit("poll", attempt=s.polls, history=outcome.answer, queue=where)
+        if final_look:
+            return None
         if s.completion is not None or where == "unknown":
             s.empty_polls += 1
             if s.empty_polls >= p.history_max_attempts:

@@ -9,6 +9,7 @@ client's. A refused or reset connection propagates as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,10 +74,10 @@ class Poller:
         except ComfyError:
             return "unknown"
         pid = self.state.prompt_id
-        if any(i.get("prompt_id") == pid for i in queue["running"]):
-            return "running"
-        if any(i.get("prompt_id") == pid for i in queue["pending"]):
-            return "pending"
+        for where in ("running", "pending"):
+            if any(i.get("prompt_id") == pid for i in queue[where]):
+                self.state.last_alive = time.monotonic()  # still there: the grace counts from here on
+                return where
         return "absent"
 
     def cleanup_budget(self) -> Deadline:

@@ -55,6 +55,7 @@ class JobState:
     last_answer: str | None = None
     last_poll_s: float | None = None
     queue_where: str | None = None
+    last_alive: float | None = None  # monotonic: the last sign the prompt was queued or running
     incidents: list[Incident] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     server_error: dict[str, Any] | None = None
