@@ -20,10 +20,12 @@ class Deadline:
     loop can outlive the budget its setting gives it.
     """
 
-    def __init__(self, seconds: float, *, setting: str | None = None) -> None:
+    def __init__(self, seconds: float, *, setting: str | None = None, start: float | None = None) -> None:
+        """``start`` (a ``time.monotonic()`` value) counts the budget from an earlier moment than now,
+        e.g. from the last sign of life of what is awaited."""
         self.seconds = float(seconds)
         self.setting = setting
-        self.started = time.monotonic()
+        self.started = time.monotonic() if start is None else float(start)
         self.expires = self.started + self.seconds
 
     def remaining(self) -> float:

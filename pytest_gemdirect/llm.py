@@ -3,28 +3,27 @@
 Every failure is one :class:`LLMError` whose message says what happened (connection refused,
 DNS or URL error, timeout, HTTP error with status and body excerpt, non-JSON answer, ...), at
 which URL, and which setting to change (``--llm-url``, ``--llm-model``, ``--llm-timeout``,
-``--llm-api-key``). The API key is sent as a bearer token and never appears in a message, a repr
-or a log line. Nothing here imports pytest.
+``--llm-api-key``, ``--max-response-mb``). The API key is sent as a bearer token and never
+appears in a message, a repr or a log line. Nothing here imports pytest.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import json
 import logging
-import re
-import socket
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 
+from pytest_gemdirect import net
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.net import classify_connection_error, excerpt, innermost, redact_url
+from pytest_gemdirect.policy import flag_of
 
 log = logging.getLogger("pytest_gemdirect.llm")
 
@@ -32,24 +31,24 @@ URL_SETTING = "--llm-url"
 MODEL_SETTING = "--llm-model"
 TIMEOUT_SETTING = "--llm-timeout"
 KEY_SETTING = "--llm-api-key"
+MAX_RESPONSE_SETTING = "--max-response-mb"
 
 #: LLMError kinds and how a message names them.
 KINDS: dict[str, str] = {
-    "connection_refused": "connection refused",
-    "dns": "DNS lookup failed",
+    net.REFUSED: "connection refused",
+    net.RESET: "connection reset",
+    net.DNS: "DNS lookup failed",
     "invalid_url": "invalid URL",
-    "timeout": "timeout",
+    net.TIMEOUT: "timeout",
     "http": "HTTP error",
     "non_json": "non-JSON answer",
-    "connection": "connection error",
+    net.OTHER: "connection error",
     "bad_response": "unexpected answer",
+    "too_large": "answer too large",
     "model_not_found": "model not listed",
     "no_models": "no models listed",
 }
-EXCERPT_CHARS = 300
-MAX_BODY_BYTES = 16 * 1024 * 1024
 HEALTH_PROMPT = "Reply with the single word OK."
-_REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows)
 
 
 class LLMError(Exception):
@@ -116,34 +115,14 @@ def normalize_llm_url(url: str) -> LLMEndpoints:
     A path prefix (a reverse proxy, ``http://host/lmstudio/v1``) is kept. Raises LLMError
     (kind ``invalid_url``, setting ``--llm-url``) for anything that is not an http(s) URL.
     """
-    text = (url or "").strip()
-    if text and "://" not in text:
-        text = "http://" + text
     try:
-        parts = urlsplit(text)
-        port = parts.port  # raises ValueError for a bad port
+        base = net.server_url(url)
     except ValueError as exc:
-        raise LLMError(
-            "invalid_url", f"cannot parse the URL ({exc})", redact_url(url or ""), URL_SETTING
-        ) from None
-    shown = redact_url(url or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise LLMError(
-            "invalid_url",
-            "expected an http:// or https:// URL such as http://127.0.0.1:1234",
-            shown or "(empty)",
-            URL_SETTING,
-        )
-    if parts.query or parts.fragment:
-        raise LLMError("invalid_url", "the URL must not carry a query or a fragment", shown, URL_SETTING)
-    if port == 0:
-        raise LLMError("invalid_url", "port 0 is not a server port", shown, URL_SETTING)
-    path = re.sub(r"/+$", "", parts.path)
+        raise LLMError("invalid_url", str(exc), redact_url(url or "") or "(empty)", URL_SETTING) from None
     for suffix in _V1_SUFFIXES:
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
             break
-    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
     return LLMEndpoints(
         base=base,
         v1=base + "/v1",
@@ -151,29 +130,6 @@ def normalize_llm_url(url: str) -> LLMEndpoints:
         chat=base + "/v1/chat/completions",
         lmstudio_models=base + "/api/v0/models",
     )
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, "***@" + host, parts.path, parts.query, parts.fragment))
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -216,20 +172,29 @@ class HealthResult:
 
 # ---------------------------------------------------------------------------------------- client
 class LLMClient:
-    """Talks to one OpenAI-compatible server. ``timeout_s`` bounds every single request."""
+    """Talks to one OpenAI-compatible server. ``timeout_s`` bounds every single request, body
+    included (however slowly it comes); an answer over ``max_body_bytes`` fails (kind
+    ``too_large``, setting ``--max-response-mb``)."""
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_body_bytes: int = net.DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
         self.endpoints = normalize_llm_url(url)
         if not timeout_s > 0:
             raise ValueError("timeout_s must be above 0")
+        if not max_body_bytes > 0:
+            raise ValueError("max_body_bytes must be above 0")
         self.timeout_s = float(timeout_s)
+        self.max_body_bytes = int(max_body_bytes)
         self.__api_key = api_key or None
-        self._session = requests.Session()
+        self._session = net.json_session(self.endpoints.base)
         # Pooled sockets are closed even when nobody calls close() (no ResourceWarning at GC).
         self._finalizer = weakref.finalize(self, self._session.close)
-        # A local server must not be reached through an HTTP(S)_PROXY from the environment.
-        self._session.trust_env = not _is_loopback(urlsplit(self.endpoints.base).hostname)
-        self._session.headers["Accept"] = "application/json"
         if self.__api_key:
             self._session.headers["Authorization"] = f"Bearer {self.__api_key}"
 
@@ -281,8 +246,9 @@ class LLMClient:
         (or does not list ``model``)."""
         items = self.lmstudio_models(deadline=deadline)
         for item in items or ():
-            if item.get("id") == model and isinstance(item.get("state"), str):
-                return item["state"]
+            state = item.get("state")
+            if item.get("id") == model and isinstance(state, str):
+                return state
         return None
 
     def chat(
@@ -341,19 +307,18 @@ class LLMClient:
     def _error(self, kind: str, message: str, url: str, setting: str = URL_SETTING, **extra: Any) -> LLMError:
         return LLMError(kind, self._redact(message), redact_url(url), setting, **extra)
 
-    def _timeout_for(self, deadline: Deadline | None) -> tuple[float, str]:
-        """Seconds this request may take, and the setting that bounds it."""
-        timeout, setting = self.timeout_s, TIMEOUT_SETTING
-        if deadline is not None and deadline.remaining() < timeout:
-            timeout = deadline.remaining()
-            if deadline.setting:
-                setting = "--" + deadline.setting.replace("_", "-")
-        return timeout, setting
+    def _budget(self, deadline: Deadline | None) -> tuple[Deadline, str]:
+        """The deadline this request lives under (``timeout_s`` or the caller's, whichever ends
+        first) and the flag of the setting that bounds it."""
+        own = Deadline(self.timeout_s, setting="llm_timeout")
+        budget = own.sooner(deadline)
+        return budget, flag_of(budget.setting) if budget.setting else TIMEOUT_SETTING
 
     def _request(
         self, method: str, url: str, *, json_body: Any = None, deadline: Deadline | None = None
     ) -> tuple[Any, float]:
-        timeout, timeout_setting = self._timeout_for(deadline)
+        budget, timeout_setting = self._budget(deadline)
+        timeout = budget.remaining()
         route = f"{method} {urlsplit(url).path}"
         if timeout <= 0:
             raise self._error(
@@ -365,11 +330,15 @@ class LLMClient:
                 method, url, json=json_body, timeout=(timeout, timeout), stream=True, allow_redirects=False
             )
             try:
-                raw = self._read_body(response, started, timeout, route, url, timeout_setting)
+                raw = net.read_body(
+                    response, budget, max_bytes=self.max_body_bytes, read_cap_s=self.timeout_s
+                )
             finally:
                 response.close()
-        except LLMError:
-            raise
+        except net.BodyTooLarge as exc:
+            raise self._error("too_large", f"{route}: {exc}", url, MAX_RESPONSE_SETTING) from None
+        except net.BodyTooSlow as exc:
+            raise self._timeout_error(route, url, timeout, timeout_setting, exc.received) from None
         except (
             requests.exceptions.InvalidURL,
             requests.exceptions.MissingSchema,
@@ -382,41 +351,33 @@ class LLMClient:
             raise self._connection_error(exc, route, url, timeout, timeout_setting) from None
         latency = time.monotonic() - started
         log.debug("%s -> HTTP %s in %.3f s", route, response.status_code, latency)
+        return self._decode(response, raw, route, url), latency
+
+    def _decode(self, response: requests.Response, raw: bytes, route: str, url: str) -> Any:
+        """The JSON of a 2xx answer; an LLMError naming the status, or saying it is not JSON."""
         status = response.status_code
-        ctype = response.headers.get("Content-Type", "")
         text = raw.decode("utf-8", errors="replace")
         if status >= 300:
             raise self._http_error(status, text, response.headers.get("Location"), route, url)
         try:
-            data = json.loads(raw.decode("utf-8"))
+            return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            kind = ctype.split(";")[0].strip() or "no content type"
+            ctype = response.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
             raise self._error(
                 "non_json",
-                f"{route} answered HTTP {status} ({kind}), not JSON: {_excerpt(text)!r};"
+                f"{route} answered HTTP {status} ({ctype}), not JSON: {excerpt(text)!r};"
                 " is this URL an OpenAI-compatible server?",
                 url,
             ) from None
-        return data, latency
 
-    def _read_body(
-        self, response: requests.Response, started: float, timeout: float, route: str, url: str, setting: str
-    ) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise self._error("bad_response", f"{route}: the answer exceeds {MAX_BODY_BYTES} bytes", url)
-            if time.monotonic() - started > timeout:
-                raise self._timeout_error(route, url, timeout, setting)
-        return b"".join(chunks)
-
-    def _timeout_error(self, route: str, url: str, timeout: float, setting: str) -> LLMError:
+    def _timeout_error(
+        self, route: str, url: str, timeout: float, setting: str, received: int | None = None
+    ) -> LLMError:
+        arrived = f"; {received} bytes of the answer had arrived" if received else ""
         return self._error(
             "timeout",
-            f"{route}: no complete answer within {timeout:.3g} s (raise it if the model is only slow)",
+            f"{route}: no complete answer within {timeout:.3g} s"
+            f" (raise it if the model is only slow){arrived}",
             url,
             setting,
         )
@@ -428,17 +389,17 @@ class LLMClient:
         host = urlsplit(url).hostname or "?"
         port = urlsplit(url).port
         where = f"{host}:{port}" if port else host
-        if kind == "timeout":
+        if kind == net.TIMEOUT:
             return self._timeout_error(route, url, timeout, timeout_setting)
-        if kind == "connection_refused":
+        if kind == net.REFUSED:
             message = (
                 f"{route}: nothing listens on {where}; start the LLM server"
                 " (LM Studio: `lms server start`) or fix the URL"
             )
-        elif kind == "dns":
+        elif kind == net.DNS:
             message = f"{route}: cannot resolve the host name {host!r}"
         else:
-            message = f"{route}: {type(_innermost(exc)).__name__}: {_innermost(exc)}"
+            message = f"{route}: {type(innermost(exc)).__name__}: {innermost(exc)}"
         return self._error(kind, message, url)
 
     def _http_error(self, status: int, text: str, location: str | None, route: str, url: str) -> LLMError:
@@ -451,15 +412,10 @@ class LLMClient:
             "model_not_found" in text or "invalid model" in lowered or "not found" in lowered
         ):
             setting = MODEL_SETTING
-        message = f"{route} answered HTTP {status}: {_excerpt(detail)!r}"
+        message = f"{route} answered HTTP {status}: {excerpt(detail)!r}"
         if 300 <= status < 400:
             message += f"; redirected to {redact_url(location or '?')} (set the setting to that URL)"
-        return self._error("http", message, url, setting, status=status, body=self._redact(_excerpt(text)))
-
-
-def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    text = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "?", text).strip()
-    return text if len(text) <= limit else text[:limit] + "..."
+        return self._error("http", message, url, setting, status=status, body=self._redact(excerpt(text)))
 
 
 def _error_message(text: str) -> str:
@@ -470,58 +426,15 @@ def _error_message(text: str) -> str:
         return text
     if isinstance(data, dict):
         error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
+        message = error.get("message") if isinstance(error, dict) else None
+        if isinstance(message, str):
+            return message
         if isinstance(error, str):
             return error
-        if isinstance(data.get("message"), str):
-            return data["message"]
+        message = data.get("message")
+        if isinstance(message, str):
+            return message
     return text
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and everything it wraps (causes, contexts, urllib3 ``reason``, args)."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo:
-        item = todo.pop()
-        if any(item is s for s in seen):
-            continue
-        seen.append(item)
-        for nxt in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return seen
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    return _chain(exc)[-1]
-
-
-def classify_connection_error(exc: BaseException) -> str:
-    """``connection_refused``, ``dns``, ``timeout`` or ``connection`` for a requests/urllib3/OS error."""
-    chain = _chain(exc)
-    names = {type(e).__name__ for e in chain}
-    for item in chain:
-        if isinstance(item, ConnectionRefusedError) or (
-            isinstance(item, OSError) and item.errno in _REFUSED_ERRNOS
-        ):
-            return "connection_refused"
-    if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in names:
-        return "dns"
-    if any(isinstance(e, (TimeoutError, socket.timeout)) for e in chain) or names & {
-        "ReadTimeoutError",
-        "ConnectTimeoutError",
-        "ReadTimeout",
-        "ConnectTimeout",
-    }:
-        return "timeout"
-    text = " ".join(str(e) for e in chain).lower()
-    if "connection refused" in text or "actively refused" in text:
-        return "connection_refused"
-    if "name or service not known" in text or "getaddrinfo failed" in text or "nodename nor servname" in text:
-        return "dns"
-    return "connection"
 
 
 # ---------------------------------------------------------------------------------------- health
@@ -615,7 +528,7 @@ def check_health(client: LLMClient, *, model: str | None, timeout_s: float) -> H
         list_latency_s=round(list_latency, 4),
         first_latency_s=first.latency_s,
         second_latency_s=second.latency_s,
-        first_reply=_excerpt(first.content, 80),
+        first_reply=excerpt(first.content, 80),
         finish_reason=first.finish_reason,
         notes=notes,
     )

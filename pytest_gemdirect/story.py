@@ -7,7 +7,7 @@
 - :func:`fallback_story` needs no LLM; :func:`make_story` picks between them by mode and records
   why in ``metadata``.
 - :func:`render_keyframes` draws one deterministic PNG per scene from its prompt text.
-- :func:`safe_name` turns untrusted text (LLM titles) into a file-name part.
+- File-name parts from untrusted text (LLM titles) come from :func:`pytest_gemdirect.names.slug`.
 
 Nothing here imports pytest.
 """
@@ -20,7 +20,6 @@ import json
 import re
 import textwrap
 import time
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import jsonschema
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from pytest_gemdirect import net
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.llm import LLMClient, LLMError, pick_chat_model
 from pytest_gemdirect.rundir import atomic_write_bytes
@@ -38,7 +38,8 @@ FORMS: tuple[str, ...] = ("json_schema", "json_object", "plain")
 MODES: tuple[str, ...] = ("auto", "llm", "fallback")
 MAX_SCENES = 99
 MAX_TOKENS_CAP = 32768
-_FATAL_KINDS = ("connection_refused", "dns", "invalid_url", "model_not_found", "no_models")
+# Not worth a retry: nothing listens, no such host, a bad URL or model, or an answer over the size cap.
+_FATAL_KINDS = (net.REFUSED, net.DNS, "invalid_url", "model_not_found", "no_models", "too_large")
 _FORM_WORDS = re.compile(r"response_format|json_schema|json_object|\bschema\b|grammar", re.IGNORECASE)
 
 SYSTEM_PROMPT = (
@@ -719,34 +720,6 @@ def render_keyframes(story: dict[str, Any], out_dir: Path, size: tuple[int, int]
     return paths
 
 
-# ---------------------------------------------------------------------------------------- names
-_RESERVED = {"CON", "PRN", "AUX", "NUL", "CLOCK$", "CONIN$", "CONOUT$"} | {
-    f"{base}{n}" for base in ("COM", "LPT") for n in range(10)
-}
-
-
-def safe_name(text: str, *, max_length: int = 64, default: str = "untitled") -> str:
-    """A file-name part from untrusted text: ASCII letters, digits, ``.``, ``_`` and ``-`` only,
-    no path separators, no ``..``, no leading/trailing dots, no reserved Windows device names,
-    at most ``max_length`` characters; ``default`` (plus a short hash of the text) when nothing
-    is left."""
-    if max_length < 12:
-        raise ValueError("max_length must be at least 12")
-    raw = str(text)
-    ascii_text = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode("ascii")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_text)
-    name = re.sub(r"\.{2,}", ".", name)
-    name = re.sub(r"-{2,}", "-", name).strip(".-_ ")
-    name = name[:max_length].rstrip(".-_ ")
-    if name.split(".")[0].upper() in _RESERVED:
-        name = ("_" + name)[:max_length].rstrip(".-_ ")
-    if not name:
-        if raw.strip():
-            return f"{default}-{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:8]}"
-        return default
-    return name
-
-
 __all__ = [
     "FORMS",
     "StoryError",
@@ -758,7 +731,6 @@ __all__ = [
     "render_keyframes",
     "request_schema",
     "response_format_for",
-    "safe_name",
     "story_hash",
     "story_schema",
 ]

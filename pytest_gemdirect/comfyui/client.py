@@ -2,121 +2,37 @@
 
 Every call takes an optional ``deadline`` (:class:`~pytest_gemdirect.deadline.Deadline`): the
 request timeout is ``deadline.timeout(cap=request_timeout_s)``, never more than what is left,
-and a response body is read only while the deadline lasts. A refused or reset connection raises
+and a response body ends when the deadline does, however slowly it comes (without a deadline,
+the request timeout bounds the whole exchange). An answer over ``max_body_bytes`` (setting
+``max_response_mb``) raises :class:`ResponseTooLarge`. A refused or reset connection raises
 :class:`ServerGone`, so a caller following a job fails at once when the server died instead of
-waiting for its deadline.
+waiting for its deadline. The exchange itself is in ``transport.py``, the errors in ``errors.py``.
 """
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import json
 import mimetypes
-import time
 import weakref
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import requests
-
+from pytest_gemdirect import net
+from pytest_gemdirect.comfyui.errors import (
+    ComfyError,
+    ComfyHTTPError,
+    ComfyTimeout,
+    OutputMissing,
+    PromptRejected,
+    ResponseTooLarge,
+    ServerGone,
+)
+from pytest_gemdirect.comfyui.transport import Transport
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.net import excerpt
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
-_REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows)
-_RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, 10053, 10054}  # WSAECONNABORTED/RESET
-_CHUNK = 256 * 1024
-_MIN_TIMEOUT_S = 0.001
-
-
-class ComfyError(Exception):
-    """A ComfyUI request failed; the message names the route, the URL and what came back.
-
-    ``kind``: ``http`` (unexpected status), ``timeout``, ``connection``, ``bad_response``,
-    ``server_gone``, ``rejected`` (HTTP 400 on /prompt) or ``missing`` (/view 404).
-    """
-
-    kind = "error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        route: str | None = None,
-        url: str | None = None,
-        status: int | None = None,
-        body: str | None = None,
-        kind: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.route = route
-        self.url = url
-        self.status = status
-        self.body = body
-        if kind is not None:
-            self.kind = kind
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class ServerGone(ComfyError):
-    """The server refused or reset the connection: it is not running (any more) at that URL."""
-
-    kind = "server_gone"
-
-
-class ComfyTimeout(ComfyError):
-    """No answer within the request timeout or what was left of the deadline."""
-
-    kind = "timeout"
-
-
-class PromptRejected(ComfyError):
-    """POST /prompt answered HTTP 400: validation failed before anything ran (the WebSocket sees nothing).
-
-    ``error`` and ``node_errors`` are the server's fields; ``node_messages`` one plain line per
-    node error, e.g. ``node 5 (KSampler): Value 0 smaller than min of 1: steps``.
-    """
-
-    kind = "rejected"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: Any = None,
-        node_errors: dict[str, Any] | None = None,
-        node_messages: list[str] | None = None,
-        route: str | None = None,
-        url: str | None = None,
-        status: int | None = 400,
-        body: str | None = None,
-    ) -> None:
-        super().__init__(message, route=route, url=url, status=status, body=body)
-        self.error = error
-        self.node_errors = node_errors or {}
-        self.node_messages = node_messages or []
-
-
-class ComfyHTTPError(ComfyError):
-    """An unexpected HTTP status; ``status`` and ``body`` (an excerpt) say what came back."""
-
-    kind = "http"
-
-
-class OutputMissing(ComfyHTTPError):
-    """/view answered 404: the file history names is not on the server's disk."""
-
-    kind = "missing"
-
-    def __init__(self, message: str, *, filename: str, subfolder: str, type: str, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.filename = filename
-        self.subfolder = subfolder
-        self.type = type
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -155,64 +71,6 @@ def describe_rejection(body: Any) -> tuple[str, list[str]]:
     return head, lines
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException] = [exc]
-    while todo:
-        item = todo.pop()
-        if any(item is s for s in seen):
-            continue
-        seen.append(item)
-        for nxt in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args):
-            if isinstance(nxt, BaseException):
-                todo.append(nxt)
-    return seen
-
-
-def classify_connection_error(exc: BaseException) -> str:
-    """``refused``, ``reset``, ``timeout``, ``dns`` or ``connection`` for a requests/urllib3/socket error."""
-    chain = _chain(exc)
-    names = {type(e).__name__ for e in chain}
-    for item in chain:
-        if isinstance(item, ConnectionRefusedError) or (
-            isinstance(item, OSError) and item.errno in _REFUSED_ERRNOS
-        ):
-            return "refused"
-    text = " ".join(str(e) for e in chain).lower()
-    if "connection refused" in text or "actively refused" in text:
-        return "refused"
-    for item in chain:
-        if isinstance(item, ConnectionResetError | ConnectionAbortedError | BrokenPipeError) or (
-            isinstance(item, OSError) and item.errno in _RESET_ERRNOS
-        ):
-            return "reset"
-    if names & {"RemoteDisconnected", "ProtocolError"} or "connection aborted" in text:
-        return "reset"
-    if names & {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "timeout"}:
-        return "timeout"
-    if any(isinstance(e, TimeoutError) for e in chain):
-        return "timeout"
-    if "NameResolutionError" in names or "getaddrinfo failed" in text or "name or service not known" in text:
-        return "dns"
-    return "connection"
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _excerpt(raw: bytes, limit: int = 300) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 def queue_item(item: Any) -> dict[str, Any]:
     """A /queue item ``[number, prompt_id, prompt, extra_data, outputs]`` without the (large) prompt."""
     if not isinstance(item, list | tuple) or len(item) < 2:
@@ -235,21 +93,23 @@ def _number_key(item: dict[str, Any]) -> tuple[int, float]:
 class ComfyClient:
     """Blocking ComfyUI HTTP client; one pooled ``requests`` session, closed by :meth:`close` or GC."""
 
-    def __init__(self, base_url: str, *, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
-        url = base_url.strip()
-        if "://" not in url:
-            url = "http://" + url
-        self.base_url = url.rstrip("/")
-        parts = urlsplit(self.base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"ComfyUI URL {base_url!r} is not an http(s)://host:port URL")
-        if request_timeout_s <= 0:
-            raise ValueError("request_timeout_s must be positive")
-        self.request_timeout_s = float(request_timeout_s)
-        self._session = requests.Session()
-        self._session.trust_env = not _is_loopback(parts.hostname)
-        self._session.headers["Accept"] = "application/json"
-        self._finalizer = weakref.finalize(self, self._session.close)
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        max_body_bytes: int = net.DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        try:
+            self.base_url = net.server_url(base_url)
+        except ValueError as exc:
+            raise ValueError(f"ComfyUI URL {base_url!r}: {exc}") from None
+        self._http = Transport(
+            self.base_url, request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes
+        )
+        self.request_timeout_s = self._http.request_timeout_s
+        self.max_body_bytes = self._http.max_body_bytes
+        self._finalizer = weakref.finalize(self, self._http.session.close)
 
     def __repr__(self) -> str:
         return f"ComfyClient({self.base_url!r})"
@@ -269,137 +129,10 @@ class ComfyClient:
         rest = self.base_url.split("://", 1)[1]
         return f"{scheme}://{rest}/ws?clientId={quote(client_id, safe='')}"
 
-    # ------------------------------------------------------------------ plumbing
-    def _timeout(self, deadline: Deadline | None, route: str, url: str) -> float:
-        if deadline is None:
-            return self.request_timeout_s
-        timeout = deadline.timeout(cap=self.request_timeout_s)
-        if timeout < _MIN_TIMEOUT_S:
-            bound = f" ({deadline.setting} = {deadline.seconds:g} s)" if deadline.setting else ""
-            raise ComfyTimeout(
-                f"{route}: not sent, the deadline of {deadline.seconds:g} s{bound} has passed",
-                route=route,
-                url=url,
-            )
-        return timeout
-
-    def _timeout_text(self, deadline: Deadline | None, timeout: float) -> str:
-        if deadline is not None and timeout < self.request_timeout_s - 1e-6:
-            bound = f" ({deadline.setting} = {deadline.seconds:g} s)" if deadline.setting else ""
-            return f"within the {timeout:.3g} s left of its deadline{bound}"
-        return f"within {timeout:g} s (the client's request timeout)"
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        deadline: Deadline | None = None,
-        retry_reset: bool | None = None,
-        **kwargs: Any,
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """One HTTP exchange; the body is read fully, bounded by the deadline."""
-        route = f"{method} {path.split('?')[0]}"
-        url = self.base_url + path
-        tries = 2 if (retry_reset if retry_reset is not None else method == "GET") else 1
-        for attempt in range(tries):
-            timeout = self._timeout(deadline, route, url)
-            started = time.monotonic()
-            try:
-                response = self._session.request(
-                    method, url, timeout=(timeout, timeout), stream=True, allow_redirects=False, **kwargs
-                )
-                try:
-                    chunks = []
-                    for chunk in response.iter_content(_CHUNK):
-                        chunks.append(chunk)
-                        if deadline is not None and deadline.expired():
-                            raise ComfyTimeout(
-                                f"{route} to {url}: the body was still arriving when the deadline"
-                                f" of {deadline.seconds:g} s passed",
-                                route=route,
-                                url=url,
-                                status=response.status_code,
-                            )
-                    body = b"".join(chunks)
-                finally:
-                    response.close()
-                return response.status_code, body, dict(response.headers)
-            except ComfyError:
-                raise
-            except requests.exceptions.RequestException as exc:
-                kind = classify_connection_error(exc)
-                took = time.monotonic() - started
-                if kind == "refused":
-                    raise ServerGone(
-                        f"{route}: connection refused at {self.base_url};"
-                        " ComfyUI is not running there (any more)",
-                        route=route,
-                        url=url,
-                    ) from None
-                if kind == "reset":
-                    if attempt + 1 < tries:
-                        continue  # a pooled keep-alive socket closed under us: one fresh try
-                    raise ServerGone(
-                        f"{route}: the connection to {self.base_url} was reset or closed without an answer;"
-                        " the ComfyUI server went away",
-                        route=route,
-                        url=url,
-                    ) from None
-                if kind == "timeout":
-                    raise ComfyTimeout(
-                        f"{route} to {url}: no answer {self._timeout_text(deadline, timeout)}"
-                        f" (waited {took:.1f} s)",
-                        route=route,
-                        url=url,
-                    ) from None
-                raise ComfyError(
-                    f"{route} to {url} failed ({kind}): {exc}", route=route, url=url, kind="connection"
-                ) from None
-        raise AssertionError("unreachable")
-
-    def _json(self, status: int, body: bytes, route: str, path: str) -> Any:
-        try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise ComfyError(
-                f"{route} at {self.base_url} answered HTTP {status} that is not JSON: {_excerpt(body)!r}",
-                route=route,
-                url=self.base_url + path,
-                status=status,
-                body=_excerpt(body),
-                kind="bad_response",
-            ) from None
-
-    def _http_error(self, status: int, body: bytes, route: str, path: str, what: str = "") -> ComfyHTTPError:
-        text = _excerpt(body)
-        detail = f": {text}" if text else " (empty body)"
-        return ComfyHTTPError(
-            f"{route} at {self.base_url} answered HTTP {status}{what}{detail}",
-            route=route,
-            url=self.base_url + path,
-            status=status,
-            body=text,
-            kind="http",
-        )
-
-    def _get_json(self, path: str, deadline: Deadline | None) -> Any:
-        status, body, _ = self._send("GET", path, deadline=deadline)
-        route = f"GET {path.split('?')[0]}"
-        if status != 200:
-            raise self._http_error(status, body, route, path)
-        return self._json(status, body, route, path)
-
-    def _post_ok(self, path: str, payload: Any, deadline: Deadline | None) -> None:
-        kwargs: dict[str, Any] = {} if payload is None else {"json": payload}
-        status, body, _ = self._send("POST", path, deadline=deadline, retry_reset=True, **kwargs)
-        if status != 200:
-            raise self._http_error(status, body, f"POST {path}", path)
-
     # ------------------------------------------------------------------ routes
     def system_stats(self, *, deadline: Deadline | None = None) -> dict[str, Any]:
         """GET /system_stats: ``{system: {comfyui_version, python_version, ...}, devices: [...]}``."""
-        data = self._get_json("/system_stats", deadline)
+        data = self._http.get_json("/system_stats", deadline)
         if not isinstance(data, dict):
             raise ComfyError(
                 f"GET /system_stats at {self.base_url} answered {type(data).__name__}, not an object"
@@ -411,7 +144,7 @@ class ComfyClient:
     ) -> dict[str, Any]:
         """GET /object_info (every node class) or /object_info/<class> (``{}`` for an unknown class)."""
         path = "/object_info" if class_name is None else f"/object_info/{quote(class_name, safe='')}"
-        data = self._get_json(path, deadline)
+        data = self._http.get_json(path, deadline)
         if not isinstance(data, dict):
             raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not an object")
         return data
@@ -419,8 +152,8 @@ class ComfyClient:
     def models(self, folder: str, *, deadline: Deadline | None = None) -> list[str]:
         """GET /models/<folder> (e.g. ``checkpoints``): the model file names the server sees."""
         path = f"/models/{quote(folder, safe='')}"
-        status, body, _ = self._send("GET", path, deadline=deadline)
-        if status == 404:
+        answer = self._http.send("GET", path, deadline=deadline)
+        if answer.status == 404:
             raise ComfyHTTPError(
                 f"GET {path} at {self.base_url} answered 404: ComfyUI has no model folder {folder!r}",
                 route=f"GET {path}",
@@ -428,9 +161,9 @@ class ComfyClient:
                 status=404,
                 kind="http",
             )
-        if status != 200:
-            raise self._http_error(status, body, f"GET {path}", path)
-        data = self._json(status, body, f"GET {path}", path)
+        if answer.status != 200:
+            raise self._http.http_error(answer, f"GET {path}", path)
+        data = self._http.json(answer, f"GET {path}", path)
         if not isinstance(data, list):
             raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not a list")
         return [str(x) for x in data]
@@ -459,7 +192,7 @@ class ComfyClient:
         fields = {"type": "input", "subfolder": subfolder}
         if overwrite:
             fields["overwrite"] = "true"
-        status, body, _ = self._send(
+        reply = self._http.send(
             "POST",
             "/upload/image",
             deadline=deadline,
@@ -467,14 +200,14 @@ class ComfyClient:
             files={"image": (upload_name, data, content_type)},
             data=fields,
         )
-        if status != 200:
+        if reply.status != 200:
             why = (
                 " (ComfyUI answers 400 for a subfolder outside its input folder or a missing image)"
-                if status == 400
+                if reply.status == 400
                 else ""
             )
-            raise self._http_error(status, body, "POST /upload/image", "/upload/image", f" for {source}{why}")
-        answer = self._json(status, body, "POST /upload/image", "/upload/image")
+            raise self._http.http_error(reply, "POST /upload/image", "/upload/image", f" for {source}{why}")
+        answer = self._http.json(reply, "POST /upload/image", "/upload/image")
         if not isinstance(answer, dict) or not answer.get("name"):
             raise ComfyError(
                 f"POST /upload/image at {self.base_url} answered {answer!r},"
@@ -505,12 +238,13 @@ class ComfyClient:
             payload["prompt_id"] = prompt_id
         route = "POST /prompt"
         # Never re-sent on a reset: a second POST could queue the prompt twice.
-        status, body, _ = self._send("POST", "/prompt", deadline=deadline, retry_reset=False, json=payload)
+        sent = self._http.send("POST", "/prompt", deadline=deadline, retry_reset=False, json=payload)
+        status, body = sent.status, sent.body
         if status == 400:
             try:
                 data = json.loads(body.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                data = {"error": _excerpt(body)}
+                data = {"error": excerpt(body)}
             head, lines = describe_rejection(data)
             message = f"ComfyUI rejected the prompt (HTTP 400): {head}"
             if lines:
@@ -522,15 +256,14 @@ class ComfyClient:
                 node_messages=lines,
                 route=route,
                 url=self.base_url + "/prompt",
-                body=_excerpt(body, 2000),
+                body=excerpt(body, 2000),
             )
         if status != 200:
-            raise self._http_error(status, body, route, "/prompt")
-        answer = self._json(status, body, route, "/prompt")
+            raise self._http.http_error(sent, route, "/prompt")
+        answer = self._http.json(sent, route, "/prompt")
         if not isinstance(answer, dict) or not answer.get("prompt_id"):
             raise ComfyError(
-                f"POST /prompt at {self.base_url} answered {_excerpt(body)!r},"
-                " expected {prompt_id, number}",
+                f"POST /prompt at {self.base_url} answered {excerpt(body)!r}, expected {{prompt_id, number}}",
                 kind="bad_response",
             )
         return {
@@ -542,7 +275,7 @@ class ComfyClient:
     def history(self, prompt_id: str, *, deadline: Deadline | None = None) -> dict[str, Any] | None:
         """GET /history/<id>: the entry ``{prompt, outputs, status, meta}``, or None while there is none."""
         path = f"/history/{quote(prompt_id, safe='')}"
-        data = self._get_json(path, deadline)
+        data = self._http.get_json(path, deadline)
         if not isinstance(data, dict):
             raise ComfyError(f"GET {path} at {self.base_url} answered {type(data).__name__}, not an object")
         entry = data.get(prompt_id)
@@ -553,7 +286,7 @@ class ComfyClient:
 
         Items are ``{number, prompt_id, client_id, outputs_to_execute}`` (the prompt is left out).
         """
-        data = self._get_json("/queue", deadline)
+        data = self._http.get_json("/queue", deadline)
         if not isinstance(data, dict):
             raise ComfyError(f"GET /queue at {self.base_url} answered {type(data).__name__}, not an object")
         running = [queue_item(i) for i in data.get("queue_running") or []]
@@ -565,17 +298,17 @@ class ComfyClient:
 
         ComfyUI honours it at the next node start or progress tick, not at once.
         """
-        self._post_ok("/interrupt", {"prompt_id": prompt_id} if prompt_id else None, deadline)
+        self._http.post_ok("/interrupt", {"prompt_id": prompt_id} if prompt_id else None, deadline)
 
     def delete_from_queue(self, prompt_ids: list[str], *, deadline: Deadline | None = None) -> None:
         """POST /queue {"delete": ids}: removes pending prompts (a running one is not affected)."""
-        self._post_ok("/queue", {"delete": list(prompt_ids)}, deadline)
+        self._http.post_ok("/queue", {"delete": list(prompt_ids)}, deadline)
 
     def free(
         self, *, unload_models: bool = False, free_memory: bool = True, deadline: Deadline | None = None
     ) -> None:
         """POST /free: unload models and/or free memory (takes effect before the next prompt)."""
-        self._post_ok("/free", {"unload_models": unload_models, "free_memory": free_memory}, deadline)
+        self._http.post_ok("/free", {"unload_models": unload_models, "free_memory": free_memory}, deadline)
 
     def view(
         self, filename: str, subfolder: str = "", type: str = "output", *, deadline: Deadline | None = None
@@ -584,7 +317,8 @@ class ComfyClient:
         params = {"filename": filename, "subfolder": subfolder, "type": type}
         path = "/view"
         where = f"{subfolder}/{filename}" if subfolder else filename
-        status, body, _ = self._send("GET", path, deadline=deadline, params=params)
+        answer = self._http.send("GET", path, deadline=deadline, params=params)
+        status, body = answer.status, answer.body
         if status == 404:
             raise OutputMissing(
                 f"GET /view at {self.base_url}: ComfyUI has no file {where} (type {type}): HTTP 404",
@@ -600,19 +334,19 @@ class ComfyClient:
                 400: " (a name with '..' or a leading '/', or a bad type)",
                 403: " (a subfolder outside ComfyUI's folder)",
             }.get(status, "")
-            raise self._http_error(status, body, "GET /view", path, f" for {where} (type {type}){why}")
+            raise self._http.http_error(answer, "GET /view", path, f" for {where} (type {type}){why}")
         return body
 
 
 __all__ = [
     "ComfyClient",
+    "ResponseTooLarge",
     "ComfyError",
     "ComfyHTTPError",
     "ComfyTimeout",
     "OutputMissing",
     "PromptRejected",
     "ServerGone",
-    "classify_connection_error",
     "describe_rejection",
     "node_sort_key",
     "queue_item",

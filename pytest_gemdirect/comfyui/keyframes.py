@@ -14,10 +14,11 @@ from typing import Any
 from PIL import Image
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
-from pytest_gemdirect.comfyui.job import JobPolicy, run_job
+from pytest_gemdirect.comfyui.job import run_job
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.comfyui.workflow import KeyframePatch, Workflow, patch_keyframe_workflow
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.policy import QueuePolicy
 from pytest_gemdirect.rundir import atomic_write_bytes
 from pytest_gemdirect.story import png_bytes
 
@@ -43,7 +44,7 @@ def draw_keyframe(
     patch: KeyframePatch,
     dest: Path,
     *,
-    policy: JobPolicy,
+    policy: QueuePolicy,
     outputs_dir: Path,
     deadline: Deadline,
     on_event: Callable[[dict[str, Any]], None] | None = None,

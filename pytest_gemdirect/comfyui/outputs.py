@@ -12,7 +12,7 @@ import io
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from pytest_gemdirect.comfyui.client import (
     node_sort_key,
 )
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.rundir import atomic_write_bytes
 
 # SaveImage/PreviewImage and the animated/video saves use "images" (with "animated": [true]);
@@ -34,11 +35,6 @@ from pytest_gemdirect.rundir import atomic_write_bytes
 OUTPUT_KEYS = ("images", "gifs", "videos")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".apng")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
-MAX_NAME = 180
-_WINDOWS_RESERVED = re.compile(
-    r"^(con|prn|aux|nul|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE
-)
-_BAD_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -178,22 +174,6 @@ def list_outputs(history_entry: Mapping[str, Any] | None, *, include_temp: bool 
     return found
 
 
-def safe_name(name: str) -> str:
-    """One path component from an untrusted name: no separators, ``..``, drives, NUL or device names."""
-    cleaned = _BAD_CHARS.sub("_", str(name)).strip(" .")
-    if not cleaned or cleaned in (".", ".."):
-        cleaned = "unnamed"
-    if _WINDOWS_RESERVED.match(cleaned):
-        cleaned = "_" + cleaned
-    if len(cleaned) > MAX_NAME:
-        stem, dot, suffix = cleaned.rpartition(".")
-        if dot and 0 < len(suffix) <= 10:
-            cleaned = stem[: MAX_NAME - len(suffix) - 1] + "." + suffix
-        else:
-            cleaned = cleaned[:MAX_NAME]
-    return cleaned
-
-
 def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Path:
     """Where a server-named file goes: always inside ``dest_dir``.
 
@@ -210,13 +190,13 @@ def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Pat
             part = part[2:]
         if part in ("", ".", ".."):
             continue
-        parts.append(safe_name(part))
+        parts.append(safe_file_name(part))
     base = re.split(r"[\\/]+", str(filename))[-1]
     if _DRIVE.match(base):
         base = base[2:]
     if base.strip(" .") in ("", ".."):
         raise UnsafeOutputName(f"refusing output name {subfolder!r}/{filename!r}: no file name is left")
-    target = root.joinpath(*parts, safe_name(base))
+    target = root.joinpath(*parts, safe_file_name(base))
     resolved_root = root.resolve()
     resolved = target.resolve()
     if resolved != resolved_root and resolved_root not in resolved.parents:
@@ -251,6 +231,103 @@ def _names(items: Iterable[str]) -> str:
     return ", ".join(items)
 
 
+def _local_path(dest: Path, output: OutputFile, index: int, used: set[str]) -> Path:
+    """A flat, safe, not yet used path in ``dest`` for one output (raises UnsafeOutputName)."""
+    path = safe_output_path(dest, "", output.filename)
+    key = os.path.normcase(str(path))
+    if key in used:  # the same name from two subfolders or nodes: keep both
+        path = safe_output_path(dest, "", f"node{output.node_id}-{index}-{path.name}")
+        key = os.path.normcase(str(path))
+    used.add(key)
+    return path
+
+
+def _checked_file(path: Path, data: bytes, output: OutputFile) -> DownloadedFile:
+    """Save ``data`` at ``path`` and describe it; raises UndecodableOutput for a broken image."""
+    where = output.where()
+    atomic_write_bytes(path, data)
+    suffix = path.suffix.lower()
+    decoded, fmt = True, None
+    if suffix in VIDEO_SUFFIXES:
+        frames, width, height, flat = 1, None, None, False  # no video decoder here: one file
+        decoded = False
+    else:
+        try:
+            frames, width, height, flat, fmt = _inspect(data, where)
+        except UndecodableOutput:
+            if suffix in IMAGE_SUFFIXES:
+                raise
+            frames, width, height, flat, decoded = 1, None, None, False, False  # not an image format
+    return DownloadedFile(
+        path=str(path),
+        node_id=output.node_id,
+        source=where,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        frames=frames,
+        width=width,
+        height=height,
+        flat=flat,
+        filename=output.filename,
+        subfolder=output.subfolder,
+        type=output.type,
+        animated=output.animated or frames > 1,
+        format=fmt,
+        decoded=decoded,
+    )
+
+
+@dataclass
+class _Problems:
+    """What went wrong while downloading, gathered so that the error names every file."""
+
+    missing: list[str] = field(default_factory=list)
+    undecodable: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    stopped: str | None = None
+    not_fetched: list[str] = field(default_factory=list)
+    server_gone: bool = False
+
+    def any(self) -> bool:
+        return bool(self.missing or self.undecodable or self.failed or self.stopped)
+
+    def error(self, total: int, files: list[DownloadedFile], server: str, dest: Path) -> OutputDownloadError:
+        clauses = []
+        if self.missing:
+            missing = _names(self.missing)
+            clauses.append(
+                f"{len(self.missing)} listed in /history but missing from /view (HTTP 404): {missing}"
+            )
+        if self.undecodable:
+            clauses.append(
+                f"{len(self.undecodable)} do not decode as images: "
+                + _names(f"{name} ({why})" for name, why in self.undecodable)
+            )
+        if self.failed:
+            clauses.append(
+                f"{len(self.failed)} could not be fetched: "
+                + _names(f"{n} ({why})" for n, why in self.failed)
+            )
+        if self.stopped:
+            clauses.append(
+                f"stopped: {self.stopped}; {len(self.not_fetched)} not fetched: {_names(self.not_fetched)}"
+            )
+        bad = len(self.missing) + len(self.undecodable) + len(self.failed) + len(self.not_fetched)
+        message = (
+            f"{bad} of {total} output files could not be retrieved through /view from {server}: "
+            + "; ".join(clauses)
+            + f"; {len(files)} saved in {dest}"
+        )
+        return OutputDownloadError(
+            message,
+            missing=self.missing,
+            undecodable=self.undecodable,
+            failed=self.failed,
+            downloaded=files,
+            server_gone=self.server_gone,
+        )
+
+
 def download_outputs(
     client: ComfyClient,
     outputs: Iterable[OutputFile | Mapping[str, Any]],
@@ -268,102 +345,35 @@ def download_outputs(
     dest.mkdir(parents=True, exist_ok=True)
     wanted = [OutputFile.coerce(o) for o in outputs]
     files: list[DownloadedFile] = []
-    missing: list[str] = []
-    undecodable: list[tuple[str, str]] = []
-    failed: list[tuple[str, str]] = []
+    problems = _Problems()
     used: set[str] = set()
-    stopped: str | None = None
-    not_fetched: list[str] = []
-    server_gone = False
     for index, output in enumerate(wanted):
         where = output.where()
         try:
-            path = safe_output_path(dest, "", output.filename)
+            path = _local_path(dest, output, index, used)
         except UnsafeOutputName as exc:
-            failed.append((where, str(exc)))
+            problems.failed.append((where, str(exc)))
             continue
-        key = os.path.normcase(str(path))
-        if key in used:  # the same name from two subfolders or nodes: keep both
-            path = safe_output_path(dest, "", f"node{output.node_id}-{index}-{path.name}")
-            key = os.path.normcase(str(path))
-        used.add(key)
         try:
             data = client.view(output.filename, output.subfolder, output.type, deadline=deadline)
         except OutputMissing:
-            missing.append(where)
+            problems.missing.append(where)
             continue
         except (ServerGone, ComfyTimeout) as exc:
-            server_gone = isinstance(exc, ServerGone)
-            stopped = str(exc)
-            not_fetched = [o.where() for o in wanted[index:]]
+            problems.server_gone = isinstance(exc, ServerGone)
+            problems.stopped = str(exc)
+            problems.not_fetched = [o.where() for o in wanted[index:]]
             break
         except ComfyError as exc:
-            failed.append((where, str(exc)))
+            problems.failed.append((where, str(exc)))
             continue
-        atomic_write_bytes(path, data)
-        suffix = path.suffix.lower()
-        decoded, fmt = True, None
-        if suffix in VIDEO_SUFFIXES:
-            frames, width, height, flat = 1, None, None, False  # no video decoder here: one file
-            decoded = False
-        else:
-            try:
-                frames, width, height, flat, fmt = _inspect(data, where)
-            except UndecodableOutput as exc:
-                if suffix in IMAGE_SUFFIXES:
-                    undecodable.append((where, str(exc).split(": ", 1)[-1]))
-                    continue
-                frames, width, height, flat, decoded = 1, None, None, False, False  # not an image format
-        files.append(
-            DownloadedFile(
-                path=str(path),
-                node_id=output.node_id,
-                source=where,
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                frames=frames,
-                width=width,
-                height=height,
-                flat=flat,
-                filename=output.filename,
-                subfolder=output.subfolder,
-                type=output.type,
-                animated=output.animated or frames > 1,
-                format=fmt,
-                decoded=decoded,
-            )
-        )
-    if not (missing or undecodable or failed or stopped):
+        try:
+            files.append(_checked_file(path, data, output))
+        except UndecodableOutput as exc:
+            problems.undecodable.append((where, str(exc).split(": ", 1)[-1]))
+    if not problems.any():
         return files
-    total = len(wanted)
-    clauses = []
-    if missing:
-        clauses.append(
-            f"{len(missing)} listed in /history but missing from /view (HTTP 404): {_names(missing)}"
-        )
-    if undecodable:
-        clauses.append(
-            f"{len(undecodable)} do not decode as images: "
-            + _names(f"{name} ({why})" for name, why in undecodable)
-        )
-    if failed:
-        clauses.append(f"{len(failed)} could not be fetched: " + _names(f"{n} ({why})" for n, why in failed))
-    if stopped:
-        clauses.append(f"stopped: {stopped}; {len(not_fetched)} not fetched: {_names(not_fetched)}")
-    bad = len(missing) + len(undecodable) + len(failed) + len(not_fetched)
-    message = (
-        f"{bad} of {total} output files could not be retrieved through /view from {client.base_url}: "
-        + "; ".join(clauses)
-        + f"; {len(files)} saved in {dest}"
-    )
-    raise OutputDownloadError(
-        message,
-        missing=missing,
-        undecodable=undecodable,
-        failed=failed,
-        downloaded=files,
-        server_gone=server_gone,
-    )
+    raise problems.error(len(wanted), files, client.base_url, dest)
 
 
 __all__ = [
@@ -378,6 +388,5 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "download_outputs",
     "list_outputs",
-    "safe_name",
     "safe_output_path",
 ]
