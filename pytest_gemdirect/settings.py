@@ -203,6 +203,13 @@ SPECS: tuple[SettingSpec, ...] = (
         secret=True,
         metavar="KEY",
     ),
+    SettingSpec(
+        "max_response_mb",
+        _positive_float,
+        64.0,
+        "megabytes any server's answer may have before it is refused",
+        metavar="MB",
+    ),
     SettingSpec("llm_timeout", _positive_float, 120.0, "seconds an LLM request may take", metavar="S"),
     SettingSpec("llm_seed", int, 42, "seed sent to the LLM and used by the fallback story", metavar="N"),
     SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM", metavar="T"),

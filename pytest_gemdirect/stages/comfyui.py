@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
-from pytest_gemdirect.comfyui.outputs import safe_name
 from pytest_gemdirect.comfyui.workflow import (
     KeyframePatch,
     WorkflowError,
@@ -18,6 +17,7 @@ from pytest_gemdirect.comfyui.workflow import (
     workflow_hash,
 )
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.services import Backend, ServiceError
 from pytest_gemdirect.stages.context import STARTUP_TIMEOUT_S, StageContext
 from pytest_gemdirect.stages.pipeline import StageFailed
@@ -39,7 +39,7 @@ def keyframe_patch(ctx: StageContext, scene_id: str, text: str) -> KeyframePatch
     """How a scene's keyframe graph is filled in (prompt, save prefix, seed, size)."""
     return KeyframePatch(
         text=text,
-        filename_prefix=f"gemdirect/{scene_id}/{safe_name(ctx.run.run_id)}/keyframe",
+        filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/keyframe",
         seed=ctx.settings.llm_seed,
         size=ctx.settings.keyframe_size,
     )
@@ -50,7 +50,7 @@ def start(ctx: StageContext) -> ComfyUIService:
         backend = ctx.services.comfyui()
     except ServiceError as exc:
         raise StageFailed(f"ComfyUI: {exc}") from None
-    client = ComfyClient(backend.url)
+    client = ComfyClient(backend.url, max_body_bytes=ctx.max_body_bytes)
     deadline = Deadline(STARTUP_TIMEOUT_S)
     try:
         stats = client.system_stats(deadline=deadline)

@@ -38,6 +38,11 @@ class StageContext:
     server_gone: str | None = None  # set once ComfyUI died: later scenes are not reached
 
     @property
+    def max_body_bytes(self) -> int:
+        """The cap on any answer read from a server (--max-response-mb)."""
+        return int(self.settings.max_response_mb * 1024 * 1024)
+
+    @property
     def policy(self) -> QueuePolicy:
         return QueuePolicy.from_settings(self.settings.values)
 

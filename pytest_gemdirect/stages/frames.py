@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyError
+from pytest_gemdirect.comfyui.history import trim_history
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.policy import POLICY_NAMES
 from pytest_gemdirect.rundir import atomic_write_json
@@ -43,7 +44,7 @@ def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
     result = generation.result
     assert result is not None, "a generation without a deferred failure has a result"
     history_path = scene_dir / "history.json"
-    atomic_write_json(history_path, result.history)
+    atomic_write_json(history_path, trim_history(result.history))  # what we use, and excerpts of the rest
     started = time.monotonic()
     if result.cached:
         ctx.summary.warn(

@@ -11,10 +11,10 @@ from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
 from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
-from pytest_gemdirect.comfyui.outputs import safe_name
 from pytest_gemdirect.comfyui.workflow import ScenePatch, patch_workflow
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.gpu_sampler import GpuSampler
+from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.stages import keyframe
 from pytest_gemdirect.stages.attempts import Next, after_failure
@@ -107,7 +107,7 @@ def _prepare(
         comfy.workflow,
         ScenePatch(
             image_name=image_name,
-            filename_prefix=f"gemdirect/{scene_id}/{safe_name(ctx.run.run_id)}/frame",
+            filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/frame",
             seed=ctx.settings.llm_seed,
         ),
     )

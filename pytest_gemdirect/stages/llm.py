@@ -24,7 +24,12 @@ def _client(ctx: StageContext) -> LLMClient:
     except ServiceError as exc:
         raise StageFailed(f"LLM: {exc}") from None
     ctx.summary.set_backend("llm", backend.to_dict())
-    return LLMClient(backend.url, api_key=ctx.settings.llm_api_key, timeout_s=ctx.settings.llm_timeout)
+    return LLMClient(
+        backend.url,
+        api_key=ctx.settings.llm_api_key,
+        timeout_s=ctx.settings.llm_timeout,
+        max_body_bytes=ctx.max_body_bytes,
+    )
 
 
 def check(ctx: StageContext) -> LLMHealth:
