@@ -115,6 +115,7 @@ class ClipWriter:
         width, height = self._size
         if (frame.width, frame.height) != self._size:
             frame = frame.reformat(width=width, height=height, interpolation="AREA")
+        self._stamp(frame, self._frames)
         for packet in stream.encode(frame):
             container.mux(packet)
         self._frames += 1
@@ -167,6 +168,11 @@ class ClipWriter:
         stream.options = dict(options)
         return container, stream
 
+    def _stamp(self, frame: av.VideoFrame, index: int) -> None:
+        """Frame ``index`` of a constant-rate clip: its time stamp in units of one frame."""
+        frame.pts = index
+        frame.time_base = 1 / _rate(self.fps)
+
     @staticmethod
     def _finish(container: _Output, stream: av.VideoStream) -> None:
         for packet in stream.encode(None):
@@ -179,8 +185,8 @@ class ClipWriter:
         try:
             container, stream = self._open(again, self._rated, bit_rate)
             with av.open(str(self._tmp)) as source:
-                for frame in source.decode(video=0):
-                    frame.pts = None
+                for index, frame in enumerate(source.decode(video=0)):
+                    self._stamp(frame, index)
                     for packet in stream.encode(frame):
                         container.mux(packet)
             self._finish(container, stream)
