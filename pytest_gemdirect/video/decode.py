@@ -41,6 +41,12 @@ GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 U8 = npt.NDArray[np.uint8]
 
+# What decoders raise on a broken or hostile file (Pillow raises SyntaxError for some broken headers).
+_UNDECODABLE = (
+    av.error.FFmpegError, OSError, ValueError, SyntaxError, EOFError, MemoryError,
+    Image.DecompressionBombError,
+)  # fmt: skip
+
 # What a frame comes out of one file's decoder as, before it is shrunk.
 _Decoded = av.VideoFrame | Image.Image
 
@@ -179,7 +185,7 @@ class ClipReader:
                         index += 1
             except DecodeError:
                 raise
-            except (av.error.FFmpegError, OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+            except _UNDECODABLE as exc:
                 where = f"after {fact.stored} frames: " if fact.stored else ""
                 raise DecodeError(path, f"{where}{type(exc).__name__}: {exc}") from exc
             if fact.stored == 0:
@@ -198,11 +204,13 @@ class ClipReader:
                 w, h = even_size(width, height, self.rgb_width)
                 rgb = decoded.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
         else:
-            image = decoded.convert("RGB")
-            grey = _grey(np.asarray(image.resize(thumb, Image.Resampling.BOX)))
-            if self.rgb_width:
-                w, h = even_size(width, height, self.rgb_width)
-                rgb = np.asarray(image.resize((w, h), Image.Resampling.BOX, reducing_gap=2.0))
+            image = decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+            if self.rgb_width:  # the thumbnail is made from the RGB copy: a quarter of the work
+                image = image.resize(
+                    even_size(width, height, self.rgb_width), Image.Resampling.BOX, reducing_gap=2.0
+                )
+                rgb = np.asarray(image)
+            grey = _grey(np.asarray(image.resize(thumb, Image.Resampling.BOX, reducing_gap=2.0)))
         grey.setflags(write=False)
         if rgb is not None:
             rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
