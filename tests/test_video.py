@@ -81,6 +81,8 @@ def write_pngs(frames: Iterator[np.ndarray] | list[np.ndarray], folder: Path) ->
 def encode(frames: Iterator[np.ndarray] | list[np.ndarray], path: Path, kind: str, fps: int = 8) -> Path:
     """Encode ``frames`` with PyAV into ``path`` as ``kind`` (a key of CONTAINERS)."""
     muxer, codec, pix_fmt, _ = CONTAINERS[kind]
+    if codec not in av.codecs_available:  # older PyAV wheels build FFmpeg without libwebp's animation encoder
+        return pillow_animation(list(frames), path, fps)
     with av.open(str(path), "w", format=muxer) as container:
         stream = container.add_stream(codec, rate=fps)
         first = True

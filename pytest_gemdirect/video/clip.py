@@ -11,6 +11,7 @@ passes). It is written beside the target and renamed over it, so a reader never 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,8 +19,10 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+import av.container
 import numpy as np
 import numpy.typing as npt
+from av.video.stream import VideoStream
 
 from .decode import Frame, even_size
 
@@ -82,8 +85,8 @@ class ClipWriter:
         self.fps = fps
         self.max_width = max_width
         self.budget = budget
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._open_clip: tuple[_Output, av.VideoStream] | None = None
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self._open_clip: tuple[_Output, VideoStream] | None = None
         self._size: tuple[int, int] | None = None
         self._frames = 0
         self._result: WrittenClip | None = None
@@ -152,14 +155,12 @@ class ClipWriter:
             self._open_clip = None
         self._tmp.unlink(missing_ok=True)
 
-    def _open(
-        self, path: Path, options: dict[str, str], bit_rate: int | None
-    ) -> tuple[_Output, av.VideoStream]:
+    def _open(self, path: Path, options: dict[str, str], bit_rate: int | None) -> tuple[_Output, VideoStream]:
         assert self._size is not None
         extra = {"movflags": "+faststart"} if self.format == "mp4" else {}
         container = av.open(str(path), "w", format=self.format, options=extra)
         stream = container.add_stream(self.encoder, rate=_rate(self.fps))
-        assert isinstance(stream, av.VideoStream)
+        assert isinstance(stream, VideoStream)
         stream.width, stream.height = self._size
         stream.pix_fmt = "yuv420p"
         if bit_rate is not None:
@@ -174,7 +175,7 @@ class ClipWriter:
         frame.time_base = 1 / _rate(self.fps)
 
     @staticmethod
-    def _finish(container: _Output, stream: av.VideoStream) -> None:
+    def _finish(container: _Output, stream: VideoStream) -> None:
         for packet in stream.encode(None):
             container.mux(packet)
         container.close()
