@@ -94,6 +94,37 @@ class JobResult:
         return data
 
 
+ABANDON_BUDGET_S = 2.0
+"""How long stopping our prompt may take when the run is cut short (Ctrl-C, SIGTERM, a timeout)."""
+
+
+class ActiveJobs:
+    """The jobs this harness has queued and not yet seen end: what to stop when the run is cut short.
+
+    Thread-safe: pytest-timeout's thread method stops them from its timer thread while the main
+    thread is still following one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[_Job] = []
+
+    def add(self, job: _Job) -> None:
+        with self._lock:
+            self._jobs.append(job)
+
+    def discard(self, job: _Job) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def stop_all(self, reason: str) -> list[dict[str, Any]]:
+        """Interrupt and dequeue every job still at work (ours only); what was done for each."""
+        with self._lock:
+            jobs = list(self._jobs)
+        return [done for job in jobs if (done := job.abandon(reason)) is not None]
+
+
 def run_job(
     client: ComfyClient,
     prompt: dict[str, Any],
@@ -103,14 +134,21 @@ def run_job(
     on_progress: ProgressSink | None = None,
     is_server_alive: Callable[[], bool] | None = None,
     client_id: str | None = None,
+    active: ActiveJobs | None = None,
+    on_abandon: Callable[[dict[str, Any]], None] | None = None,
 ) -> JobResult:
     """Queue ``prompt`` and follow it to its end; raise :class:`JobFailed` otherwise.
 
     ``on_event(dict)`` gets every job event as it happens (WebSocket message types, polls,
     fallbacks, interrupts), small enough for an events.jsonl line; ``on_progress(value, max)``
     gets sampler progress; ``is_server_alive()`` false means the server process died.
+
+    When the run is cut short while the job is at work (KeyboardInterrupt, a pytest-timeout
+    failure, or ``active.stop_all`` from another thread) our prompt is interrupted and removed
+    from the queue within :data:`ABANDON_BUDGET_S`, and ``on_abandon`` gets what was done.
     """
     job = _Job(client, prompt, policy, on_event, on_progress, is_server_alive, client_id)
+    job.active, job.on_abandon = active, on_abandon
     return job.run()
 
 
@@ -187,15 +225,45 @@ class _Job:
         self.next_poll: float | None = None  # polling schedule (fallback, or after completion)
         self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
         self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
+        self.active: ActiveJobs | None = None
+        self.on_abandon: Callable[[dict[str, Any]], None] | None = None
+        self._posted = False  # POST /prompt was sent: the server may hold our prompt
+        self._over = False  # the job reached an end of its own (result, or a failure with clean-up)
+        self._abandon_lock = threading.Lock()
+        self._abandoned: dict[str, Any] | None = None
 
     def run(self) -> JobResult:
+        if self.active is not None:
+            self.active.add(self)
         try:
             self.check_alive()
             self.connect()
             self.post()
-            return self.follow()
+            result = self.follow()
+            self._over = True
+            return result
+        except Exception:
+            self._over = True  # a JobFailed did its own clean-up; a bug must not touch the server
+            raise
+        except BaseException as exc:  # Ctrl-C, SIGTERM, pytest-timeout: the GPU must not run on
+            self.abandon(f"the run was cut short ({type(exc).__name__})")
+            raise
         finally:
+            if self.active is not None:
+                self.active.discard(self)
             self.feed.close()
+
+    def abandon(self, reason: str) -> dict[str, Any] | None:
+        """Interrupt and dequeue our prompt because the run is ending (at most once, any thread)."""
+        with self._abandon_lock:
+            if self._abandoned is not None or self._over or not self._posted:
+                return self._abandoned
+            done = self.poller.stop_own_prompt(Deadline(ABANDON_BUDGET_S))
+            self._abandoned = {"prompt_id": self.state.prompt_id, "reason": reason, **done}
+            self.events.emit("abandoned", reason=reason, cleanup=done["cleanup"])
+        if self.on_abandon is not None:
+            self.on_abandon(self._abandoned)
+        return self._abandoned
 
     def check_alive(self) -> None:
         if self.is_server_alive is None:
@@ -231,6 +299,7 @@ class _Job:
 
     def post(self) -> None:
         s = self.state
+        self._posted = True
         self.events.start_clock()
         self.feed.last_activity = s.t_post  # silence is counted from the moment there is a prompt
         s.last_alive = s.t_post
@@ -468,4 +537,4 @@ class _Job:
         return result
 
 
-__all__ = ["FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]
+__all__ = ["ActiveJobs", "FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]

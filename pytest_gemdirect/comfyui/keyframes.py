@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
-from pytest_gemdirect.comfyui.job import run_job
+from pytest_gemdirect.comfyui.job import ActiveJobs, run_job
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.comfyui.workflow import KeyframePatch, Workflow, patch_keyframe_workflow
 from pytest_gemdirect.deadline import Deadline
@@ -49,13 +49,23 @@ def draw_keyframe(
     deadline: Deadline,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     is_server_alive: Callable[[], bool] | None = None,
+    active: ActiveJobs | None = None,
+    on_abandon: Callable[[dict[str, Any]], None] | None = None,
 ) -> DrawnKeyframe:
     """Queue the patched workflow, follow it, fetch its first image and save it as ``dest`` (PNG, sized).
 
     Raises ``JobFailed`` (from the job) or ``ComfyError`` (download, no image) with the reason.
     """
     prompt = patch_keyframe_workflow(workflow, patch)
-    result = run_job(client, prompt, policy=policy, on_event=on_event, is_server_alive=is_server_alive)
+    result = run_job(
+        client,
+        prompt,
+        policy=policy,
+        on_event=on_event,
+        is_server_alive=is_server_alive,
+        active=active,
+        on_abandon=on_abandon,
+    )
     if not result.outputs:
         raise KeyframeError(f"/history/{result.prompt_id} lists no output image for the keyframe")
     files = download_outputs(client, result.outputs, outputs_dir, deadline=deadline)

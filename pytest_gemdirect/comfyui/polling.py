@@ -102,14 +102,14 @@ class Poller:
             ours = "absent"
         return {"ours": ours, "running": running, "pending": pending[:20], "pending_count": len(pending)}
 
-    def stop_own_prompt(self) -> dict[str, Any]:
+    def stop_own_prompt(self, budget: Deadline | None = None) -> dict[str, Any]:
         """POST /interrupt {prompt_id: ours} and remove ours from the queue; never anyone else's.
 
         The interrupt is left out only when /queue shows another prompt running and not ours
         (a server that ignores ``prompt_id`` would stop that one).
         """
         pid = self.state.prompt_id
-        budget = self.cleanup_budget()
+        budget = budget or self.cleanup_budget()
         queue = self.queue_snapshot(budget)
         ours = (queue or {}).get("ours")
         others_running = bool(queue and queue.get("running") and ours != "running")

@@ -129,7 +129,12 @@ class Stages:
         return figures
 
     def interrupt_running(self, message: str) -> None:
-        """Record every stage still at work as interrupted (the process is about to end)."""
+        """Stop our prompts still queued or running, then record every stage at work as interrupted.
+
+        Called when the process is about to end from another thread (pytest-timeout's thread
+        method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
+        """
+        self.ctx.active_jobs.stop_all(message)
         self.pipeline.interrupt_running(message)
 
     def _suite(self, key: str) -> SuiteResult:

@@ -7,11 +7,12 @@ them imports pytest.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.comfyui.job import ActiveJobs
 from pytest_gemdirect.policy import QueuePolicy
 from pytest_gemdirect.rundir import RunDirectory, append_jsonl
 from pytest_gemdirect.services import Services
@@ -36,6 +37,7 @@ class StageContext:
     suite_cwd: Path
     progress: ProgressSink | None = None
     server_gone: str | None = None  # set once ComfyUI died: later scenes are not reached
+    active_jobs: ActiveJobs = field(default_factory=ActiveJobs)  # what to stop if the run is cut short
 
     @property
     def max_body_bytes(self) -> int:
@@ -45,6 +47,14 @@ class StageContext:
     @property
     def policy(self) -> QueuePolicy:
         return QueuePolicy.from_settings(self.settings.values)
+
+    def abandoned(self, scene_id: str, what: str) -> Callable[[dict[str, Any]], None]:
+        """Records in the summary that a job of the scene was stopped because the run was cut short."""
+
+        def record(done: dict[str, Any]) -> None:
+            self.summary.warn(f"{scene_id}: the run was cut short during its {what}: {done['cleanup']}")
+
+        return record
 
     def event(self, scene_id: str, record: dict[str, Any]) -> None:
         """One line of the scene's events.jsonl, written at once."""

@@ -158,6 +158,8 @@ def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], n
             on_event=lambda event: ctx.event(scene_id, {**event, "scene_attempt": number}),
             on_progress=lambda value, maximum: progress(scene_id, value, maximum) if progress else None,
             is_server_alive=ctx.services.comfyui_alive,
+            active=ctx.active_jobs,
+            on_abandon=ctx.abandoned(scene_id, f"generation (attempt {number})"),
         )
     finally:
         if sampler is not None:

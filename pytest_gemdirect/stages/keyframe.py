@@ -67,4 +67,6 @@ def _draw_once(
         deadline=generation.deadline,
         on_event=lambda event: ctx.event(scene_id, {**event, "keyframe_attempt": number}),
         is_server_alive=ctx.services.comfyui_alive,
+        active=ctx.active_jobs,
+        on_abandon=ctx.abandoned(scene_id, "keyframe drawing"),
     )
