@@ -28,10 +28,12 @@ def _clock(seconds: float) -> str:
 
 
 class ProgressDisplay:
-    """Turns ``(scene, value, max)`` samples into a progress bar (terminal) or occasional lines (CI).
+    """A scene's progress while ComfyUI works on it: a bar on a terminal, occasional lines on CI.
 
-    On a terminal the bar has a line of its own below pytest's progress and is cleared when the
-    scene ends; off a terminal one plain line is written now and then, each on a line of its own.
+    Sampler steps give the bar (step n/N, elapsed, estimated time left, s/step); between steps
+    (a VAE decode can take minutes) the node at work is named. On a terminal the bar has a line
+    of its own below pytest's progress and is cleared when the scene's job ends; off a terminal
+    one plain line is written now and then, each on a line of its own.
     """
 
     def __init__(
@@ -40,38 +42,72 @@ class ProgressDisplay:
         self._write = write
         self._in_place = in_place
         self._clock = clock
-        self._last_plain: float | None = None
         self._scene: str | None = None
-        self._scene_started = 0.0
-        self._first_value = 0
+        self._started = 0.0
+        self._first_value: int | None = None
+        self._steps: tuple[int, int] | None = None  # (value, max) of the last sampler progress
+        self._node: str | None = None
+        self._last_plain: float | None = None
         self._width = 0
 
     def __call__(self, scene_id: str, value: int, maximum: int) -> None:
-        now = self._clock()
+        self._begin(scene_id)
+        if self._first_value is None:
+            self._first_value = value
+        self._steps = (value, maximum)
+        self._show(force=value >= maximum)
+
+    def node(self, scene_id: str, label: str) -> None:
+        """ComfyUI started a node of the scene's graph (``VAEDecode (node 8)``)."""
+        self._begin(scene_id)
+        self._node = visible(label, limit=60)
+        self._show(force=False)
+
+    def done(self, scene_id: str) -> None:
+        """The scene's job ended: the bar's line is cleared (a terminal) or closed (plain lines)."""
         if scene_id != self._scene:
-            self._scene, self._scene_started, self._first_value = scene_id, now, value
-            self._last_plain = None
-            if self._in_place:
-                self._write("\n")  # a line of its own, below pytest's progress line
-        text = self.describe(scene_id, value, maximum, now - self._scene_started)
-        finished = value >= maximum
+            return
+        if self._in_place and self._width:
+            self._write("\r" + " " * self._width + "\r")
+        self._scene = None
+
+    def describe(self, scene_id: str, elapsed: float) -> str:
+        """``scene-001 [#####-----] step 5/20, 0:12 elapsed, ~0:36 left, 2.40 s/step, VAEDecode (node 8)``."""
+        parts = []
+        bar = ""
+        if self._steps is not None:
+            value, maximum = self._steps
+            filled = int(BAR_WIDTH * value / maximum) if maximum > 0 else 0
+            bar = " [" + "#" * filled + "-" * (BAR_WIDTH - filled) + "]"
+            parts.append(f"step {value}/{maximum}")
+        parts.append(f"{_clock(elapsed)} elapsed")
+        if self._steps is not None and self._first_value is not None:
+            value, maximum = self._steps
+            done = value - self._first_value
+            if done > 0:
+                per_step = elapsed / done
+                parts += [f"~{_clock(per_step * max(maximum - value, 0))} left", f"{per_step:.2f} s/step"]
+        if self._node is not None:
+            parts.append(f"running {self._node}")
+        return f"{scene_id}{bar} " + ", ".join(parts)
+
+    def _begin(self, scene_id: str) -> None:
+        if scene_id == self._scene:
+            return
+        self._scene, self._started = scene_id, self._clock()
+        self._first_value, self._steps, self._node, self._last_plain, self._width = None, None, None, None, 0
+        self._write("\n")  # a line of its own, below pytest's progress line
+
+    def _show(self, *, force: bool) -> None:
+        assert self._scene is not None
+        now = self._clock()
+        text = self.describe(self._scene, now - self._started)
         if self._in_place:
             self._width = max(self._width, len(text))
-            self._write("\r" + (" " * self._width if finished else text.ljust(self._width)) + "\r")
-        elif finished or self._last_plain is None or now - self._last_plain >= PLAIN_LINE_EVERY_S:
+            self._write("\r" + text.ljust(self._width))
+        elif force or self._last_plain is None or now - self._last_plain >= PLAIN_LINE_EVERY_S:
             self._last_plain = now
             self._write(text + "\n")
-
-    def describe(self, scene_id: str, value: int, maximum: int, elapsed: float) -> str:
-        """``scene-001 [#####-----] step 5/20, 0:12 elapsed, ~0:36 left, 2.40 s/step``."""
-        steps_done = max(value - self._first_value, 0)
-        per_step = elapsed / steps_done if steps_done else None
-        filled = int(BAR_WIDTH * value / maximum) if maximum > 0 else 0
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        parts = [f"step {value}/{maximum}", f"{_clock(elapsed)} elapsed"]
-        if per_step is not None:
-            parts += [f"~{_clock(per_step * max(maximum - value, 0))} left", f"{per_step:.2f} s/step"]
-        return f"{scene_id} [{bar}] " + ", ".join(parts)
 
 
 class Terminal:

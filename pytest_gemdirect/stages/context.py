@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_gemdirect.comfyui.job import ActiveJobs
 from pytest_gemdirect.policy import QueuePolicy
@@ -19,8 +19,19 @@ from pytest_gemdirect.services import Services
 from pytest_gemdirect.settings import Settings
 from pytest_gemdirect.summary import RunSummary
 
-ProgressSink = Callable[[str, int, int], None]
-"""Called with ``(scene_id, value, max)`` for each sampler progress message."""
+
+class ProgressSink(Protocol):
+    """Where a scene's progress is shown (the terminal's progress display)."""
+
+    def __call__(self, scene_id: str, value: int, maximum: int) -> None:
+        """A sampler progress message: step ``value`` of ``maximum``."""
+
+    def node(self, scene_id: str, label: str) -> None:
+        """ComfyUI started a node of the scene's graph."""
+
+    def done(self, scene_id: str) -> None:
+        """The scene's job ended."""
+
 
 STARTUP_TIMEOUT_S = 30.0
 """The budget of the start-up checks (environment facts, ComfyUI's first answers)."""

@@ -150,18 +150,27 @@ def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], n
     if sampler is not None:
         sampler.start()
     progress = ctx.progress
+
+    def on_event(event: dict[str, Any]) -> None:
+        ctx.event(scene_id, {**event, "scene_attempt": number})
+        node = event.get("node") if event.get("type") == "executing" else None
+        if progress is not None and isinstance(node, str):
+            progress.node(scene_id, f"{prompt.get(node, {}).get('class_type', '?')} (node {node})")
+
     try:
         return run_job(
             generation.client,
             prompt,
             policy=ctx.policy,
-            on_event=lambda event: ctx.event(scene_id, {**event, "scene_attempt": number}),
+            on_event=on_event,
             on_progress=lambda value, maximum: progress(scene_id, value, maximum) if progress else None,
             is_server_alive=ctx.services.comfyui_alive,
             active=ctx.active_jobs,
             on_abandon=ctx.abandoned(scene_id, f"generation (attempt {number})"),
         )
     finally:
+        if progress is not None:
+            progress.done(scene_id)
         if sampler is not None:
             generation.gpu_samples += sampler.stop()
             generation.gpu_note = sampler.note
