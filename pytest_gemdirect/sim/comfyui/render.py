@@ -1,0 +1,54 @@
+"""Pictures for the simulated generations: a moving camera over the keyframe, or a text picture."""
+
+from __future__ import annotations
+
+import hashlib
+
+from PIL import Image, ImageDraw, ImageOps
+
+from pytest_gemdirect.sim.comfyui.values import Latent
+
+
+def render_text_image(text: str, seed: int, width: int, height: int) -> Image.Image:
+    """A text-to-image stand-in: a picture that is a pure function of prompt and seed."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    top, bottom = tuple(digest[0:3]), tuple(digest[3:6])
+    gradient = Image.linear_gradient("L").resize((width, height), Image.Resampling.BICUBIC)
+    image = ImageOps.colorize(gradient, black=top, white=bottom)
+    draw = ImageDraw.Draw(image)
+    for index in range(6):
+        d = hashlib.sha256(digest + bytes([index])).digest()
+        x, y = d[0] * width // 256, d[1] * height // 256
+        r = max(4, min(width, height) * (10 + d[2] % 30) // 100)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(d[3:6]))
+    return image
+
+
+def render_video(latent: Latent) -> list[Image.Image]:
+    width, height, count = max(8, latent.width), max(8, latent.height), max(1, latent.frames)
+    if latent.init_image is None and latent.text is not None:
+        image = render_text_image(latent.text, latent.seed, width, height)
+        return [image] * count
+    if latent.init_image is not None:
+        base = ImageOps.fit(
+            latent.init_image.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR
+        )
+    else:
+        base = Image.new("RGB", (width, height), (96, 96, 96))
+    frames = []
+    radius = max(2, min(width, height) // 40)
+    for k in range(count):
+        t = k / (count - 1) if count > 1 else 0.0
+        zoom = 1.0 + 0.12 * t  # a slow zoom in while panning right
+        box_w, box_h = width / zoom, height / zoom
+        x0 = (width - box_w) * t
+        y0 = (height - box_h) / 2
+        frame = base.resize((width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box_w, y0 + box_h))
+        draw = ImageDraw.Draw(frame)
+        cx = radius * 2 + (width - radius * 4) * t
+        cy = height - radius * 2
+        draw.ellipse(
+            (cx - radius, cy - radius, cx + radius, cy + radius), fill=(255, 255, 255), outline=(0, 0, 0)
+        )
+        frames.append(frame)
+    return frames
