@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from pytest_gemdirect.sim.comfyui.errors import NodeFailure, full_type_name
 from pytest_gemdirect.sim.comfyui.render import render_video
-from pytest_gemdirect.sim.comfyui.values import Latent, Token, describe
+from pytest_gemdirect.sim.comfyui.values import Frames, Latent, Token, describe
 
 if TYPE_CHECKING:
     from pytest_gemdirect.sim.comfyui.execution import Run
@@ -44,9 +44,12 @@ RESAMPLE = {
 }
 
 
-def frames_of(value: Any) -> list[Image.Image]:
-    if isinstance(value, list) and all(isinstance(v, Image.Image) for v in value):
+def frames_of(value: Any) -> Frames:
+    """An IMAGE input as a batch of frames (drawn lazily); anything else fails like a bad tensor."""
+    if isinstance(value, Frames):
         return value
+    if isinstance(value, list) and all(isinstance(v, Image.Image) for v in value):
+        return Frames.of(value)
     raise NodeFailure(f"expected IMAGE, got {describe(value)}", "TypeError")
 
 
@@ -69,7 +72,7 @@ async def _load_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tupl
         images, masks = await run.state.offload(load)
     except OSError as exc:
         raise NodeFailure(str(exc), full_type_name(type(exc))) from None
-    return (images, masks), None
+    return (Frames.of(images), masks), None
 
 
 @register_node("EmptyImage")
@@ -77,7 +80,7 @@ async def _empty_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tup
     color = int(inp.get("color", 0))
     rgb = ((color >> 16) & 255, (color >> 8) & 255, color & 255)
     image = Image.new("RGB", (max(1, int(inp["width"])), max(1, int(inp["height"]))), rgb)
-    return ([image] * max(1, int(inp.get("batch_size", 1))),), None
+    return (Frames.of([image]).repeat(max(1, int(inp.get("batch_size", 1)))),), None
 
 
 @register_node("ImageScale")
@@ -86,44 +89,28 @@ async def _image_scale(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tup
     width, height = int(inp["width"]), int(inp["height"])
     method = RESAMPLE.get(str(inp.get("upscale_method")), Image.Resampling.BILINEAR)
     crop = inp.get("crop") == "center"
+    if width == 0 and height == 0:
+        return (frames,), None
 
-    def scale() -> list[Image.Image]:
-        done: dict[int, Image.Image] = {}
-        out = []
-        for frame in frames:
-            if id(frame) not in done:
-                w, h = width, height
-                if w == 0 and h == 0:
-                    done[id(frame)] = frame
-                else:
-                    if w == 0:
-                        w = max(1, round(frame.width * h / frame.height))
-                    if h == 0:
-                        h = max(1, round(frame.height * w / frame.width))
-                    if crop:
-                        done[id(frame)] = ImageOps.fit(frame, (w, h), method=method)
-                    else:
-                        done[id(frame)] = frame.resize((w, h), method)
-            out.append(done[id(frame)])
-        return out
+    def scale(frame: Image.Image) -> Image.Image:
+        w = width or max(1, round(frame.width * height / frame.height))
+        h = height or max(1, round(frame.height * width / frame.width))
+        if crop:
+            return ImageOps.fit(frame, (w, h), method=method)
+        return frame.resize((w, h), method)
 
-    return (await run.state.offload(scale),), None
+    return (frames.map(scale, (width, height) if width and height else None),), None
 
 
 @register_node("RepeatImageBatch")
 async def _repeat(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    return (frames_of(inp["image"]) * int(inp["amount"]),), None
+    return (frames_of(inp["image"]).repeat(int(inp["amount"])),), None
 
 
 @register_node("ImageInvert")
 async def _invert(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     frames = frames_of(inp["image"])
-
-    def invert() -> list[Image.Image]:
-        done: dict[int, Image.Image] = {}
-        return [done.setdefault(id(f), ImageOps.invert(f.convert("RGB"))) for f in frames]
-
-    return (await run.state.offload(invert),), None
+    return (frames.map(lambda f: ImageOps.invert(f.convert("RGB")), frames.size),), None
 
 
 def _check_checkpoint(run: Run, name: str) -> None:
@@ -214,7 +201,7 @@ async def _vae_decode(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tupl
     latent = inp.get("samples")
     if not isinstance(latent, Latent):
         latent = Latent(None, 512, 512, 1)
-    return (await run.state.offload(render_video, latent),), None
+    return (await run.state.offload(render_video, latent),), None  # a recipe: frames are drawn when saved
 
 
 @register_node("CreateVideo")

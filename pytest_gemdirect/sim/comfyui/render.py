@@ -6,7 +6,7 @@ import hashlib
 
 from PIL import Image, ImageDraw, ImageOps
 
-from pytest_gemdirect.sim.comfyui.values import Latent
+from pytest_gemdirect.sim.comfyui.values import Frames, Latent
 
 
 def render_text_image(text: str, seed: int, width: int, height: int) -> Image.Image:
@@ -24,20 +24,24 @@ def render_text_image(text: str, seed: int, width: int, height: int) -> Image.Im
     return image
 
 
-def render_video(latent: Latent) -> list[Image.Image]:
+def render_video(latent: Latent) -> Frames:
+    """The decoded video: the keyframe under a slow zoom and pan with a dot crossing the bottom.
+
+    Only the fitted keyframe is held; each frame is drawn when a save node asks for it.
+    """
     width, height, count = max(8, latent.width), max(8, latent.height), max(1, latent.frames)
     if latent.init_image is None and latent.text is not None:
         image = render_text_image(latent.text, latent.seed, width, height)
-        return [image] * count
+        return Frames.of([image]).repeat(count)
     if latent.init_image is not None:
         base = ImageOps.fit(
             latent.init_image.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR
         )
     else:
         base = Image.new("RGB", (width, height), (96, 96, 96))
-    frames = []
     radius = max(2, min(width, height) // 40)
-    for k in range(count):
+
+    def draw_frame(k: int) -> Image.Image:
         t = k / (count - 1) if count > 1 else 0.0
         zoom = 1.0 + 0.12 * t  # a slow zoom in while panning right
         box_w, box_h = width / zoom, height / zoom
@@ -50,5 +54,6 @@ def render_video(latent: Latent) -> list[Image.Image]:
         draw.ellipse(
             (cx - radius, cy - radius, cx + radius, cy + radius), fill=(255, 255, 255), outline=(0, 0, 0)
         )
-        frames.append(frame)
-    return frames
+        return frame
+
+    return Frames(count, draw_frame, size=(width, height))

@@ -9,17 +9,24 @@ import io
 import json
 import os
 import random
+import shutil
 import string
 import struct
+from collections import deque
+from collections.abc import Hashable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, PngImagePlugin
 
 from pytest_gemdirect.sim.comfyui.constants import PNG_COMPRESS_LEVEL
 from pytest_gemdirect.sim.comfyui.nodes import frames_of, register_node
+from pytest_gemdirect.sim.comfyui.values import Frames
 
 if TYPE_CHECKING:
     from pytest_gemdirect.sim.comfyui.execution import Run
+
+SAVE_WINDOW = 3  # frames encoded at once: the I/O pool has 4 threads and this save runs in one
 
 
 def png_info(run: Run) -> PngImagePlugin.PngInfo:
@@ -39,34 +46,52 @@ def encode_png(image: Image.Image, pnginfo: PngImagePlugin.PngInfo, level: int) 
 
 
 def _save_frames(
-    run: Run, frames: list[Image.Image], prefix: str, folder_type: str, level: int, write: bool
+    run: Run, frames: Frames, prefix: str, folder_type: str, level: int, write: bool
 ) -> list[dict[str, str]]:
     state = run.state
     base = str(state.output_dir if folder_type == "output" else state.temp_dir)
-    first = frames[0] if frames else None
+    width, height = frames.size
     with state.save_lock:
-        folder, filename, counter, subfolder = state.get_save_image_path(
-            prefix, base, first.width if first else 0, first.height if first else 0
-        )
+        folder, filename, counter, subfolder = state.get_save_image_path(prefix, base, width, height)
         names = []
         for batch_number in range(len(frames)):
             stem = filename.replace("%batch_num%", str(batch_number))
             names.append(f"{stem}_{counter + batch_number:05}_.png")
         state.reserve_counter(folder, filename, counter + len(frames))
     if write:
-        pnginfo = png_info(run)
-        encoded: dict[int, bytes]
-        unique = {id(f): f for f in frames}
-        pool = state.pool
-        if pool is None:  # shutting down: encode here
-            encoded = {key: encode_png(f, pnginfo, level) for key, f in unique.items()}
-        else:
-            futures = {key: pool.submit(encode_png, f, pnginfo, level) for key, f in unique.items()}
-            encoded = {key: fut.result() for key, fut in futures.items()}
-        for frame, name in zip(frames, names, strict=True):
-            with open(os.path.join(folder, name), "wb") as fh:
-                fh.write(encoded[id(frame)])
+        _write_pngs(run, frames, [os.path.join(folder, name) for name in names], level)
     return [{"filename": name, "subfolder": subfolder, "type": folder_type} for name in names]
+
+
+def _write_png(frames: Frames, index: int, path: str, pnginfo: PngImagePlugin.PngInfo, level: int) -> None:
+    data = encode_png(frames[index], pnginfo, level)
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def _write_pngs(run: Run, frames: Frames, paths: list[str], level: int) -> None:
+    """Draw, encode and write each frame as it comes, a few at a time: memory stays a few frames."""
+    pnginfo = png_info(run)
+    pool = run.state.pool
+    written: dict[Hashable, str] = {}  # a picture already written -> its file
+    copies: list[tuple[str, str]] = []
+    in_flight: deque[Future[None]] = deque()
+    for index, path in enumerate(paths):
+        key = frames.key(index)
+        if key in written:
+            copies.append((written[key], path))
+            continue
+        written[key] = path
+        if pool is None:  # shutting down: encode here
+            _write_png(frames, index, path, pnginfo, level)
+            continue
+        while len(in_flight) >= SAVE_WINDOW:
+            in_flight.popleft().result()
+        in_flight.append(pool.submit(_write_png, frames, index, path, pnginfo, level))
+    for future in in_flight:
+        future.result()
+    for source, target in copies:
+        shutil.copyfile(source, target)
 
 
 @register_node("SaveImage")
@@ -90,19 +115,20 @@ async def _preview_image(
 
 
 def _save_animated(
-    run: Run, frames: list[Image.Image], prefix: str, ext: str, opts: dict[str, Any], write: bool
+    run: Run, frames: Frames, prefix: str, ext: str, opts: dict[str, Any], write: bool
 ) -> list[dict[str, str]]:
     state = run.state
-    first = frames[0]
+    width, height = frames.size
     with state.save_lock:
         folder, filename, counter, subfolder = state.get_save_image_path(
-            prefix, str(state.output_dir), first.width, first.height
+            prefix, str(state.output_dir), width, height
         )
         name = f"{filename}_{counter:05}_.{ext}"
         state.reserve_counter(folder, filename, counter + 1)
     if write:
         fmt = "WEBP" if ext == "webp" else "PNG"
-        first.save(os.path.join(folder, name), fmt, save_all=True, append_images=frames[1:], **opts)
+        first, rest = frames[0], (frames[i] for i in range(1, len(frames)))
+        first.save(os.path.join(folder, name), fmt, save_all=True, append_images=rest, **opts)
     return [{"filename": name, "subfolder": subfolder, "type": "output"}]
 
 
@@ -141,6 +167,10 @@ async def _save_apng(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple
     return (), {"images": results, "animated": [len(frames) != 1]}
 
 
+def _frame_png(frames: Frames, index: int) -> bytes:
+    return encode_png(frames[index], PngImagePlugin.PngInfo(), 1)
+
+
 @register_node("SaveImageWebsocket")
 async def _save_ws(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     frames = frames_of(inp["images"])
@@ -151,9 +181,9 @@ async def _save_ws(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[A
         if conn.sid == run.client_id and state.sockets.get(conn.sid) is conn.ws:
             conn_flags = conn.flags
     metadata = bool(conn_flags.get("supports_preview_metadata"))
-    for step, frame in enumerate(frames):
+    for step in range(total):
         run.check_interrupt()
-        png = await state.offload(encode_png, frame, PngImagePlugin.PngInfo(), 1)
+        png = await state.offload(_frame_png, frames, step)
         entry = run.progress_nodes.setdefault(node_id, run.progress_entry(node_id, 0, 1, "running"))
         entry.update(value=step, max=total, state="running")
         await run.send_progress_state()
