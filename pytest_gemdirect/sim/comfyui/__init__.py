@@ -23,6 +23,19 @@ Faults (per scene: the ``scene-NNN`` in the save node's filename_prefix, or for 
 - ``view-404``: history lists output files that are never written, so ``/view`` answers 404.
 - ``crash``: half-way through the sampler the process exits with code 3 (``crash_exits_process``,
   the ``python -m pytest_gemdirect.sim`` runner) or, in-thread, the server stops abruptly.
+- ``view-trickle``: ``/view`` sends the file at about 1 KB/s (per scene: the scene in its subfolder).
+- ``history-huge``: each ``/history`` entry gets about 50 MB of junk fields, and ``/object_info``
+  too when the fault is on for every scene.
+- ``names-hostile``: SaveImage lists its first frames under the names in ``HOSTILE_NAMES`` (``../``,
+  absolute paths, NUL, CON, bidi, terminal escapes, markup); ``/view`` serves each exact name.
+- ``history-garbage``: the first 3 ``/history/<id>`` answers are 200 with a non-JSON body.
+- ``frozen`` / ``black-frames`` / ``short`` / ``wrong-size``: the frames a save node writes are all
+  the same, every fourth one (1, 5, 9, ...) nearly black, half as many, or half the size.
+
+The package: ``state`` (queue, history, sockets), ``validation`` (validate_prompt), ``execution``
+(the worker and one prompt's run), ``graph`` (links, order, cache keys), ``nodes`` / ``save`` /
+``video`` / ``render`` (node classes and pictures), ``values`` (what flows between nodes),
+``http`` and ``faulty_http`` (routes), ``simulator`` (the server in a thread).
 """
 
 from pytest_gemdirect.sim.comfyui.constants import (

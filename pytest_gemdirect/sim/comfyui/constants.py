@@ -40,3 +40,18 @@ SCENE_RE = re.compile(r"scene-\d{3}")
 SAMPLER_CLASSES = ("KSampler",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PNG_COMPRESS_LEVEL = 1  # real SaveImage uses 4; 1 keeps 25 frames of 1024x576 well under a second
+
+# names-hostile: output names a careless client would trip over (paths, devices, NUL, bidi, escapes,
+# markup). The files are stored under safe names; /view serves each under exactly this name.
+HOSTILE_NAMES: tuple[str, ...] = (
+    "../../../escape_00001_.png",
+    "/etc/gemdirect_abs_00002_.png",
+    "C:\\Windows\\Temp\\gemdirect_abs_00003_.png",
+    "nul\x00byte_00004_.png",
+    "CON",
+    "aux.png",
+    "frame_00007_\u202egnp.exe",
+    "\x1b[2J\x1b[Hframe_00008_.png",
+    "\x1b]0;pwned\x07frame_00009_.png",
+    "<script>alert(1)</script>_00010_.png",
+)

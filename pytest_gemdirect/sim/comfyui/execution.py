@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pytest_gemdirect.sim.comfyui import save  # noqa: F401 - registers the save nodes
+from pytest_gemdirect.sim.comfyui import save, video  # noqa: F401 - they register their node classes
 from pytest_gemdirect.sim.comfyui.constants import SAMPLER_CLASSES
 from pytest_gemdirect.sim.comfyui.errors import (
     Abandon,

@@ -11,6 +11,7 @@ import mimetypes
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,14 @@ from pytest_gemdirect.sim.comfyui.constants import (
     SERVER_FEATURES,
 )
 from pytest_gemdirect.sim.comfyui.execution import start_worker
+from pytest_gemdirect.sim.comfyui.faulty_http import (
+    GARBAGE_ANSWERS,
+    garbage,
+    json_answer,
+    scene_in,
+    trickle_file,
+    with_junk,
+)
 from pytest_gemdirect.sim.comfyui.graph import scene_of
 from pytest_gemdirect.sim.comfyui.state import STATE_KEY, ComfyUIState, Conn
 from pytest_gemdirect.sim.comfyui.validation import validate_prompt
@@ -31,6 +40,8 @@ from pytest_gemdirect.sim.server import track_websocket
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
 mimetypes.add_type("image/webp", ".webp")  # older platforms' tables lack it
+mimetypes.add_type("video/webm", ".webm")
+mimetypes.add_type("video/mp4", ".mp4")
 
 
 def _internal_error() -> web.Response:
@@ -73,6 +84,8 @@ class _Handlers:
         return web.json_response([])
 
     async def object_info(self, request: web.Request) -> web.Response:
+        if self.state.faults.active("history-huge"):  # no scene here: only when on for every scene
+            return await json_answer(with_junk(self.state.object_info()))
         return web.json_response(self.state.object_info())
 
     async def object_info_node(self, request: web.Request) -> web.Response:
@@ -137,6 +150,7 @@ class _Handlers:
             return web.json_response({"error": valid.error, "node_errors": valid.node_errors}, status=400)
         item = (number, prompt_id, prompt, extra_data, valid.outputs)
         client_id = extra_data.get("client_id")
+        state.prompt_scenes[prompt_id] = scene_of(prompt)
         if client_id is not None and state.faults.active("ws-silent", scene_of(prompt)):
             state.silenced[prompt_id] = client_id
         await state.put(item)
@@ -164,12 +178,33 @@ class _Handlers:
             offset = int(query["offset"]) if "offset" in query else -1
         except ValueError:
             return _internal_error()
-        return web.json_response(self.state.get_history(max_items, offset))
+        history = self.state.get_history(max_items, offset)
+        if not self._huge_anywhere():
+            return web.json_response(history)
+        return await json_answer({key: self._maybe_huge(key, entry) for key, entry in history.items()})
 
     async def get_history_item(self, request: web.Request) -> web.Response:
+        state = self.state
         prompt_id = request.match_info["prompt_id"]
-        entry = self.state.history.get(prompt_id)
-        return web.json_response({prompt_id: copy.deepcopy(entry)} if entry is not None else {})
+        if state.faults.active("history-garbage", state.prompt_scenes.get(prompt_id)):
+            served = state.garbage_served.get(prompt_id, 0)
+            if served < GARBAGE_ANSWERS:
+                state.garbage_served[prompt_id] = served + 1
+                return garbage(served)
+        entry = state.history.get(prompt_id)
+        if entry is None:
+            return web.json_response({})
+        if self._huge_anywhere():
+            return await json_answer({prompt_id: self._maybe_huge(prompt_id, copy.deepcopy(entry))})
+        return web.json_response({prompt_id: copy.deepcopy(entry)})
+
+    def _huge_anywhere(self) -> bool:
+        return any(f.name == "history-huge" for f in self.state.faults.faults)
+
+    def _maybe_huge(self, prompt_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """history-huge: the entry with 50 MB of junk fields when the fault is on for its scene."""
+        scene = self.state.prompt_scenes.get(prompt_id)
+        return with_junk(entry) if self.state.faults.active("history-huge", scene) else entry
 
     async def post_history(self, request: web.Request) -> web.Response:
         try:
@@ -249,10 +284,44 @@ class _Handlers:
         return web.json_response({"name": filename, "subfolder": subfolder, "type": upload_type})
 
     async def view(self, request: web.Request) -> web.StreamResponse:
-        state = self.state
         query = request.rel_url.query
         if "filename" not in query:
             return web.Response(status=404)
+        alias = self.state.view_aliases.get(
+            (query.get("type", "output"), query.get("subfolder", ""), query["filename"])
+        )
+        found = (alias, alias.name) if alias is not None else self._view_file(query)
+        if isinstance(found, web.Response):
+            return found
+        file, filename = found
+        if not os.path.isfile(file):
+            return web.Response(status=404)
+        disposition = {"Content-Disposition": f'filename="{filename}"'}
+        preview = query.get("preview")
+        channel = query.get("channel", "rgba")
+        if preview or channel in ("rgb", "a"):
+            try:
+                body, content_type = await self.state.offload(_convert_view, file, preview, channel)
+            except OSError:
+                return web.Response(status=404)
+            return web.Response(body=body, headers={**disposition, "Content-Type": content_type})
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if content_type in {
+            "text/html",
+            "text/html-sandboxed",
+            "application/xhtml+xml",
+            "text/javascript",
+            "text/css",
+        }:
+            content_type = "application/octet-stream"
+        headers = {**disposition, "Content-Type": content_type}
+        if self.state.faults.active("view-trickle", scene_in(query.get("subfolder", ""), query["filename"])):
+            return await trickle_file(request, Path(file), headers)
+        return web.FileResponse(file, headers=headers)
+
+    def _view_file(self, query: Mapping[str, str]) -> tuple[str, str] | web.Response:
+        """The file a /view query names (path, basename), or the error status ComfyUI answers."""
+        state = self.state
         filename, output_dir = query["filename"], None
         for tag in ("output", "input", "temp"):
             if filename.endswith(f" [{tag}]"):
@@ -276,28 +345,7 @@ class _Handlers:
                 return web.Response(status=403)
             output_dir = full_output_dir
         filename = os.path.basename(filename)
-        file = os.path.join(output_dir, filename)
-        if not os.path.isfile(file):
-            return web.Response(status=404)
-        disposition = {"Content-Disposition": f'filename="{filename}"'}
-        preview = query.get("preview")
-        channel = query.get("channel", "rgba")
-        if preview or channel in ("rgb", "a"):
-            try:
-                body, content_type = await state.offload(_convert_view, file, preview, channel)
-            except OSError:
-                return web.Response(status=404)
-            return web.Response(body=body, headers={**disposition, "Content-Type": content_type})
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        if content_type in {
-            "text/html",
-            "text/html-sandboxed",
-            "application/xhtml+xml",
-            "text/javascript",
-            "text/css",
-        }:
-            content_type = "application/octet-stream"
-        return web.FileResponse(file, headers={**disposition, "Content-Type": content_type})
+        return os.path.join(output_dir, filename), filename
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         state = self.state

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageOps
 
 from pytest_gemdirect.sim.comfyui.errors import NodeFailure, full_type_name
-from pytest_gemdirect.sim.comfyui.render import render_video
+from pytest_gemdirect.sim.comfyui.render import VIDEO_FAULTS, render_video, spoil
 from pytest_gemdirect.sim.comfyui.values import Frames, Latent, Token, describe
 
 if TYPE_CHECKING:
@@ -51,6 +51,11 @@ def frames_of(value: Any) -> Frames:
     if isinstance(value, list) and all(isinstance(v, Image.Image) for v in value):
         return Frames.of(value)
     raise NodeFailure(f"expected IMAGE, got {describe(value)}", "TypeError")
+
+
+def output_frames(run: Run, value: Any) -> Frames:
+    """The IMAGE input of a save node, spoiled by the video faults on for the run's scene."""
+    return spoil(frames_of(value), frozenset(name for name in VIDEO_FAULTS if run.fault(name)))
 
 
 @register_node("LoadImage")
@@ -201,19 +206,5 @@ async def _vae_decode(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tupl
     latent = inp.get("samples")
     if not isinstance(latent, Latent):
         latent = Latent(None, 512, 512, 1)
-    return (await run.state.offload(render_video, latent),), None  # a recipe: frames are drawn when saved
-
-
-@register_node("CreateVideo")
-async def _create_video(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    return (
-        Token("VIDEO", "comfy_api.input_impl.VideoFromComponents", frames=frames_of(inp["images"])),
-    ), None
-
-
-@register_node("SaveVideo", "SaveWEBM")
-async def _save_video(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    raise NodeFailure(
-        "gemdirect-sim: video encoders are not simulated; use SaveImage, SaveAnimatedWEBP or SaveAnimatedPNG",
-        "NotImplementedError",
-    )
+    # A recipe: the frames are drawn when a save node asks for them.
+    return (await run.state.offload(render_video, latent),), None

@@ -8,6 +8,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from pytest_gemdirect.sim.comfyui.values import Frames, Latent
 
+VIDEO_FAULTS = ("frozen", "black-frames", "short", "wrong-size")  # faults that spoil a decoded video
+
 
 def render_text_image(text: str, seed: int, width: int, height: int) -> Image.Image:
     """A text-to-image stand-in: a picture that is a pure function of prompt and seed."""
@@ -30,6 +32,44 @@ def render_video(latent: Latent) -> Frames:
     Only the fitted keyframe is held; each frame is drawn when a save node asks for it.
     """
     width, height, count = max(8, latent.width), max(8, latent.height), max(1, latent.frames)
+    return _render(latent, width, height, count)
+
+
+def spoil(frames: Frames, faults: frozenset[str]) -> Frames:
+    """The frames a save node gets under the VIDEO_FAULTS on for its scene.
+
+    Applied where the frames are saved, not where they are decoded: a decode that comes from the
+    cache (another scene's graph with the same nodes) is spoiled all the same.
+    """
+    if not faults or not len(frames):
+        return frames
+    if "short" in faults:
+        frames = Frames(max(1, len(frames) // 2), frames.__getitem__, frames.key, frames.size)
+    if "wrong-size" in faults:
+        width, height = frames.size
+        half = (max(8, width // 2), max(8, height // 2))
+        frames = frames.map(lambda f: f.resize(half, Image.Resampling.BILINEAR), half)
+    if "frozen" in faults:
+        frames = Frames.of([frames[0]]).repeat(len(frames))
+    if "black-frames" in faults:
+        frames = _blacken(frames)
+    return frames
+
+
+def _blacken(frames: Frames) -> Frames:
+    """black-frames: frames 1, 5, 9, ... nearly all zero (a dim speck keeps them from being exactly 0)."""
+    black = Image.new("RGB", frames.size, (0, 0, 0))
+    ImageDraw.Draw(black).rectangle((0, 0, 3, 3), fill=(6, 6, 6))
+
+    def draw(index: int) -> Image.Image:
+        return black if index % 4 == 1 else frames[index]
+
+    return Frames(
+        len(frames), draw, lambda i: ("black", id(black)) if i % 4 == 1 else frames.key(i), frames.size
+    )
+
+
+def _render(latent: Latent, width: int, height: int, count: int) -> Frames:
     if latent.init_image is None and latent.text is not None:
         image = render_text_image(latent.text, latent.seed, width, height)
         return Frames.of([image]).repeat(count)

@@ -15,12 +15,13 @@ import struct
 from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, PngImagePlugin
 
-from pytest_gemdirect.sim.comfyui.constants import PNG_COMPRESS_LEVEL
-from pytest_gemdirect.sim.comfyui.nodes import frames_of, register_node
+from pytest_gemdirect.sim.comfyui.constants import HOSTILE_NAMES, PNG_COMPRESS_LEVEL
+from pytest_gemdirect.sim.comfyui.nodes import output_frames, register_node
 from pytest_gemdirect.sim.comfyui.values import Frames
 
 if TYPE_CHECKING:
@@ -60,7 +61,18 @@ def _save_frames(
         state.reserve_counter(folder, filename, counter + len(frames))
     if write:
         _write_pngs(run, frames, [os.path.join(folder, name) for name in names], level)
+    if run.fault("names-hostile"):
+        names = _hostile(run, names, folder, subfolder, folder_type)
     return [{"filename": name, "subfolder": subfolder, "type": folder_type} for name in names]
+
+
+def _hostile(run: Run, names: list[str], folder: str, subfolder: str, folder_type: str) -> list[str]:
+    """names-hostile: the first frames are listed under hostile names that /view maps to the files."""
+    listed = list(names)
+    for index, hostile in enumerate(HOSTILE_NAMES[: len(names)]):
+        run.state.view_aliases[(folder_type, subfolder, hostile)] = Path(folder) / names[index]
+        listed[index] = hostile
+    return listed
 
 
 def _write_png(frames: Frames, index: int, path: str, pnginfo: PngImagePlugin.PngInfo, level: int) -> None:
@@ -96,7 +108,7 @@ def _write_pngs(run: Run, frames: Frames, paths: list[str], level: int) -> None:
 
 @register_node("SaveImage")
 async def _save_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    frames = frames_of(inp["images"])
+    frames = output_frames(run, inp["images"])
     prefix = str(inp.get("filename_prefix", "ComfyUI"))
     write = not run.fault("view-404")
     results = await run.state.offload(_save_frames, run, frames, prefix, "output", PNG_COMPRESS_LEVEL, write)
@@ -107,7 +119,7 @@ async def _save_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tupl
 async def _preview_image(
     run: Run, node_id: str, inp: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    frames = frames_of(inp["images"])
+    frames = output_frames(run, inp["images"])
     prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
     write = not run.fault("view-404")
     results = await run.state.offload(_save_frames, run, frames, prefix, "temp", 1, write)
@@ -134,7 +146,7 @@ def _save_animated(
 
 @register_node("SaveAnimatedWEBP")
 async def _save_webp(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    frames = frames_of(inp["images"])
+    frames = output_frames(run, inp["images"])
     fps = float(inp.get("fps", 6.0))
     opts = {
         "duration": int(1000.0 / fps),
@@ -152,7 +164,7 @@ async def _save_webp(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple
 
 @register_node("SaveAnimatedPNG")
 async def _save_apng(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    frames = frames_of(inp["images"])
+    frames = output_frames(run, inp["images"])
     fps = float(inp.get("fps", 6.0))
     opts = {
         "duration": int(1000.0 / fps),
@@ -173,7 +185,7 @@ def _frame_png(frames: Frames, index: int) -> bytes:
 
 @register_node("SaveImageWebsocket")
 async def _save_ws(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    frames = frames_of(inp["images"])
+    frames = output_frames(run, inp["images"])
     state = run.state
     total = len(frames)
     conn_flags: dict[str, Any] = {}

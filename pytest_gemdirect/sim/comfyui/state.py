@@ -104,6 +104,9 @@ class ComfyUIState:
         self.client_id: str | None = None
         self.last_node_id: str | None = None
         self.silenced: dict[str, str] = {}  # prompt_id -> client_id (ws-silent per scene)
+        self.prompt_scenes: dict[str, str | None] = {}  # prompt_id -> scene, for faults on /history
+        self.garbage_served: dict[str, int] = {}  # history-garbage: non-JSON answers so far per prompt
+        self.view_aliases: dict[tuple[str, str, str], Path] = {}  # names-hostile: (type, subfolder, name)
 
         self.interrupt_flag = False
         self.interrupt_event: asyncio.Event | None = None
