@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -284,9 +285,8 @@ def make_sim(tmp_path: Path) -> Iterator[Callable[..., tuple[ComfyUISimulator, A
     yield make
     for sim, api in started:
         api.close()
-        began = time.monotonic()
         sim.stop()
-        assert time.monotonic() - began < 3.0, "stop() must return promptly"
+        assert sim.wait_stopped(0), "stop() returned with the server thread still running"
 
 
 @pytest.fixture
@@ -321,15 +321,15 @@ def test_server_thread_binds_free_port_and_stops_with_open_connections() -> None
     server = ServerThread(app, "127.0.0.1", 0).start()
     assert server.port and server.url == f"http://127.0.0.1:{server.port}"
     client = websocket.create_connection(server.url.replace("http", "ws") + "/ws", timeout=5)
+    answers: list[str] = []
     pending = threading.Thread(
-        target=lambda: _swallow(lambda: requests.get(server.url + "/slow", timeout=10))
+        target=lambda: _swallow(lambda: answers.append(requests.get(server.url + "/slow", timeout=10).text))
     )
     pending.start()
-    began = time.monotonic()
     server.stop()
-    assert time.monotonic() - began < 2.0
-    assert server.wait_stopped(1.0)
+    assert server.wait_stopped(0), "stop() returned with the server thread still running"
     pending.join(10)
+    assert "late" not in answers  # the pending request was cut, not served after stop()
     client.close()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", server.port), timeout=1):
         pass
@@ -549,18 +549,19 @@ def test_svd_graph_progress_and_moving_frames(make_sim) -> None:
         ws.close()
 
 
-def test_svd_default_size_is_fast(make_sim) -> None:
+def test_svd_default_size_makes_25_full_size_frames(make_sim) -> None:
     sim, api = make_sim(step_seconds=0.0)
     api.upload("keyframe.png", png_bytes((320, 180)))
     ws = WS(sim.url)
     try:
-        began = time.monotonic()
         pid = api.queue(
             svd_graph("keyframe.png", "run/scene-001/f", steps=2, frames=25, size=(1024, 576)), ws.client_id
         )["prompt_id"]
         ws.until_done(pid, timeout=20)
-        assert time.monotonic() - began < 5.0
-        assert len(api.history(pid)[pid]["outputs"]["7"]["images"]) == 25
+        images = api.history(pid)[pid]["outputs"]["7"]["images"]
+        assert len(images) == 25
+        last = Image.open(io.BytesIO(api.get("/view", params=images[-1]).content))
+        assert last.size == (1024, 576) and last.format == "PNG"
     finally:
         ws.close()
 
@@ -1291,9 +1292,10 @@ def test_stop_is_prompt_with_stalled_job_and_open_sockets(make_sim) -> None:
     try:
         api.queue(smoke("run/scene-001/frame"), ws.client_id)
         ws.until(lambda m: is_type(m, "executing") and m["data"].get("node") == "4")
-        began = time.monotonic()
         sim.stop()
-        assert time.monotonic() - began < 2.0
+        assert sim.wait_stopped(0), "stop() returned with the server thread still running"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(sim.url + "/system_stats", timeout=2)
     finally:
         ws.close()
 
@@ -1359,3 +1361,218 @@ def test_runner_crash_fault_ends_the_process_with_code_3(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)
+
+
+# ------------------------------------------------------------------ hostile-server faults
+DATA = Path(__file__).resolve().parent / "data" / "comfyui-0.3.64"
+
+
+def tiny(prefix: str, size: tuple[int, int] = (24, 16), batch: int = 1) -> dict[str, Any]:
+    """A graph without an upload: EmptyImage -> SaveImage (a PNG of a few hundred bytes)."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": size[0], "height": size[1], "batch_size": batch, "color": 0x3366CC},
+        },
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+    }
+
+
+def run_to_history(
+    sim: ComfyUISimulator, api: Api, graph: dict[str, Any], **extra: Any
+) -> tuple[str, dict[str, Any]]:
+    ws = WS(sim.url)
+    try:
+        pid = api.queue(graph, ws.client_id, **extra)["prompt_id"]
+        ws.until_done(pid, timeout=30)
+    finally:
+        ws.close()
+    return pid, api.history(pid)[pid]
+
+
+def test_view_trickle_sends_the_body_slowly_while_the_server_keeps_answering(make_sim) -> None:
+    from pytest_gemdirect.sim.comfyui.faulty_http import TRICKLE_BYTES_PER_SECOND, TRICKLE_CHUNK
+
+    sim, api = make_sim("view-trickle@scene-001")
+    # The PNG carries extra_pnginfo as text: about 1.3 KB, a second or so at 1 KB/s.
+    padding = {"extra_pnginfo": {"workflow": "w" * 1000}}
+    _, slow_entry = run_to_history(sim, api, tiny("run/scene-001/frame"), extra_data=padding)
+    _, fast_entry = run_to_history(sim, api, tiny("run/scene-002/frame"))
+    slow = slow_entry["outputs"]["2"]["images"][0]
+    on_disk = (sim.output_dir / slow["subfolder"] / slow["filename"]).read_bytes()
+    assert len(on_disk) > 2 * TRICKLE_CHUNK
+
+    events: list[str] = []
+    arrivals: list[float] = []
+    body = bytearray()
+
+    def download() -> None:
+        with requests.get(sim.url + "/view", params=slow, stream=True, timeout=30) as response:
+            assert int(response.headers["Content-Length"]) == len(on_disk)
+            began = time.monotonic()
+            for chunk in response.iter_content(chunk_size=64):
+                body.extend(chunk)
+                arrivals.append(time.monotonic() - began)
+        events.append("trickle done")
+
+    reader = threading.Thread(target=download)
+    reader.start()
+    wait_for(lambda: len(body) > 0)
+    assert api.get("/system_stats").status_code == 200
+    other = api.get("/view", params=fast_entry["outputs"]["2"]["images"][0])
+    assert other.status_code == 200 and other.content[:8] == b"\x89PNG\r\n\x1a\n"
+    events.append("others answered")
+    reader.join(30)
+    assert events == ["others answered", "trickle done"]
+    assert bytes(body) == on_disk
+    pauses = sum(1 for a, b in zip(arrivals, arrivals[1:], strict=False) if b - a > 0.1)
+    assert pauses >= 3  # written in pieces with waits between, not in one go
+    assert arrivals[-1] >= 0.8 * (len(on_disk) - TRICKLE_CHUNK) / TRICKLE_BYTES_PER_SECOND
+
+
+def test_history_huge_pads_history_and_object_info_with_tens_of_megabytes(make_sim) -> None:
+    sim, api = make_sim("history-huge")
+    pid, _ = run_to_history(sim, api, tiny("run/scene-001/frame"))
+    answer = api.get(f"/history/{pid}")
+    assert len(answer.content) >= 40 * 1024 * 1024
+    entry = answer.json()[pid]
+    assert list(entry)[:4] == ["prompt", "outputs", "status", "meta"]
+    assert len(entry) > 4 and all(key.startswith("x_gemdirect_junk_") for key in list(entry)[4:])
+    assert entry["outputs"]["2"]["images"][0]["filename"] == "frame_00001_.png"
+    assert len(api.get("/history").content) >= 40 * 1024 * 1024
+    info = api.get("/object_info")
+    assert len(info.content) >= 40 * 1024 * 1024 and "SaveImage" in info.json()
+
+
+def test_history_huge_for_one_scene_leaves_the_others_and_object_info_small(make_sim) -> None:
+    sim, api = make_sim("history-huge@scene-002")
+    calm, _ = run_to_history(sim, api, tiny("run/scene-001/frame"))
+    huge, _ = run_to_history(sim, api, tiny("run/scene-002/frame"))
+    assert len(api.get(f"/history/{calm}").content) < 100_000
+    assert len(api.get(f"/history/{huge}").content) >= 40 * 1024 * 1024
+    assert len(api.get("/object_info").content) < 1024 * 1024
+
+
+def test_names_hostile_lists_hostile_names_and_view_serves_each(make_sim) -> None:
+    from pytest_gemdirect.sim.comfyui.constants import HOSTILE_NAMES
+
+    sim, api = make_sim("names-hostile@scene-003")
+    _, entry = run_to_history(sim, api, tiny("run/scene-003/frame", batch=len(HOSTILE_NAMES) + 2))
+    images = entry["outputs"]["2"]["images"]
+    listed = [image["filename"] for image in images]
+    assert listed[: len(HOSTILE_NAMES)] == list(HOSTILE_NAMES)
+    assert listed[len(HOSTILE_NAMES) :] == ["frame_00011_.png", "frame_00012_.png"]
+    for expected in (
+        "../",
+        "/etc/",
+        "C:\\",
+        "\x00",
+        "CON",
+        "aux.png",
+        "\u202e",
+        "\x1b[2J",
+        "\x1b]0;pwned\x07",
+    ):
+        assert any(expected in name for name in listed), expected
+    assert any("<script>" in name for name in listed)
+    for image in images:
+        view = api.get("/view", params=image)
+        assert view.status_code == 200, repr(image["filename"])
+        assert view.content[:8] == b"\x89PNG\r\n\x1a\n"
+    on_disk = sorted(p.name for p in sim.output_dir.rglob("*") if p.is_file())
+    assert on_disk == [f"frame_{n:05}_.png" for n in range(1, len(HOSTILE_NAMES) + 3)]
+    # Other scenes keep ComfyUI's names, and /view still refuses such names outside the fault.
+    _, calm = run_to_history(sim, api, tiny("run/scene-001/frame"))
+    assert calm["outputs"]["2"]["images"][0]["filename"] == "frame_00001_.png"
+    assert api.get("/view", params={"filename": "../../../escape_00001_.png"}).status_code == 400
+
+
+def test_history_garbage_answers_non_json_three_times_then_the_entry(make_sim) -> None:
+    sim, api = make_sim("history-garbage@scene-002")
+    ws = WS(sim.url)
+    try:
+        pid = api.queue(tiny("run/scene-002/frame"), ws.client_id)["prompt_id"]
+        ws.until_done(pid)
+    finally:
+        ws.close()
+    for _ in range(3):
+        answer = api.get(f"/history/{pid}")
+        assert answer.status_code == 200
+        with pytest.raises(ValueError):
+            json.loads(answer.text)
+    assert api.get(f"/history/{pid}").json()[pid]["status"]["status_str"] == "success"
+    calm, _ = run_to_history(sim, api, tiny("run/scene-001/frame"))  # another scene: JSON at once
+    assert api.get(f"/history/{calm}").json()[calm]["status"]["completed"] is True
+
+
+def _frames_of_scene(sim: ComfyUISimulator, api: Api, scene: str) -> list[Image.Image]:
+    graph = svd_graph("k.png", f"run/{scene}/frame", steps=2, frames=8, size=(128, 64))
+    _, entry = run_to_history(sim, api, graph)
+    images = entry["outputs"]["7"]["images"]
+    return [Image.open(io.BytesIO(api.get("/view", params=i).content)).convert("RGB") for i in images]
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and ImageChops.difference(a, b).getbbox() is None
+
+
+@pytest.mark.parametrize("fault", ["frozen", "black-frames", "short", "wrong-size"])
+def test_video_faults_spoil_only_the_targeted_scene(make_sim, fault: str) -> None:
+    sim, api = make_sim(f"{fault}@scene-002")
+    api.upload("k.png", png_bytes((160, 90)))
+    good = _frames_of_scene(sim, api, "scene-001")
+    bad = _frames_of_scene(sim, api, "scene-002")
+    assert len(good) == 8 and {f.size for f in good} == {(128, 64)}
+    assert not any(_same(a, b) for a, b in zip(good, good[1:], strict=False))
+    assert all(max(f.convert("L").getextrema()) > 50 for f in good)
+    if fault == "frozen":
+        assert len(bad) == 8 and all(_same(bad[0], f) for f in bad)
+    elif fault == "black-frames":
+        dark = [k for k, f in enumerate(bad) if max(f.convert("L").getextrema()) <= 8]
+        assert dark == [1, 5] and len(bad) == 8
+    elif fault == "short":
+        assert 0 < len(bad) < 8 and {f.size for f in bad} == {(128, 64)}
+    else:
+        assert len(bad) == 8 and {f.size for f in bad} == {(64, 32)}
+
+
+def test_save_video_and_webm_write_real_encodes_shaped_as_recorded_c3(sim_api) -> None:
+    import av
+
+    sim, api = sim_api
+    recorded_ws = [
+        json.loads(line) for line in (DATA / "c3_success_video_outputs.ws.jsonl").read_text().splitlines()
+    ]
+    recorded_types = [e["msg"]["type"] for e in recorded_ws if e["dir"] == "recv" and e["kind"] == "text"]
+    recorded = json.loads((DATA / "c3_success_video_outputs.history.json").read_text())["body"]
+    recorded_entry = next(iter(recorded.values()))
+    workflow = json.loads((DATA / "c3_success_video_outputs.workflow_api.json").read_text())
+
+    run_to_history(sim, api, smoke())  # as recorded: c1 ran first, so nodes 1-3 come from the cache
+    ws = WS(sim.url)
+    try:
+        pid = api.queue(workflow, ws.client_id)["prompt_id"]
+        ws.until_done(pid)
+        assert ws.types() == recorded_types
+    finally:
+        ws.close()
+    entry = api.history(pid)[pid]
+
+    def shape(outputs: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(re.sub(r"_\d{5}_", "_N_", json.dumps(outputs)))
+
+    # Compared as dicts: the real server's output order follows a Python set of node ids.
+    assert shape(entry["outputs"]) == shape(recorded_entry["outputs"])
+    assert entry["meta"] == recorded_entry["meta"]
+    expected = {"5": ("video/mp4", "h264"), "6": ("video/webm", "vp9")}
+    for node, (content_type, codec) in expected.items():
+        image = entry["outputs"][node]["images"][0]
+        view = api.get("/view", params=image)
+        assert view.status_code == 200 and view.headers["Content-Type"] == content_type
+        with av.open(io.BytesIO(view.content)) as container:
+            stream = container.streams.video[0]
+            decoded = [frame.to_image() for frame in container.decode(stream)]
+            assert stream.codec_context.name == codec
+            tags = {key.lower(): value for key, value in container.metadata.items()}  # Matroska: PROMPT
+            assert json.loads(tags["prompt"]) == workflow
+        assert len(decoded) == 8 and {f.size for f in decoded} == {(128, 96)}

@@ -18,6 +18,17 @@ KNOWN_FAULTS: dict[str, str] = {
     "flaky": "fails the first attempt with execution_error, succeeds on the next",
     "view-404": "lists outputs in history that /view answers with 404",
     "crash": "the simulator process dies mid-generation",
+    "view-trickle": "/view sends file bodies at about 1 KB/s (small chunks, the server stays responsive)",
+    "history-huge": "/history entries and /object_info carry about 50 MB of extra junk fields",
+    "names-hostile": (
+        "SaveImage outputs are listed under hostile names (../, absolute, NUL, CON, aux.png, bidi,"
+        " terminal escapes, <script>) that /view serves"
+    ),
+    "history-garbage": "the first 3 /history/<id> answers are HTTP 200 with a body that is not JSON",
+    "frozen": "every frame of the decoded video is the same picture",
+    "black-frames": "every fourth decoded frame (1, 5, 9, ...) is nearly all black",
+    "short": "the decoded video has half the frames the workflow asks for",
+    "wrong-size": "the decoded frames are half the width and height the workflow asks for",
     "llm-down": "the LLM endpoint is unreachable",
     "llm-timeout": "the LLM accepts requests and never answers",
     "llm-garbage": "the LLM answers text that is not the story JSON",
