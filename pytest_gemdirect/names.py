@@ -19,7 +19,9 @@ MAX_FILE_NAME = 180
 _RESERVED = re.compile(
     r"^(con|prn|aux|nul|clock\$|conin\$|conout\$|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE
 )
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*\\/]')
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f-\x9f<>:"|?*\\/]')
+# Bidirectional marks, embeddings, overrides and isolates: "gemdirect\u202egnp.exe" shows as "…exe.png".
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def is_reserved_device_name(name: str) -> bool:
@@ -30,11 +32,12 @@ def is_reserved_device_name(name: str) -> bool:
 def safe_file_name(name: str) -> str:
     """One path component from an untrusted file name, as close to it as is safe.
 
-    Unsafe characters become ``_``, leading/trailing dots and spaces go, a device name gets a
+    Unsafe characters become ``_``, bidirectional overrides are dropped (they make a name display
+    as another: ``x\u202egnp.exe`` as "xexe.png"), leading/trailing dots and spaces go, a device name gets a
     leading ``_``, and a name over 180 characters is cut keeping its suffix; ``unnamed`` when
     nothing is left.
     """
-    cleaned = _UNSAFE_CHARS.sub("_", str(name)).strip(" .")
+    cleaned = _UNSAFE_CHARS.sub("_", _BIDI.sub("", str(name))).strip(" .")
     if not cleaned or cleaned in (".", ".."):
         cleaned = "unnamed"
     if is_reserved_device_name(cleaned):

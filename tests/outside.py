@@ -165,6 +165,19 @@ def interrupt(proc: subprocess.Popen) -> str:
             proc.communicate()
 
 
+def gpu_requests(run_dir: Path) -> list[str]:
+    """What the embedded ComfyUI was asked that changes its GPU work (``POST /interrupt …``), in order."""
+    log = run_dir / "simulator.log"
+    prefix = "gemdirect simulator: POST "
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines() if log.is_file() else []
+    return [line[len(prefix) - 5 :] for line in lines if line.startswith(prefix)]
+
+
+def posted_prompts(run_dir: Path, scene_id: str) -> list[str]:
+    """The prompt ids the harness queued for a scene, from its events.jsonl."""
+    return [e["prompt_id"] for e in events(run_dir, scene_id) if e.get("event") == "post_prompt"]
+
+
 def is_running(pid: int) -> bool:
     """Whether a process with this pid is alive (a zombie is not)."""
     try:

@@ -98,6 +98,10 @@ ABANDON_BUDGET_S = 2.0
 """How long stopping our prompt may take when the run is cut short (Ctrl-C, SIGTERM, a timeout)."""
 
 
+class RunEnding(Exception):
+    """The run is being ended (:meth:`ActiveJobs.stop_all` was called): no new prompt is queued."""
+
+
 class ActiveJobs:
     """The jobs this harness has queued and not yet seen end: what to stop when the run is cut short.
 
@@ -108,9 +112,13 @@ class ActiveJobs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: list[_Job] = []
+        self._ending: str | None = None
 
     def add(self, job: _Job) -> None:
+        """A job about to queue its prompt; refused with RunEnding once the run is being ended."""
         with self._lock:
+            if self._ending is not None:
+                raise RunEnding(f"no new prompt is queued: {self._ending}")
             self._jobs.append(job)
 
     def discard(self, job: _Job) -> None:
@@ -121,6 +129,7 @@ class ActiveJobs:
     def stop_all(self, reason: str) -> list[dict[str, Any]]:
         """Interrupt and dequeue every job still at work (ours only); what was done for each."""
         with self._lock:
+            self._ending = reason  # a follower that retries after this must not queue again
             jobs = list(self._jobs)
         return [done for job in jobs if (done := job.abandon(reason)) is not None]
 
@@ -537,4 +546,4 @@ class _Job:
         return result
 
 
-__all__ = ["ActiveJobs", "FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]
+__all__ = ["ActiveJobs", "RunEnding", "FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]

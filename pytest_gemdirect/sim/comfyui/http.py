@@ -39,6 +39,13 @@ from pytest_gemdirect.sim.comfyui.validation import validate_prompt
 from pytest_gemdirect.sim.server import track_websocket
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
+
+
+def _said(line: str) -> None:
+    """A request that changes what the GPU does, in the simulator's log (simulator.log under the harness)."""
+    print(f"gemdirect simulator: {line}", flush=True)
+
+
 mimetypes.add_type("image/webp", ".webp")  # older platforms' tables lack it
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("video/mp4", ".mp4")
@@ -168,6 +175,7 @@ class _Handlers:
             if json_data.get("clear"):
                 await self.state.wipe_queue()
             for prompt_id in json_data.get("delete") or []:
+                _said(f"POST /queue delete {prompt_id}")
                 await self.state.delete_queue_item(prompt_id)
         return web.Response(status=200)
 
@@ -224,6 +232,8 @@ class _Handlers:
         except Exception:  # noqa: BLE001 - no body: a global interrupt
             json_data = {}
         prompt_id = json_data.get("prompt_id") if isinstance(json_data, dict) else None
+        running = [item[1] for item in self.state.currently_running.values()]
+        _said(f"POST /interrupt prompt_id={prompt_id or '(none: global)'} running={','.join(running) or '-'}")
         if prompt_id:
             if any(item[1] == prompt_id for item in self.state.currently_running.values()):
                 self.state.interrupt()
