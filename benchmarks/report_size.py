@@ -22,9 +22,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package, for its run builders
 
-from tests.test_report import base_summary, make_frame, write_run  # noqa: E402
-
 from pytest_gemdirect.report import write_report  # noqa: E402
+from tests.test_report import base_summary, make_frame, write_run  # noqa: E402
 
 LIMIT = 5 * 1024 * 1024
 

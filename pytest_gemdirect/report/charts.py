@@ -30,7 +30,7 @@ def nice_step(span: float, ticks: int = 6) -> float:
     if span <= 0:
         return 1.0
     raw = span / ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
+    magnitude = 10.0 ** math.floor(math.log10(raw))
     for factor in (1, 2, 5, 10):
         if raw <= factor * magnitude:
             return factor * magnitude
@@ -277,7 +277,11 @@ def vram_chart(view: RunView) -> VramChart | None:
         y = y_of(total_mib)
         total = Rule(short(y), left + 4, short(y - 4), f"total {size(total_mib * 1024**2)}")
     dots = tuple(
-        Dot(x_of(t), short(y_of(v)), f"{label + ': ' if label else ''}{size(v * 1024**2)} used at {short(t)} s")
+        Dot(
+            x_of(t),
+            short(y_of(v)),
+            f"{label + ': ' if label else ''}{size(v * 1024**2)} used at {short(t)} s",
+        )
         for t, v, label in (labelled if len(labelled) <= 60 else [])
     )
     legend = "VRAM used (solid)" + (", GPU utilisation in % on the right axis (dashed)" if util else "")
@@ -293,6 +297,8 @@ def vram_chart(view: RunView) -> VramChart | None:
         total=total,
         memory=" ".join(f"{x_of(t)},{short(y_of(v))}" for t, v, _ in labelled),
         dots=dots,
-        util=" ".join(f"{x_of(t)},{short(top + plot_h - min(max(p, 0), 100) / 100 * plot_h)}" for t, p in util),
+        util=" ".join(
+            f"{x_of(t)},{short(top + plot_h - min(max(p, 0), 100) / 100 * plot_h)}" for t, p in util
+        ),
         legend=f"{legend}; {source}.",
     )

@@ -85,7 +85,9 @@ def read_evidence(raw: Any) -> Evidence | None:
     named = []
     for key in _SETTING_KEYS:
         value = raw.get(key)
-        named += [name for name in ([value] if isinstance(value, str) else as_list(value)) if isinstance(name, str)]
+        named += [
+            name for name in ([value] if isinstance(value, str) else as_list(value)) if isinstance(name, str)
+        ]
     said = compact({k: v for k, v in raw.items() if k not in ("policy", "settings")}, 4000)
     return Evidence(tuple(reader.rows), tuple(named), said, any(k in raw for k in _PROGRESS_KEYS))
 
@@ -135,9 +137,15 @@ def _server_error(reader: _Reader) -> None:
     traceback = reader.take("traceback")
     if isinstance(error, dict):
         node_id = error.get("node_id")
-        node = " ".join(str(v) for v in (error.get("node_type"), f"(node {node_id})" if node_id else None) if v)
-        message = ": ".join(str(v) for v in (error.get("exception_type"), error.get("exception_message")) if v)
-        reader.add("server error", message or compact(error), "server_error", note=f"in {node}" if node else "")
+        node = " ".join(
+            str(v) for v in (error.get("node_type"), f"(node {node_id})" if node_id else None) if v
+        )
+        message = ": ".join(
+            str(v) for v in (error.get("exception_type"), error.get("exception_message")) if v
+        )
+        reader.add(
+            "server error", message or compact(error), "server_error", note=f"in {node}" if node else ""
+        )
         traceback = traceback or error.get("traceback")
     elif error is not None:
         reader.add("server error", compact(error, 2000))

@@ -139,9 +139,9 @@ def look_next(node: Node, view: RunView, links: Links) -> list[LookAt]:
             ("scene record", "scene", f"{sid}/scene.json"),
             ("queued workflow", "workflow", f"{sid}/workflow.json"),
         ):
-            path = scene.files.get(key) or fallback
-            if links.exists(path):
-                files.append((label, path))
+            recorded = scene.files.get(key) or fallback
+            if links.exists(recorded):
+                files.append((label, recorded))
     backends = {b.name: b for b in view.backends}
     if node.stage in ("svd", "frames", "comfyui") and "comfyui" in backends:
         files.append(("ComfyUI log", backends["comfyui"].log))

@@ -97,10 +97,32 @@ def step_rows(view: RunView) -> list[StepRow]:
     for number, node in enumerate(view.nodes, start=1):
         reason = f" ({first_line(node.message, 120)})" if node.status == "skipped" and node.message else ""
         title = STAGE_TITLES.get(node.stage, node.stage)
-        rows.append(StepRow(node.stage, node.key, number, title, node.status, reason, secs(node.duration_s), evidence_line(node, view)))
+        rows.append(
+            StepRow(
+                node.stage,
+                node.key,
+                number,
+                title,
+                node.status,
+                reason,
+                secs(node.duration_s),
+                evidence_line(node, view),
+            )
+        )
         for item in node.items:
             label = item.scene or item.key
-            rows.append(StepRow(node.stage, item.key, None, label, item.status, "", secs(item.duration_s), evidence_line(item, view)))
+            rows.append(
+                StepRow(
+                    node.stage,
+                    item.key,
+                    None,
+                    label,
+                    item.status,
+                    "",
+                    secs(item.duration_s),
+                    evidence_line(item, view),
+                )
+            )
     return rows
 
 
@@ -150,7 +172,10 @@ def _environment_line(node: Node, view: RunView) -> str:
 
 def _llm_line(node: Node, view: RunView) -> str:
     llm = view.llm
-    bits = [f"model {llm.model}" if llm.model else "", f"answered in {secs(llm.latency_s)}" if llm.latency_s is not None else ""]
+    bits = [
+        f"model {llm.model}" if llm.model else "",
+        f"answered in {secs(llm.latency_s)}" if llm.latency_s is not None else "",
+    ]
     return ", ".join(b for b in bits if b)
 
 
@@ -167,7 +192,10 @@ def _story_line(node: Node, view: RunView) -> str:
 def _comfyui_line(node: Node, view: RunView) -> str:
     comfy = view.comfyui
     names = ", ".join(d.name for d in comfy.devices if d.name)
-    head = [f"ComfyUI {comfy.version}" if comfy.version else "ComfyUI", f"at {comfy.url}" if comfy.url else ""]
+    head = [
+        f"ComfyUI {comfy.version}" if comfy.version else "ComfyUI",
+        f"at {comfy.url}" if comfy.url else "",
+    ]
     tail = [names, f"{comfy.node_classes} node classes" if comfy.node_classes else ""]
     return " ".join(b for b in head if b) + "".join(f", {b}" for b in tail if b)
 

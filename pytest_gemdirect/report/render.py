@@ -7,6 +7,7 @@ and VRAM, the story, a gallery per scene, the external suites, warnings and the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ SECTIONS: tuple[tuple[str, str, Callable[[Page], Markup]], ...] = (
 )
 
 
+def _header(page: Page) -> Markup:
+    return render("header.html.j2", h=overview.header(page.view, page.links))
+
+
 def _guarded(sid: str, draw: Callable[[], Markup]) -> Markup:
     """One section; an unexpected shape of data costs that section, never the whole report."""
     try:
@@ -54,11 +59,12 @@ def _page(
 
 
 def _overview(page: Page) -> Markup:
-    header = _guarded("verdict", lambda: render("header.html.j2", h=overview.header(page.view, page.links)))
-    drawn = []
-    for sid, label, draw in SECTIONS:
-        if sid != "baseline" or page.baseline is not None:
-            drawn.append((sid, label, _guarded(sid, lambda draw=draw: draw(page))))  # type: ignore[misc]
+    header = _guarded("verdict", functools.partial(_header, page))
+    drawn = [
+        (sid, label, _guarded(sid, functools.partial(draw, page)))
+        for sid, label, draw in SECTIONS
+        if sid != "baseline" or page.baseline is not None
+    ]
     return render(
         "overview.html.j2",
         css=stylesheet(),

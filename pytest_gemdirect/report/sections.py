@@ -17,8 +17,14 @@ from pytest_gemdirect.report import charts, failures, overview
 from pytest_gemdirect.report.baseline import CHANGE_THRESHOLD, MEASURES, compare
 from pytest_gemdirect.report.format import Fact, facts, first_line, secs, size, word
 from pytest_gemdirect.report.links import FileLink, Links
-from pytest_gemdirect.report.previews import ANIM_FRAMES, ANIM_WIDTH, KEYFRAME_WIDTH, STRIP_WIDTH
-from pytest_gemdirect.report.previews import Preview, scene_preview
+from pytest_gemdirect.report.previews import (
+    ANIM_FRAMES,
+    ANIM_WIDTH,
+    KEYFRAME_WIDTH,
+    STRIP_WIDTH,
+    Preview,
+    scene_preview,
+)
 from pytest_gemdirect.report.templating import render
 from pytest_gemdirect.report.view import RunView, SuiteView, WarningView
 from pytest_gemdirect.summary import STAGE_TITLES
@@ -40,7 +46,9 @@ def steps(page: Page) -> Markup:
 
 def what_went_wrong(page: Page) -> Markup:
     blocks = [failures.failure(node, page.view, page.links) for node in failures.wrong_nodes(page.view.nodes)]
-    return render("failures.html.j2", failures=blocks, nothing=failures.nothing_wrong(page.view), links=page.links)
+    return render(
+        "failures.html.j2", failures=blocks, nothing=failures.nothing_wrong(page.view), links=page.links
+    )
 
 
 def backends(page: Page) -> Markup:
@@ -63,7 +71,9 @@ def backends(page: Page) -> Markup:
         Fact("harness", view.harness_version),
     )
     llm = facts(*(Fact(label, text) for label, text in view.llm.facts))
-    return render("backends.html.j2", view=view, links=page.links, comfy=comfy_facts, llm=llm, machine=machine)
+    return render(
+        "backends.html.j2", view=view, links=page.links, comfy=comfy_facts, llm=llm, machine=machine
+    )
 
 
 def configuration(page: Page) -> Markup:
@@ -115,7 +125,9 @@ def against_baseline(page: Page) -> Markup:
     assert page.baseline is not None
     comparison = compare(page.view, page.baseline)
     measures = [label for label, _ in MEASURES]
-    return render("baseline.html.j2", c=comparison, measures=measures, threshold=f"{CHANGE_THRESHOLD * 100:.0f} %")
+    return render(
+        "baseline.html.j2", c=comparison, measures=measures, threshold=f"{CHANGE_THRESHOLD * 100:.0f} %"
+    )
 
 
 def gpu(page: Page) -> Markup:
@@ -210,7 +222,11 @@ def suites(page: Page) -> Markup:
         keys = ("tests", "passed", "failures", "errors", "skipped")
         totals = ", ".join(f"{suite.totals[k]} {k}" for k in keys if k in suite.totals)
         recorded = len(suite.failures)
-        more = int(suite.failures_total) - recorded if suite.failures_total and suite.failures_total > recorded else 0
+        more = (
+            int(suite.failures_total) - recorded
+            if suite.failures_total and suite.failures_total > recorded
+            else 0
+        )
         blocks.append(SuiteBlock(suite, secs(suite.duration_s), totals, more))
     return render("suites.html.j2", blocks=blocks, links=page.links)
 

@@ -42,7 +42,8 @@ def render(template: str, **context: Any) -> Markup:
 @functools.cache
 def stylesheet() -> Markup:
     """The report's stylesheet (static/report.css), comments dropped, for one inline ``<style>``."""
-    css = resources.files("pytest_gemdirect.report").joinpath("static", "report.css").read_text(encoding="utf-8")
+    source = resources.files("pytest_gemdirect.report") / "static" / "report.css"
+    css = source.read_text(encoding="utf-8")
     css = re.sub(r"/\*.*?\*/", "", css, flags=re.DOTALL)
     css = "\n".join(line.rstrip() for line in css.splitlines() if line.strip())
     if "</" in css:  # it goes inside <style>: nothing in it may close the element

@@ -3,22 +3,21 @@
 A summary may be partial (a run killed half-way), from an older harness or edited by hand: every
 field is optional and any field may have the wrong type. ``build_view`` is where that is dealt with
 (with ``coerce`` and ``evidence``); the sections, the charts and the templates see typed values only.
-A scene's scene.json (its progress and GPU samples) is read here too, once per change of the file.
+A scene's scene.json (its progress and GPU samples) is read here too, through ``samples``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.report.coerce import as_dict, as_dicts, as_int, as_list, as_num, as_path, as_text
 from pytest_gemdirect.report.evidence import Evidence, read_evidence
-from pytest_gemdirect.report.format import compact, redact, secret_safe, secs, setting_value
-from pytest_gemdirect.report.links import SCENE_ID, inside
+from pytest_gemdirect.report.format import compact, redact, secret_safe, setting_value
+from pytest_gemdirect.report.links import SCENE_ID
+from pytest_gemdirect.report.samples import GpuSample, SceneRecord, read_scene_record, run_gpu_samples
 from pytest_gemdirect.summary import STAGES, verdict
 
 
@@ -54,23 +53,6 @@ class Attempt:
     ended_at: str
     prompt_id: str
     reason: str
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    t: float  # seconds: from the start of the scene's first attempt, or on the run's clock
-    used_mib: float | None
-    util_pct: float | None
-    total_mib: float | None
-
-
-@dataclass(frozen=True)
-class SceneRecord:
-    """What a scene's scene.json adds to the summary."""
-
-    last_progress: str | None = None  # "12/25 after 6.00 s"
-    gpu_samples: tuple[GpuSample, ...] = ()
-    gpu_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +276,9 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
         suites=tuple(_suite(raw) for raw in as_dicts(data.get("suites"))),
         warnings=tuple(_warning(item) for item in as_list(data.get("warnings"))),
         artifacts=tuple(
-            (str(name), path) for name, raw in sorted(as_dict(data.get("artifacts")).items()) if (path := as_path(raw))
+            (str(name), path)
+            for name, raw in sorted(as_dict(data.get("artifacts")).items())
+            if (path := as_path(raw))
         ),
     )
 
@@ -328,7 +312,10 @@ def _nodes(raw: Any) -> tuple[Node, ...]:
 def _telemetry(raw: Any) -> Telemetry:
     tele = as_dict(raw)
     return Telemetry(
-        *(as_num(tele.get(k)) for k in ("queue_wait_s", "generation_s", "retrieval_s", "seconds_per_step")),
+        queue_wait_s=as_num(tele.get("queue_wait_s")),
+        generation_s=as_num(tele.get("generation_s")),
+        retrieval_s=as_num(tele.get("retrieval_s")),
+        seconds_per_step=as_num(tele.get("seconds_per_step")),
         steps=as_int(tele.get("steps")),
         vram_free_before=as_num(tele.get("vram_free_before")),
         vram_free_after=as_num(tele.get("vram_free_after")),
@@ -339,7 +326,12 @@ def _scene(raw: dict[str, Any], run_root: Path | None) -> SceneView:
     sid = as_text(raw.get("id"))
     files = {str(k): path for k, v in as_dict(raw.get("files")).items() if (path := as_path(v))}
     attempts = tuple(
-        Attempt(*(as_text(a.get(k)) for k in ("number", "outcome", "started_at", "ended_at", "prompt_id", "reason")))
+        Attempt(
+            *(
+                as_text(a.get(k))
+                for k in ("number", "outcome", "started_at", "ended_at", "prompt_id", "reason")
+            )
+        )
         for a in as_dicts(raw.get("attempts"))
     )
     record_path = files.get("scene") or (f"{sid}/scene.json" if SCENE_ID.match(sid) else None)
@@ -355,62 +347,8 @@ def _scene(raw: dict[str, Any], run_root: Path | None) -> SceneView:
         telemetry=_telemetry(raw.get("telemetry")),
         files=files,
         evidence=read_evidence(raw.get("evidence")),
-        record=_scene_record(run_root, record_path),
+        record=read_scene_record(run_root, record_path),
     )
-
-
-_RECORDS: dict[tuple[str, int, int], SceneRecord] = {}
-
-
-def _scene_record(run_root: Path | None, rel: str | None) -> SceneRecord:
-    """A scene's scene.json, read again only when it changed (the report is rewritten after each stage)."""
-    path = inside(run_root, rel) if run_root is not None else None
-    if path is None:
-        return SceneRecord()
-    try:
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
-        if key not in _RECORDS:
-            if len(_RECORDS) > 256:
-                _RECORDS.clear()
-            _RECORDS[key] = _read_record(as_dict(json.loads(path.read_text(encoding="utf-8"))))
-        return _RECORDS[key]
-    except (OSError, ValueError):
-        return SceneRecord()
-
-
-def _read_record(record: dict[str, Any]) -> SceneRecord:
-    progress = [p for p in as_list(record.get("progress")) if isinstance(p, list) and len(p) >= 3]
-    last = None
-    if progress:
-        t, value, maximum = progress[-1][:3]
-        last = f"{value}/{maximum} after {secs(as_num(t)) or t}"
-    note = as_text(record.get("gpu_note")) or None
-    return SceneRecord(last, _scene_gpu_samples(as_dicts(record.get("gpu_samples"))), note)
-
-
-def _scene_gpu_samples(samples: list[dict[str, Any]]) -> tuple[GpuSample, ...]:
-    """The first GPU's nvidia-smi samples taken while the scene ran (attempts laid end to end)."""
-    gpus = [s["gpu"] for s in samples if as_int(s.get("gpu")) is not None]
-    first_gpu = min(gpus) if gpus else None
-    found: list[GpuSample] = []
-    offset, last = 0.0, -1.0
-    for sample in samples:
-        t = as_num(sample.get("t"))
-        if t is None or sample.get("gpu", first_gpu) != first_gpu:
-            continue
-        if t < last:  # a new attempt: its sampler's clock began again
-            offset += last
-        last = t
-        found.append(
-            GpuSample(
-                offset + t,
-                as_num(sample.get("memory_used_mib")),
-                as_num(sample.get("utilization_pct")),
-                as_num(sample.get("memory_total_mib")),
-            )
-        )
-    return tuple(found)
 
 
 def _story(raw: Any) -> StoryView | None:
@@ -421,30 +359,46 @@ def _story(raw: Any) -> StoryView | None:
     scenes = []
     for s in as_dicts(story.get("scenes")):
         extra = {k: v for k, v in s.items() if k not in ("id", "title", "visual_prompt", "motion_prompt")}
-        texts = (as_text(s.get(k)) for k in ("id", "title", "visual_prompt", "motion_prompt"))
-        scenes.append(StoryScene(*texts, more=compact(extra, 300) if extra else ""))
+        scenes.append(
+            StoryScene(
+                id=as_text(s.get("id")),
+                title=as_text(s.get("title")),
+                visual_prompt=as_text(s.get("visual_prompt")),
+                motion_prompt=as_text(s.get("motion_prompt")),
+                more=compact(extra, 300) if extra else "",
+            )
+        )
     return StoryView(
         path=as_path(story.get("path")),
         title=as_text(story.get("title")),
         logline=as_text(story.get("logline")),
         mode=as_text(meta.get("mode")),
-        metadata=tuple((str(k).replace("_", " "), compact(secret_safe(str(k), v), 300)) for k, v in meta.items()),
+        metadata=tuple(
+            (str(k).replace("_", " "), compact(secret_safe(str(k), v), 300)) for k, v in meta.items()
+        ),
         scenes=tuple(scenes),
     )
 
 
 def _backend(name: str, raw: Any) -> BackendView:
     b = as_dict(raw)
-    texts = (as_text(b.get(k)) for k in ("target", "url"))
     return BackendView(
-        name, *texts, bool(b.get("simulated")), as_text(b.get("version")), as_text(b.get("pid")), as_path(b.get("log"))
+        name=name,
+        target=as_text(b.get("target")),
+        url=as_text(b.get("url")),
+        simulated=bool(b.get("simulated")),
+        version=as_text(b.get("version")),
+        pid=as_text(b.get("pid")),
+        log=as_path(b.get("log")),
     )
 
 
 def _settings(raw: Any, raw_sources: Any) -> dict[str, SettingView]:
     sources = as_dict(raw_sources)
     return {
-        str(name): SettingView(str(name), setting_value(secret_safe(str(name), value)), as_text(sources.get(name)))
+        str(name): SettingView(
+            str(name), setting_value(secret_safe(str(name), value)), as_text(sources.get(name))
+        )
         for name, value in as_dict(raw).items()
     }
 
@@ -458,12 +412,18 @@ def _environment(raw: Any) -> EnvironmentView:
     gpu = as_dict(env.get("gpu"))
     gpus = tuple(
         NvidiaGpu(
-            as_text(g.get("name")), _mib(g.get("memory_total_mib")), _mib(g.get("memory_free_mib")), as_text(g.get("driver"))
+            as_text(g.get("name")),
+            _mib(g.get("memory_total_mib")),
+            _mib(g.get("memory_free_mib")),
+            as_text(g.get("driver")),
         )
         for g in as_dicts(gpu.get("gpus"))
     )
     return EnvironmentView(
-        *(as_text(env.get(k)) for k in ("python", "platform", "node", "npm")),
+        python=as_text(env.get("python")),
+        platform=as_text(env.get("platform")),
+        node=as_text(env.get("node")),
+        npm=as_text(env.get("npm")),
         disk_free_bytes=as_num(env.get("disk_free_bytes")),
         packages=tuple((str(k), as_text(v)) for k, v in sorted(as_dict(env.get("packages")).items())),
         gpu_recorded=bool(gpu),
@@ -488,64 +448,34 @@ def _warning(item: Any) -> WarningView:
 
 
 def _device(d: dict[str, Any]) -> Device:
-    memory = (as_num(d.get(k)) for k in ("vram_total", "vram_free", "torch_vram_total", "torch_vram_free"))
-    return Device(as_text(d.get("name")), as_text(d.get("type")), as_text(d.get("index")), *memory)
+    return Device(
+        name=as_text(d.get("name")),
+        type=as_text(d.get("type")),
+        index=as_text(d.get("index")),
+        vram_total=as_num(d.get("vram_total")),
+        vram_free=as_num(d.get("vram_free")),
+        torch_vram_total=as_num(d.get("torch_vram_total")),
+        torch_vram_free=as_num(d.get("torch_vram_free")),
+    )
 
 
 def _comfyui(raw: Any, started_at: str) -> ComfyView:
     comfy = as_dict(raw)
-    texts = (as_text(comfy.get(k)) for k in ("url", "version", "python", "pytorch", "workflow", "workflow_hash"))
     samples = as_dicts(comfy.get("gpu_samples"))
     return ComfyView(
-        *texts,
+        url=as_text(comfy.get("url")),
+        version=as_text(comfy.get("version")),
+        python=as_text(comfy.get("python")),
+        pytorch=as_text(comfy.get("pytorch")),
+        workflow=as_text(comfy.get("workflow")),
+        workflow_hash=as_text(comfy.get("workflow_hash")),
         node_classes=as_text(comfy.get("node_classes")),
         devices=tuple(_device(d) for d in as_dicts(comfy.get("devices"))),
         gpu_samples_recorded=bool(samples),
-        gpu_samples=_run_gpu_samples(samples, _parse_time(started_at)),
+        gpu_samples=run_gpu_samples(samples, started_at),
         startup_warnings=tuple(_warning(w) for w in as_list(comfy.get("startup_warnings"))),
         preflight_problems=tuple(_warning(w) for w in as_list(comfy.get("preflight_problems"))),
     )
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _sample_time(raw: Any, started: datetime | None) -> float | None:
-    """Seconds of a run-wide sample: a number as it is, an ISO time from the start of the run."""
-    when = as_num(raw)
-    if when is not None:
-        return when
-    moment = _parse_time(raw)
-    if moment is None:
-        return None
-    if started is not None and (moment.tzinfo is None) == (started.tzinfo is None):
-        return (moment - started).total_seconds()
-    return moment.timestamp()
-
-
-def _run_gpu_samples(samples: list[dict[str, Any]], started: datetime | None) -> tuple[GpuSample, ...]:
-    """The run-wide GPU samples (``comfyui.gpu_samples``) in seconds on the run's clock."""
-    found: list[GpuSample] = []
-    origin: float | None = None
-    for sample in samples:
-        when = _sample_time(sample.get("t"), started)
-        if when is None:
-            continue
-        if when > 1e9:  # epoch seconds: relative to the first sample
-            origin = when if origin is None else origin
-            when -= origin
-        used = as_num(sample.get("memory_used_mib"))
-        bytes_used = as_num(sample.get("memory_used"))
-        if used is None and bytes_used is not None:
-            used = bytes_used / 1024**2
-        found.append(GpuSample(when, used, as_num(sample.get("utilization_pct")), as_num(sample.get("memory_total_mib")) or None))
-    return tuple(found)
 
 
 def _suite(raw: dict[str, Any]) -> SuiteView:
