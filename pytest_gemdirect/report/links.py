@@ -44,6 +44,7 @@ class Links:
     def __init__(self, run_root: Path, link_base: Path) -> None:
         self.run_root = run_root
         self.link_base = link_base
+        self._resolved_root = run_root.resolve()  # asked for every link: resolved once
 
     def shown(self, path: str | None) -> str | None:
         """A run-relative or absolute path as it is shown (relative to the run directory when inside)."""
@@ -52,7 +53,7 @@ class Links:
         p = Path(path)
         if p.is_absolute():
             try:
-                return p.resolve().relative_to(self.run_root.resolve()).as_posix()
+                return p.resolve().relative_to(self._resolved_root).as_posix()
             except (ValueError, OSError):
                 return str(p)
         return p.as_posix()

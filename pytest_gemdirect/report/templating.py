@@ -27,6 +27,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=False,
+        auto_reload=False,  # the templates ship with the package: no need to stat them at every render
         finalize=lambda value: "" if value is None else value,  # a missing value shows as nothing
     )
     env.globals.update(marks=MARKS)
