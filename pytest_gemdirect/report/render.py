@@ -55,7 +55,7 @@ def _page(
 ) -> Page:
     run_root = Path(run_root)
     links = Links(run_root, Path(link_base) if link_base is not None else run_root)
-    return Page(build_view(data, run_root), links, run_root, baseline)
+    return Page(build_view(data, run_root), links, baseline)
 
 
 def _overview(page: Page) -> Markup:

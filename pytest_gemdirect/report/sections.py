@@ -1,4 +1,4 @@
-"""The sections of the report after the steps, each a function from the page to its rendered block.
+"""The sections of the report below its header, each a function from the page to its rendered block.
 
 A section gathers what its template shows (the facts, rows and pictures) from the typed view; the
 template lays it out. Sections are rendered one at a time so that one that fails costs itself only.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from markupsafe import Markup
@@ -35,8 +34,7 @@ class Page:
     """What every section may draw on: the run's view, its links and the baseline (if any)."""
 
     view: RunView
-    links: Links
-    run_root: Path
+    links: Links  # and through them the run directory
     baseline: Mapping[str, Any] | None
 
 
@@ -46,9 +44,7 @@ def steps(page: Page) -> Markup:
 
 def what_went_wrong(page: Page) -> Markup:
     blocks = [failures.failure(node, page.view, page.links) for node in failures.wrong_nodes(page.view.nodes)]
-    return render(
-        "failures.html.j2", failures=blocks, nothing=failures.nothing_wrong(page.view), links=page.links
-    )
+    return render("failures.html.j2", failures=blocks, nothing=failures.nothing_wrong(page.view))
 
 
 def backends(page: Page) -> Markup:
@@ -181,7 +177,9 @@ def gallery(page: Page) -> Markup:
     cards = []
     for scene in page.view.scenes:
         try:
-            preview = scene_preview(page.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir)
+            preview = scene_preview(
+                page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
+            )
         except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
             preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
         story_scene = page.view.story_scene(scene.id)
