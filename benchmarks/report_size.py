@@ -20,11 +20,10 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from test_report import base_summary, make_frame, write_run  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package, for its run builders
 
 from pytest_gemdirect.report import write_report  # noqa: E402
+from tests.test_report import base_summary, make_frame, write_run  # noqa: E402
 
 LIMIT = 5 * 1024 * 1024
 

@@ -1,0 +1,271 @@
+"""The sections of the report below its header, each a function from the page to its rendered block.
+
+A section gathers what its template shows (the facts, rows and pictures) from the typed view; the
+template lays it out. Sections are rendered one at a time so that one that fails costs itself only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from markupsafe import Markup
+
+from pytest_gemdirect.report import charts, failures, overview
+from pytest_gemdirect.report.baseline import CHANGE_THRESHOLD, MEASURES, compare
+from pytest_gemdirect.report.format import Fact, facts, first_line, secs, size, word
+from pytest_gemdirect.report.links import FileLink, Links
+from pytest_gemdirect.report.previews import (
+    ANIM_FRAMES,
+    ANIM_WIDTH,
+    KEYFRAME_WIDTH,
+    STRIP_WIDTH,
+    Preview,
+    scene_preview,
+)
+from pytest_gemdirect.report.templating import render
+from pytest_gemdirect.report.view import RunView, SuiteView, WarningView
+from pytest_gemdirect.summary import STAGE_TITLES
+
+
+@dataclass(frozen=True)
+class Page:
+    """What every section may draw on: the run's view, its links and the baseline (if any)."""
+
+    view: RunView
+    links: Links  # and through them the run directory
+    baseline: Mapping[str, Any] | None
+
+
+def steps(page: Page) -> Markup:
+    return render("steps.html.j2", rows=overview.step_rows(page.view))
+
+
+def what_went_wrong(page: Page) -> Markup:
+    blocks = [failures.failure(node, page.view, page.links) for node in failures.wrong_nodes(page.view.nodes)]
+    return render("failures.html.j2", failures=blocks, nothing=failures.nothing_wrong(page.view))
+
+
+def backends(page: Page) -> Markup:
+    view = page.view
+    comfy, env = view.comfyui, view.environment
+    comfy_facts = facts(
+        Fact("version", comfy.version),
+        Fact("Python", comfy.python),
+        Fact("PyTorch", comfy.pytorch),
+        Fact("workflow", comfy.workflow),
+        Fact("workflow hash", comfy.workflow_hash, code=True),
+        Fact("node classes", comfy.node_classes),
+    )
+    machine = facts(
+        Fact("Python", env.python),
+        Fact("platform", env.platform),
+        Fact("Node / npm", " / ".join(v for v in (env.node, env.npm) if v)),
+        Fact("disk free", size(env.disk_free_bytes)),
+        Fact("packages", ", ".join(f"{k} {v}" for k, v in env.packages)),
+        Fact("harness", view.harness_version),
+    )
+    llm = facts(*(Fact(label, text) for label, text in view.llm.facts))
+    return render(
+        "backends.html.j2", view=view, links=page.links, comfy=comfy_facts, llm=llm, machine=machine
+    )
+
+
+def configuration(page: Page) -> Markup:
+    return render("config.html.j2", settings=list(page.view.settings.values()))
+
+
+@dataclass(frozen=True)
+class SceneTimes:
+    id: str
+    status: str
+    figures: tuple[str, ...]  # queue wait … frames, as shown
+
+
+def timings(page: Page) -> Markup:
+    view = page.view
+    by_stage = {node.stage: node for node in view.nodes}
+    scenes = []
+    for scene in view.scenes:
+        durations = {
+            stage: next((i.duration_s for i in by_stage[stage].items if i.scene == scene.id), None)
+            for stage in ("svd", "frames")
+            if stage in by_stage
+        }
+        tele = scene.telemetry
+        spp = tele.seconds_per_step
+        figures = (
+            secs(tele.queue_wait_s),
+            secs(tele.generation_s),
+            secs(tele.retrieval_s),
+            f"{spp:.3f} s" if spp is not None else "",
+            str(tele.steps) if tele.steps is not None else "",
+            secs(durations.get("svd")),
+            secs(durations.get("frames")),
+            str(len(scene.attempts)),
+            str(scene.frame_count),
+        )
+        scenes.append(SceneTimes(scene.id, scene.status, figures))
+    return render(
+        "timings.html.j2",
+        timeline=charts.timeline(view),
+        nodes=view.nodes,
+        titles=STAGE_TITLES,
+        scenes=scenes,
+        total=secs(view.duration_s),
+    )
+
+
+def against_baseline(page: Page) -> Markup:
+    assert page.baseline is not None
+    comparison = compare(page.view, page.baseline)
+    measures = [label for label, _ in MEASURES]
+    return render(
+        "baseline.html.j2", c=comparison, measures=measures, threshold=f"{CHANGE_THRESHOLD * 100:.0f} %"
+    )
+
+
+def gpu(page: Page) -> Markup:
+    view = page.view
+    vram_rows = []
+    for scene in view.scenes:
+        before, after = scene.telemetry.vram_free_before, scene.telemetry.vram_free_after
+        peak = view.peak_vram_used(scene)
+        if before is None and after is None and peak is None:
+            continue
+        delta = before - after if before is not None and after is not None else None
+        vram_rows.append((scene.id, size(before), size(after), size(delta), size(peak)))
+    notes = sorted({s.record.gpu_note for s in view.scenes if s.record.gpu_note})
+    return render(
+        "gpu.html.j2",
+        devices=view.comfyui.devices,
+        env=view.environment,
+        vram_rows=vram_rows,
+        notes=notes,
+        chart=charts.vram_chart(view),
+    )
+
+
+def story(page: Page) -> Markup:
+    view = page.view
+    head: list[Fact] = []
+    if view.story is not None:
+        head = facts(
+            Fact("title", view.story.title),
+            Fact("logline", view.story.logline),
+            Fact("file", link=page.links.file(view.story.path)),
+            *(Fact(label, text) for label, text in view.story.metadata),
+        )
+    return render("story.html.j2", story=view.story, story_facts=head, view=view)
+
+
+@dataclass(frozen=True)
+class SceneCard:
+    id: str
+    status: str
+    title: str | None
+    preview: Preview
+    anim_frames: int  # the frames the animated preview shows
+    keyframe_href: str | None
+    strip_hrefs: tuple[str, ...]
+    frames: FileLink | None
+    no_frames: str  # why there are none, when there are none
+
+
+def gallery(page: Page) -> Markup:
+    cards = []
+    for scene in page.view.scenes:
+        try:
+            preview = scene_preview(
+                page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
+            )
+        except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
+            preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
+        story_scene = page.view.story_scene(scene.id)
+        if scene.status in ("failed", "not_reached"):
+            no_frames = f"No frames: {first_line(scene.message) or word(scene.status)}"
+        else:
+            no_frames = "No frames yet."
+        cards.append(
+            SceneCard(
+                id=scene.id,
+                status=scene.status,
+                title=scene.title or (story_scene.title if story_scene else None) or None,
+                preview=preview,
+                anim_frames=min(preview.frames_total, ANIM_FRAMES),
+                keyframe_href=page.links.href(preview.keyframe_rel),
+                strip_hrefs=tuple(page.links.href(t.rel) or "" for t in preview.strip),
+                frames=page.links.file(scene.frames_dir),
+                no_frames=no_frames,
+            )
+        )
+    sizes = {"keyframe": KEYFRAME_WIDTH, "anim": ANIM_WIDTH, "strip": STRIP_WIDTH}
+    return render("gallery.html.j2", cards=cards, sizes=sizes)
+
+
+@dataclass(frozen=True)
+class SuiteBlock:
+    suite: SuiteView
+    duration: str
+    totals: str  # "3 tests, 1 passed, …"
+    not_shown: int  # failing cases beyond those recorded
+
+
+def suites(page: Page) -> Markup:
+    if not page.view.suites:
+        return Markup("")
+    blocks = []
+    for suite in page.view.suites:
+        keys = ("tests", "passed", "failures", "errors", "skipped")
+        totals = ", ".join(f"{suite.totals[k]} {k}" for k in keys if k in suite.totals)
+        recorded = len(suite.failures)
+        more = (
+            int(suite.failures_total) - recorded
+            if suite.failures_total and suite.failures_total > recorded
+            else 0
+        )
+        blocks.append(SuiteBlock(suite, secs(suite.duration_s), totals, more))
+    return render("suites.html.j2", blocks=blocks, links=page.links)
+
+
+def warnings(page: Page) -> Markup:
+    comfy = page.view.comfyui
+    groups: list[tuple[str, tuple[WarningView, ...]]] = [
+        ("run", page.view.warnings),
+        ("ComfyUI startup log", comfy.startup_warnings),
+        ("workflow preflight", comfy.preflight_problems),
+    ]
+    return render("warnings.html.j2", groups=[(label, items) for label, items in groups if items])
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    link: FileLink | None
+    missing: bool
+
+
+def artifacts(page: Page) -> Markup:
+    view, links = page.view, page.links
+    entries: list[tuple[str, str | None]] = [
+        ("run summary (JSON)", "run-summary.json"),
+        ("run summary (text)", "run-summary.txt"),
+        ("this report", "report.html"),
+    ]
+    entries += list(view.artifacts)
+    entries += [(f"{b.name} log", b.log) for b in view.backends if b.log]
+    for suite in view.suites:
+        entries += [(f"suite {suite.name} log", suite.log), (f"suite {suite.name} JUnit", suite.junit)]
+    for scene in view.scenes:
+        entries += [(f"{scene.id} {key}", path) for key, path in sorted(scene.files.items())]
+        if scene.frames_dir:
+            entries.append((f"{scene.id} frames ({scene.frame_count})", scene.frames_dir))
+    rows, seen = [], set()
+    for name, path in entries:
+        if not path or (name, path) in seen:
+            continue
+        seen.add((name, path))
+        missing = links.exists(path) is False and path != "report.html"  # being written right now
+        rows.append(Artifact(name, links.file(path), missing))
+    return render("artifacts.html.j2", rows=rows, run_dir=view.run_dir or str(links.run_root))
