@@ -43,6 +43,10 @@ class Deadline:
         left = self.remaining()
         return left if cap is None else min(left, cap)
 
+    def extended(self, seconds: float) -> Deadline:
+        """The same budget moved ``seconds`` later (time that was not this wait's to spend)."""
+        return Deadline(self.seconds, setting=self.setting, start=self.started + seconds)
+
     def sooner(self, other: Deadline | None) -> Deadline:
         """Whichever of two deadlines expires first."""
         if other is None or self.expires <= other.expires:

@@ -1,28 +1,21 @@
-"""Where ComfyUI and the LLM come from (design §3): attach to a URL, or boot the embedded simulator.
+"""Where ComfyUI and the LLM come from (design §3): attach to URLs, launch, or the embedded simulators.
 
-The embedded simulator runs as a child process (``python -m pytest_gemdirect.sim``), so a
-simulated crash is a real dead process and the harness's handling of one is the real code path.
+ComfyUI may be a pool of servers: several ``--comfyui-url``, one launched ComfyUI per GPU
+(``--comfyui-dir`` with ``--comfyui-gpus``), or ``--sim-servers K`` simulators. A server that
+cannot be started is left out with a warning while others remain.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.cmdline import split_args
-from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
-from pytest_gemdirect.processes import kill_tree, launch_logged, log_tail
 from pytest_gemdirect.settings import Settings
-
-EMBEDDED_BOOT_TIMEOUT_S = 30.0
 
 
 class ServiceError(Exception):
@@ -59,156 +52,138 @@ class Services:
         self.settings = settings
         self.handed_error = handed_error  # the xdist controller could not boot the services
         self.run_root = run_root
-        self._sim: subprocess.Popen[bytes] | None = None
-        self._sim_urls: dict[str, Any] | None = None
-        self._sim_tmp: Path | None = None  # the simulator's own files, removed at close()
-        self._launch: ComfyLaunch | None = None
+        self._sims: list[SimulatorProcess] = []
+        self._launches: dict[str, ComfyLaunch] = {}  # by URL
+        self.left_out: list[str] = []  # servers left out at start-up, in words
         # Under xdist the controller owns the services and hands each worker the backends it booted.
-        self._backends: dict[str, Backend] = {name: Backend(**info) for name, info in (handed or {}).items()}
+        handed = handed or {}
+        self._llm: Backend | None = Backend(**handed["llm"]) if handed.get("llm") else None
+        pool = handed.get("comfyui")
+        self._pool: list[Backend] | None = [Backend(**b) for b in pool] if pool else None
 
     # --- public --------------------------------------------------------------------------
 
+    def comfyui_pool(self) -> list[Backend]:
+        """Every ComfyUI server of the run, booted or attached now (in the order given)."""
+        if self._pool is None:
+            self._refuse_if_handed_error()
+            self._pool = self._boot_pool()
+        return self._pool
+
     def comfyui(self) -> Backend:
-        return self._backend("comfyui", self.settings.comfyui_url)
+        """The first server of the pool."""
+        return self.comfyui_pool()[0]
 
     def llm(self) -> Backend:
-        return self._backend("llm", self.settings.llm_url)
+        if self._llm is None:
+            self._refuse_if_handed_error()
+            if self.settings.llm_url:
+                self._llm = Backend("llm", "attached", self.settings.llm_url, simulated=False)
+            else:
+                urls = self._simulators("llm")[0].urls
+                self._llm = Backend(
+                    "llm", "embedded", urls["llm_url"], True, urls.get("pid"), urls.get("log")
+                )
+        return self._llm
+
+    def alive(self, url: str) -> bool:
+        """False as soon as a ComfyUI process the harness started for ``url`` has died."""
+        if url in self._launches:
+            return self._launches[url].alive()
+        for sim in self._sims:
+            if sim.urls.get("comfyui_url") == url:
+                return sim.alive()
+        return True  # attached, or handed over by the xdist controller: only the server can tell
 
     def comfyui_alive(self) -> bool:
-        """False as soon as a ComfyUI process the harness started (simulator or launched) has died."""
-        if self._launch is not None:
-            return self._launch.alive()
-        comfy = self._backends.get("comfyui")
-        if self._sim is not None and comfy is not None and comfy.target == "embedded":
-            return self._sim.poll() is None
-        return True
+        """Whether the first server is alive (see :meth:`alive`)."""
+        return self.alive(self.comfyui().url)
 
     def comfyui_launched_locally(self) -> bool:
-        return self._launch is not None and not self._launch.attached
+        return any(not launch.attached for launch in self._launches.values())
 
-    def boot_all(self) -> dict[str, dict[str, Any]]:
-        """Boot or attach both services now; what the xdist controller hands its workers."""
+    def boot_all(self) -> dict[str, Any]:
+        """Boot or attach every service now; what the xdist controller hands its workers."""
         return {
-            name: backend.to_dict() for name, backend in (("comfyui", self.comfyui()), ("llm", self.llm()))
+            "llm": self.llm().to_dict(),
+            "comfyui": [backend.to_dict() for backend in self.comfyui_pool()],
         }
 
     def close(self) -> None:
         """End what the harness started, whole process trees (also after Ctrl-C)."""
-        if self._launch is not None:
-            self._launch.stop()
-            self._launch = None
-        if self._sim is not None:
-            kill_tree(self._sim, grace_s=3.0)
-            self._sim = None
-        if self._sim_tmp is not None:
-            shutil.rmtree(self._sim_tmp, ignore_errors=True)
-            self._sim_tmp = None
+        for launch in self._launches.values():
+            launch.stop()
+        self._launches.clear()
+        for sim in self._sims:
+            sim.stop()
+        self._sims.clear()
 
     # --- internals -----------------------------------------------------------------------
 
-    def _backend(self, name: str, url: str | None) -> Backend:
-        if name in self._backends:
-            return self._backends[name]
+    def _refuse_if_handed_error(self) -> None:
         if self.handed_error:
             raise ServiceError(self.handed_error)
-        if url:
-            backend = Backend(name, "attached", url, simulated=False)
-        elif name == "comfyui" and self.settings.comfyui_dir:
-            backend = self._launch_comfyui()
-        else:
-            if self.settings.require_real_backends:
-                raise ServiceError(
-                    f"{name} would be the embedded simulator, but require_real_backends is set;"
-                    f" point --{name}-url at a real server"
-                )
-            urls = self._embedded()
-            backend = Backend(
-                name,
-                "embedded",
-                urls[f"{name}_url"],
-                simulated=True,
-                pid=urls.get("pid"),
-                log=urls.get("log"),
-            )
-        self._backends[name] = backend
-        return backend
 
-    def _launch_comfyui(self) -> Backend:
+    def _boot_pool(self) -> list[Backend]:
         s = self.settings
-        log_path = self.run_root / "comfyui.log"
-        self._launch = ComfyLaunch(
+        if s.comfyui_url:
+            return [Backend("comfyui", "attached", url, simulated=False) for url in s.comfyui_url]
+        if s.comfyui_dir:
+            return self._launch_pool()
+        sims = self._simulators("comfyui")
+        return [
+            Backend(
+                "comfyui", "embedded", sim.urls["comfyui_url"], True, sim.urls.get("pid"), sim.urls.get("log")
+            )
+            for sim in sims
+        ]
+
+    def _simulators(self, name: str) -> list[SimulatorProcess]:
+        if self.settings.require_real_backends:
+            raise ServiceError(
+                f"{name} would be the embedded simulator, but require_real_backends is set;"
+                f" point --{name}-url at a real server"
+            )
+        if not self._sims:
+            try:
+                self._sims = start_simulators(self.settings, self.run_root, self.settings.sim_servers)
+            except SimulatorFailed as exc:
+                raise ServiceError(str(exc)) from None
+        return self._sims
+
+    def _launch_pool(self) -> list[Backend]:
+        """One ComfyUI per GPU (or one, on the default device), started side by side."""
+        gpus: list[int | None] = list(self.settings.comfyui_gpus) or [None]
+        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+            launched = list(pool.map(self._launch_one, gpus, range(len(gpus))))
+        backends = [backend for backend, _ in launched if backend is not None]
+        failures = [why for _, why in launched if why is not None]
+        if not backends:
+            raise ServiceError("; ".join(failures))
+        self.left_out += failures
+        return backends
+
+    def _launch_one(self, gpu: int | None, index: int) -> tuple[Backend | None, str | None]:
+        s = self.settings
+        extra = split_args(s.comfyui_args, what="--comfyui-args")
+        log_path = self.run_root / ("comfyui.log" if gpu is None else f"comfyui-gpu{gpu}.log")
+        if gpu is not None:
+            extra += ["--cuda-device", str(gpu)]
+        port = s.comfyui_port + index if s.comfyui_port else None
+        launch = ComfyLaunch(
             s.comfyui_dir,
             python=s.comfyui_python,
-            port=s.comfyui_port,
-            extra_args=split_args(s.comfyui_args, what="--comfyui-args"),
+            port=port,
+            extra_args=extra,
             log_path=log_path,
             boot_timeout_s=s.comfyui_boot_timeout,
         )
         try:
-            url = self._launch.start()
+            url = launch.start()
         except LaunchError as exc:
-            self._launch = None
-            raise ServiceError(str(exc)) from None
-        if self._launch.attached:
-            return Backend("comfyui", "attached", url, simulated=False)
-        return Backend("comfyui", "launched", url, simulated=False, pid=self._launch.pid, log=str(log_path))
-
-    def _embedded(self) -> dict[str, Any]:
-        if self._sim_urls is None:
-            self._sim_urls = self._boot_simulator()
-        return self._sim_urls
-
-    def _simulator_root(self) -> Path:
-        """Where the simulator keeps its inputs and outputs: a temporary folder, unless asked.
-
-        Its outputs are the frames the harness downloads into the run directory anyway; kept,
-        they would double a run directory's size (--sim-keep-files true keeps them).
-        """
-        if self.settings.sim_keep_files:
-            return self.run_root / "simulator"
-        self._sim_tmp = Path(tempfile.mkdtemp(prefix="gemdirect-sim-"))
-        return self._sim_tmp
-
-    def _boot_simulator(self) -> dict[str, Any]:
-        sim_root = self._simulator_root()
-        ready_file = sim_root / "ready.json"
-        log_path = self.run_root / "simulator.log"
-        sim_root.mkdir(parents=True, exist_ok=True)
-        ready_file.unlink(missing_ok=True)
-        args = [
-            sys.executable,
-            "-m",
-            "pytest_gemdirect.sim",
-            "--root",
-            str(sim_root),
-            "--ready-file",
-            str(ready_file),
-            "--step-seconds",
-            str(self.settings.sim_step_seconds),
-            "--seed",
-            str(self.settings.llm_seed),
-            "--parent-pid",
-            str(os.getpid()),
-        ]
-        for spec in self.settings.faults.specs():
-            args += ["--fault", spec]
-        self._sim = launch_logged(args, cwd=self.run_root, env_overrides={}, log_path=log_path)
-        deadline = Deadline(EMBEDDED_BOOT_TIMEOUT_S)
-        while not ready_file.exists():
-            try:
-                code = self._sim.wait(timeout=deadline.timeout(cap=0.05))
-            except subprocess.TimeoutExpired:
-                if deadline.expired():
-                    self.close()
-                    raise ServiceError(
-                        f"the embedded simulator did not become ready within {EMBEDDED_BOOT_TIMEOUT_S:g} s;"
-                        f" its log ({log_path}) ends:\n{log_tail(log_path)}"
-                    ) from None
-                continue
-            raise ServiceError(
-                f"the embedded simulator exited with code {code} while booting; its log ({log_path}) ends:\n"
-                f"{log_tail(log_path)}"
-            )
-        urls: dict[str, Any] = json.loads(ready_file.read_text(encoding="utf-8"))
-        urls["log"] = str(log_path)
-        return urls
+            where = "ComfyUI" if gpu is None else f"ComfyUI on GPU {gpu}"
+            return None, f"{where} was left out: {exc}"
+        self._launches[url] = launch
+        if launch.attached:
+            return Backend("comfyui", "attached", url, simulated=False), None
+        return Backend("comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(log_path)), None

@@ -169,7 +169,29 @@ def _policy_spec(setting: PolicySetting) -> SettingSpec:
 
 SPECS: tuple[SettingSpec, ...] = (
     # services
-    SettingSpec("comfyui_url", _url, None, "attach to the ComfyUI server at this URL", metavar="URL"),
+    SettingSpec(
+        "comfyui_url",
+        _url,
+        (),
+        "attach to the ComfyUI server at this URL; repeat (or comma-separate) for a pool of servers",
+        multi=True,
+        metavar="URL",
+    ),
+    SettingSpec(
+        "comfyui_gpus",
+        _non_negative_int,
+        (),
+        "with --comfyui-dir: launch one ComfyUI per GPU index (--cuda-device), e.g. 0,1",
+        multi=True,
+        metavar="N,N",
+    ),
+    SettingSpec(
+        "sim_servers",
+        _positive_int,
+        1,
+        "embedded ComfyUI simulators to start (a pool of K servers, to try scaling anywhere)",
+        metavar="K",
+    ),
     SettingSpec(
         "comfyui_dir", _existing_dir, None, "launch ComfyUI's main.py from this install folder", metavar="DIR"
     ),
@@ -384,6 +406,18 @@ def _check_together(settings: Settings) -> None:
         FaultPlan.parse(settings.values["sim_fault"])
     except ValueError as exc:
         raise SettingError(f"invalid value for sim_fault ({settings.sources['sim_fault']}): {exc}") from None
+    if settings.comfyui_gpus and not settings.comfyui_dir:
+        raise SettingError(
+            f"comfyui_gpus ({settings.sources['comfyui_gpus']}) launches one ComfyUI per GPU from"
+            " --comfyui-dir, which is not set"
+        )
+    if settings.sim_servers > 1 and (settings.comfyui_url or settings.comfyui_dir):
+        raise SettingError(
+            f"sim_servers ({settings.sources['sim_servers']}) starts simulators, but ComfyUI comes from"
+            " --comfyui-url or --comfyui-dir; set only one"
+        )
+    if len(set(settings.comfyui_url)) != len(settings.comfyui_url):
+        raise SettingError(f"comfyui_url ({settings.sources['comfyui_url']}) names a server twice")
     if settings.comfyui_url and settings.comfyui_dir:
         raise SettingError(
             f"comfyui_url ({settings.sources['comfyui_url']}) and"
@@ -401,7 +435,7 @@ def _check_together(settings: Settings) -> None:
 def describe_targets(settings: Settings) -> dict[str, str]:
     """Each service's target in words, for the terminal header (nothing is booted)."""
     if settings.comfyui_url:
-        comfy = f"attach {settings.comfyui_url}"
+        comfy = "attach " + ", ".join(settings.comfyui_url)
     elif settings.comfyui_dir:
         comfy = f"launch {settings.comfyui_dir} (main.py)"
     else:

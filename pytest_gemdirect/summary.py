@@ -96,6 +96,7 @@ class RunSummary:
             "status": "not_reached",
             "title": None,
             "prompt_id": None,
+            "server": None,
             "failed_stage": None,
             "message": None,
             "attempts": [],

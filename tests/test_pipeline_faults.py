@@ -158,12 +158,16 @@ def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failin
 
 
 def _assert_own_prompt_stopped(run_dir: Path, data: dict, scene_id: str) -> None:
-    """The simulator was asked to interrupt and dequeue the scene's running prompt, and no other."""
+    """The simulator was asked to interrupt and dequeue the scene's running prompt, and only ours.
+
+    A later scene of ours may be queued behind it (the GPU never waits): it is dequeued too.
+    """
     prompt = posted_prompts(run_dir, scene_id)[-1]
+    ours = {p for scene in scenes(data) for p in posted_prompts(run_dir, scene)}
     asked = gpu_requests(run_dir)
     assert f"POST /interrupt prompt_id={prompt} running={prompt}" in asked, asked
     assert f"POST /queue delete {prompt}" in asked, asked
-    assert all(prompt in line for line in asked), asked
+    assert all(any(p in line for p in ours) for line in asked), asked
     assert any(f"{scene_id}: the run was cut short during its generation" in w for w in data["warnings"])
 
 

@@ -103,10 +103,8 @@ def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
         "fallback",
         "--scenes",
         "1",
-        "--comfyui-dir",
-        str(install),
-        "--workflow",
-        str(SMOKE),
+        f"--comfyui-dir={install}",
+        f"--workflow={SMOKE}",
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)

@@ -126,6 +126,12 @@ class ActiveJobs:
             if job in self._jobs:
                 self._jobs.remove(job)
 
+    def stop(self, tag: str, reason: str) -> list[dict[str, Any]]:
+        """Interrupt and dequeue the jobs of one scene (its test ran out of time); the others go on."""
+        with self._lock:
+            jobs = [job for job in self._jobs if job.tag == tag]
+        return [done for job in jobs if (done := job.abandon(reason)) is not None]
+
     def stop_all(self, reason: str) -> list[dict[str, Any]]:
         """Interrupt and dequeue every job still at work (ours only); what was done for each."""
         with self._lock:
@@ -145,6 +151,8 @@ def run_job(
     client_id: str | None = None,
     active: ActiveJobs | None = None,
     on_abandon: Callable[[dict[str, Any]], None] | None = None,
+    behind: Callable[[], bool] | None = None,
+    tag: str | None = None,
 ) -> JobResult:
     """Queue ``prompt`` and follow it to its end; raise :class:`JobFailed` otherwise.
 
@@ -155,9 +163,14 @@ def run_job(
     When the run is cut short while the job is at work (KeyboardInterrupt, a pytest-timeout
     failure, or ``active.stop_all`` from another thread) our prompt is interrupted and removed
     from the queue within :data:`ABANDON_BUDGET_S`, and ``on_abandon`` gets what was done.
+
+    ``behind()`` true means the harness's own previous job on this server is still ahead of this
+    one (queued behind it so that the GPU never waits): until our prompt starts, that wait is
+    recorded (``behind_own_s``) and counted neither against ``scene_max_wait`` nor as silence.
+    ``tag`` (the scene) lets ``active.stop(tag)`` stop this job alone.
     """
     job = _Job(client, prompt, policy, on_event, on_progress, is_server_alive, client_id)
-    job.active, job.on_abandon = active, on_abandon
+    job.active, job.on_abandon, job.behind, job.tag = active, on_abandon, behind, tag
     return job.run()
 
 
@@ -236,6 +249,9 @@ class _Job:
         self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
         self.active: ActiveJobs | None = None
         self.on_abandon: Callable[[dict[str, Any]], None] | None = None
+        self.behind: Callable[[], bool] | None = None
+        self.tag: str | None = None
+        self._behind_since: float | None = None
         self._posted = False  # POST /prompt was sent: the server may hold our prompt
         self._over = False  # the job reached an end of its own (result, or a failure with clean-up)
         self._abandon_lock = threading.Lock()
@@ -360,6 +376,7 @@ class _Job:
         s, end = self.state, self.end
         while True:
             self.check_alive()
+            self.wait_behind_own()
             if self.deadline.expired():
                 text = deadline_text(s, self.policy, end.ws_text())
                 raise end.fail("scene_max_wait", text, setting="scene_max_wait", cleanup=True)
@@ -397,9 +414,25 @@ class _Job:
             due.append(self.check_at - now)
         if self.feed.open and not self.feed.silent and self.state.completion is None:
             due.append(self.feed.last_activity + self.policy.ws_idle_timeout_s - now)
-        if self.is_server_alive is not None:
+        if self.is_server_alive is not None or self._behind_since is not None:
             due.append(ALIVE_CHECK_S)
         return max(0.0, min(due))
+
+    def wait_behind_own(self) -> None:
+        """While our prompt waits behind the harness's own previous job, its clocks do not run."""
+        s = self.state
+        waiting = self.behind is not None and s.started_s is None and s.completion is None and self.behind()
+        now = time.monotonic()
+        if waiting:
+            if self._behind_since is None:
+                self._behind_since = now
+                self.events.emit("behind_own", prompt_id=s.prompt_id)
+            self.deadline = Deadline(self.policy.scene_max_wait_s, setting="scene_max_wait")
+            self.feed.last_activity = now
+        elif self._behind_since is not None:
+            s.behind_own_s = round(now - self._behind_since, 3)
+            self._behind_since = None
+            self.events.emit("behind_own_done", seconds=s.behind_own_s)
 
     def went_silent(self) -> None:
         since = self.state.rel(self.feed.last_activity)

@@ -36,6 +36,7 @@ class JobState:
     number: int | float | None = None
     queued_s: float | None = None
     started_s: float | None = None
+    behind_own_s: float | None = None  # waited in the queue behind the harness's own previous job
     completion: str | None = None
     completed_s: float | None = None
     stored_signal_s: float | None = None  # executing{node: null}: the server has stored the entry
@@ -73,6 +74,7 @@ class JobState:
             "started_s": self.started_s,
             "completed_s": self.completed_s,
             "history_s": self.history_s,
+            "behind_own_s": self.behind_own_s,
         }
 
     def seconds_per_step(self) -> float | None:

@@ -18,6 +18,7 @@ from pytest_gemdirect.stages.frames import SceneFrames
 from pytest_gemdirect.stages.generation import Generation
 from pytest_gemdirect.stages.llm import LLMHealth
 from pytest_gemdirect.stages.pipeline import NotReached, Pipeline, StageFailed, StageSkipped
+from pytest_gemdirect.stages.pool import ScenePool
 from pytest_gemdirect.stages.story import SceneScript, Story
 from pytest_gemdirect.stages.summary import CheckedSummary
 from pytest_gemdirect.suites import SuiteResult, SuiteSpec, parse_suite_specs
@@ -65,14 +66,22 @@ class Stages:
                 "llm": lambda key: llm.check(ctx),
                 "story": lambda key: story.write(ctx, self.llm),
                 "comfyui": lambda key: comfyui.start(ctx),
-                "svd": lambda key: generation.generate(
-                    ctx, _scene_of(key), self.story(need=True), self.comfyui(need=True)
-                ),
+                "svd": lambda key: self._scene_pool().result(_scene_of(key)),
                 "frames": lambda key: frames.retrieve(ctx, self.generation(_scene_of(key), need=True)),
                 "suites": self._suite,
                 "summary": self._summary,
             },
         )
+
+        self._pool: ScenePool | None = None
+
+    def _scene_pool(self) -> ScenePool:
+        """Every scene's generation, started over the ComfyUI servers when the first one is needed."""
+        if self._pool is None:
+            story_result, comfy = self.story(need=True), self.comfyui(need=True)
+            self._pool = ScenePool(self.ctx, comfy.servers, self.scene_ids())
+            self._pool.start(lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy))
+        return self._pool
 
     def _get(self, key: str, need: bool) -> Any:
         return self.pipeline.require(key) if need else self.pipeline.run(key)
@@ -134,6 +143,8 @@ class Stages:
         Called when the process is about to end from another thread (pytest-timeout's thread
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
+        if self._pool is not None:
+            self._pool.stop(message)
         self.ctx.active_jobs.stop_all(message)
         self.pipeline.interrupt_running(message)
 

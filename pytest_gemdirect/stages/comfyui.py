@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,42 @@ from pytest_gemdirect.startup_log import StartupWarning, find_startup_warnings
 
 
 @dataclass(frozen=True)
-class ComfyUIService:
-    """A ready ComfyUI and the checked workflows the scenes run on it."""
+class ComfyServer:
+    """One ComfyUI server of the pool: where it is, a client for it, and whether it still lives."""
 
+    name: str  # server-1, server-2 … in the order the servers were given
     url: str
     client: ComfyClient
+    alive: Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ComfyUIService:
+    """The ready ComfyUI servers and the checked workflows the scenes run on them."""
+
+    servers: tuple[ComfyServer, ...]  # every server that answered and can run the workflow
     workflow: dict[str, Any]
     keyframe_workflow: dict[str, Any] | None
     facts: dict[str, Any]  # the summary's ``comfyui`` section
+
+    @property
+    def url(self) -> str:
+        """The first server's URL."""
+        return self.servers[0].url
+
+    @property
+    def client(self) -> ComfyClient:
+        """A client of the first server."""
+        return self.servers[0].client
+
+
+@dataclass
+class _Candidate:
+    backend: Backend
+    server: ComfyServer
+    stats: dict[str, Any]
+    object_info: dict[str, Any]
+    problems: list[str]
 
 
 def keyframe_patch(ctx: StageContext, scene_id: str, text: str) -> KeyframePatch:
@@ -47,30 +76,68 @@ def keyframe_patch(ctx: StageContext, scene_id: str, text: str) -> KeyframePatch
 
 def start(ctx: StageContext) -> ComfyUIService:
     try:
-        backend = ctx.services.comfyui()
+        backends = ctx.services.comfyui_pool()
     except ServiceError as exc:
         raise StageFailed(f"ComfyUI: {exc}") from None
+    for left_out in ctx.services.left_out:
+        ctx.summary.warn(left_out)
+    workflow_path = ctx.settings.workflow or default_workflow_path()
+    try:
+        workflow = load_workflow(workflow_path)
+    except WorkflowError as exc:
+        raise StageFailed(str(exc)) from None
+    silent: list[str] = []  # servers that did not answer, in words
+    candidates = [_check(ctx, b, n, workflow, len(backends), silent) for n, b in enumerate(backends, 1)]
+    ready = [c for c in candidates if c is not None and not c.problems]
+    first = ready[0] if ready else next((c for c in candidates if c is not None), None)
+    if first is None:
+        raise StageFailed("no ComfyUI server answered: " + "; ".join(silent))
+    for number, candidate in enumerate(ready or [first]):
+        ctx.summary.set_backend(
+            "comfyui" if number == 0 else f"comfyui-{number + 1}", candidate.backend.to_dict()
+        )
+    problems = list(first.problems)
+    keyframe_workflow = _keyframe_workflow(ctx, first.object_info, problems)
+    facts = _facts(ctx, first.backend, first.stats, first.object_info, workflow_path, workflow, problems)
+    facts["servers"] = [
+        {"name": c.server.name, "url": c.server.url, "version": c.backend.version} for c in ready
+    ]
+    ctx.summary.set_section("comfyui", facts)
+    if problems:
+        raise StageFailed(
+            f"workflow {workflow_path} cannot run on {first.backend.url}: " + "; ".join(problems)
+        )
+    return ComfyUIService(tuple(c.server for c in ready), workflow, keyframe_workflow, facts)
+
+
+def _check(
+    ctx: StageContext,
+    backend: Backend,
+    number: int,
+    workflow: dict[str, Any],
+    pool_size: int,
+    silent: list[str],
+) -> _Candidate | None:
+    """One server's health check and preflight; a failing server of a pool is left out with a warning."""
     client = ComfyClient(backend.url, max_body_bytes=ctx.max_body_bytes)
     deadline = Deadline(STARTUP_TIMEOUT_S)
     try:
         stats = client.system_stats(deadline=deadline)
         object_info = client.object_info(deadline=deadline)
     except ComfyError as exc:
-        raise StageFailed(f"ComfyUI at {backend.url} did not answer: {exc}") from None
+        if pool_size == 1:
+            raise StageFailed(f"ComfyUI at {backend.url} did not answer: {exc}") from None
+        silent.append(f"server-{number} at {backend.url}: {exc}")
+        ctx.summary.warn(f"ComfyUI server-{number} at {backend.url} was left out: it did not answer: {exc}")
+        return None
     backend.version = stats.get("system", {}).get("comfyui_version")
-    ctx.summary.set_backend("comfyui", backend.to_dict())
-    workflow_path = ctx.settings.workflow or default_workflow_path()
-    try:
-        workflow = load_workflow(workflow_path)
-    except WorkflowError as exc:
-        raise StageFailed(str(exc)) from None
     problems = preflight(workflow, object_info)
-    keyframe_workflow = _keyframe_workflow(ctx, object_info, problems)
-    facts = _facts(ctx, backend, stats, object_info, workflow_path, workflow, problems)
-    ctx.summary.set_section("comfyui", facts)
-    if problems:
-        raise StageFailed(f"workflow {workflow_path} cannot run on {backend.url}: " + "; ".join(problems))
-    return ComfyUIService(backend.url, client, workflow, keyframe_workflow, facts)
+    if problems and pool_size > 1:
+        ctx.summary.warn(
+            f"ComfyUI server-{number} at {backend.url} cannot run the workflow: " + "; ".join(problems)
+        )
+    server = ComfyServer(f"server-{number}", backend.url, client, lambda: ctx.services.alive(backend.url))
+    return _Candidate(backend, server, stats, object_info, problems)
 
 
 def _facts(

@@ -18,9 +18,10 @@ from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.stages import keyframe
 from pytest_gemdirect.stages.attempts import Next, after_failure
-from pytest_gemdirect.stages.comfyui import ComfyUIService
+from pytest_gemdirect.stages.comfyui import ComfyServer, ComfyUIService
 from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import NotReached, StageFailed
+from pytest_gemdirect.stages.pool import SceneTicket
 from pytest_gemdirect.stages.story import Story
 
 
@@ -31,6 +32,7 @@ class Generation:
     scene_id: str
     client: ComfyClient
     deadline: Deadline
+    server: ComfyServer  # the server of the latest attempt (another one after a server died)
     result: JobResult | None = None
     deferred: JobFailed | None = None  # completion seen, outputs never in /history: frames fails
     attempts: list[dict[str, Any]] = field(default_factory=list)
@@ -45,17 +47,23 @@ class Generation:
         return self.result.prompt_id if self.result else None
 
 
-def generate(ctx: StageContext, scene_id: str, story: Story, comfy: ComfyUIService) -> Generation:
+def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyUIService) -> Generation:
+    """The scene's attempts on its server (another one after a server died), each recorded as it goes."""
+    scene_id = ticket.scene_id
     if ctx.server_gone:
         raise NotReached(f"not reached: {ctx.server_gone}")
     deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
-    generation = Generation(scene_id, comfy.client, deadline)
+    generation = Generation(scene_id, ticket.server.client, deadline, ticket.server)
     ctx.summary.start_scene(scene_id)
+    ctx.summary.update_scene(scene_id, server=ticket.server.url)
     if comfy.keyframe_workflow is not None:
         keyframe.draw(ctx, generation, comfy.keyframe_workflow, story.scene(scene_id).visual_prompt)
     prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
     max_attempts = ctx.policy.max_attempts
     for number in range(1, max_attempts + 1):
+        stop = ticket.cancelled()
+        if stop is not None:
+            raise StageFailed(f"{scene_id}: stopped before attempt {number}: {stop}")
         attempt = {
             "number": number,
             "started_at": now(),
@@ -63,24 +71,29 @@ def generate(ctx: StageContext, scene_id: str, story: Story, comfy: ComfyUIServi
             "outcome": "running",
             "reason": None,
         }
+        attempt["server"] = generation.server.url
         generation.attempts.append(attempt)
         record_scene(ctx, generation)
         ctx.event(scene_id, {"t": now(), "event": "attempt_start", "attempt": number, "scene": scene_id})
         try:
-            result = _follow(ctx, generation, prompt, number)
+            result = _follow(ctx, generation, prompt, number, ticket)
         except PromptRejected as exc:
             attempt.update(ended_at=now(), outcome="rejected", reason=str(exc))
             record_scene(ctx, generation)
             raise StageFailed(f"{scene_id}: ComfyUI rejected the workflow: {exc}") from None
         except JobFailed as failure:
-            if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts) is Next.DEFER:
+            if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket) is Next.DEFER:
                 return generation
+            if generation.server.url != attempt["server"]:  # the keyframe goes to the new server
+                prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
             generation.deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
             continue
         attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
         ctx.event(scene_id, {"t": now(), "event": "attempt_end", "attempt": number, "outcome": "success"})
         generation.result = result
-        generation.vram_free_after = _vram_free(comfy.client, generation.deadline)
+        # The wait behind our own previous scene is not this scene's: frames get that time back.
+        generation.deadline = generation.deadline.extended(result.timings.get("behind_own_s") or 0.0)
+        generation.vram_free_after = _vram_free(generation.client, generation.deadline)
         record_scene(ctx, generation)
         for note in result.notes:
             ctx.summary.warn(f"{scene_id}: {note}")
@@ -91,13 +104,13 @@ def generate(ctx: StageContext, scene_id: str, story: Story, comfy: ComfyUIServi
 def _prepare(
     ctx: StageContext, generation: Generation, keyframe_png: Any, comfy: ComfyUIService
 ) -> dict[str, Any]:
-    """Upload the keyframe and patch the workflow for this scene (written to workflow.json)."""
-    scene_id = generation.scene_id
+    """Upload the keyframe to the scene's server and patch the workflow (written to workflow.json)."""
+    scene_id, client = generation.scene_id, generation.client
     try:
-        uploaded = comfy.client.upload_image(
+        uploaded = client.upload_image(
             keyframe_png, name=f"gemdirect-{ctx.run.run_id}-{scene_id}.png", deadline=generation.deadline
         )
-        generation.vram_free_before = _vram_free(comfy.client, generation.deadline)
+        generation.vram_free_before = _vram_free(client, generation.deadline)
     except ComfyError as exc:
         raise StageFailed(f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}") from None
     image_name = (
@@ -121,6 +134,7 @@ def _after_failed_attempt(
     attempt: dict[str, Any],
     failure: JobFailed,
     max_attempts: int,
+    ticket: SceneTicket,
 ) -> Next:
     """Record the failed attempt; return RETRY or DEFER, or raise the stage's failure."""
     scene_id, number = generation.scene_id, attempt["number"]
@@ -132,9 +146,20 @@ def _after_failed_attempt(
     if step is Next.DEFER:
         generation.deferred = failure
     elif step is Next.SERVER_GONE:
-        ctx.server_gone = f"ComfyUI server died during {scene_id}"
         ctx.summary.warn(f"{scene_id}: {failure}")
-        raise StageFailed(f"{scene_id}: {failure}") from None
+        other = ticket.replace_server()
+        if other is None:
+            ctx.server_gone = f"ComfyUI server died during {scene_id}"
+            raise StageFailed(f"{scene_id}: {failure}") from None
+        if number >= max_attempts:
+            tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
+            raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
+        ctx.summary.warn(
+            f"{scene_id}: {generation.server.name} went away; attempt {number + 1} goes to {other.name}"
+        )
+        generation.server, generation.client = other, other.client
+        ctx.summary.update_scene(scene_id, server=other.url)
+        step = Next.RETRY
     elif step is Next.RETRY:
         ctx.summary.warn(f"{scene_id}: attempt {number} failed ({failure.kind}); re-queued")
     else:
@@ -143,7 +168,9 @@ def _after_failed_attempt(
     return step
 
 
-def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], number: int) -> JobResult:
+def _follow(
+    ctx: StageContext, generation: Generation, prompt: dict[str, Any], number: int, ticket: SceneTicket
+) -> JobResult:
     """One attempt: queue and follow the job; sample the GPU meanwhile when ComfyUI runs here."""
     scene_id = generation.scene_id
     sampler = GpuSampler(interval_s=1.0) if ctx.services.comfyui_launched_locally() else None
@@ -153,6 +180,8 @@ def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], n
 
     def on_event(event: dict[str, Any]) -> None:
         ctx.event(scene_id, {**event, "scene_attempt": number})
+        if event.get("event") == "queued":
+            ticket.posted()
         node = event.get("node") if event.get("type") == "executing" else None
         if progress is not None and isinstance(node, str):
             progress.node(scene_id, f"{prompt.get(node, {}).get('class_type', '?')} (node {node})")
@@ -164,9 +193,11 @@ def _follow(ctx: StageContext, generation: Generation, prompt: dict[str, Any], n
             policy=ctx.policy,
             on_event=on_event,
             on_progress=lambda value, maximum: progress(scene_id, value, maximum) if progress else None,
-            is_server_alive=ctx.services.comfyui_alive,
+            is_server_alive=generation.server.alive,
             active=ctx.active_jobs,
             on_abandon=ctx.abandoned(scene_id, f"generation (attempt {number})"),
+            behind=ticket.behind,
+            tag=scene_id,
         )
     finally:
         if progress is not None:
@@ -186,6 +217,7 @@ def record_scene(
     timings = result.timings if result else {}
     telemetry = {
         "queue_wait_s": _delta(timings, "started_s", None),
+        "behind_own_s": timings.get("behind_own_s"),  # part of the queue wait: behind our own previous scene
         "generation_s": _delta(
             timings, "completed_s", "started_s" if timings.get("started_s") else "queued_s"
         ),

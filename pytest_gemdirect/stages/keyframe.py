@@ -66,7 +66,7 @@ def _draw_once(
         outputs_dir=scene_dir / "keyframe-outputs",
         deadline=generation.deadline,
         on_event=lambda event: ctx.event(scene_id, {**event, "keyframe_attempt": number}),
-        is_server_alive=ctx.services.comfyui_alive,
+        is_server_alive=generation.server.alive,
         active=ctx.active_jobs,
         on_abandon=ctx.abandoned(scene_id, "keyframe drawing"),
     )
