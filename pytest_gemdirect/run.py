@@ -199,7 +199,10 @@ class Run:
         elif not self.is_worker and self.directory is not None:
             from pytest_gemdirect.xdist_support import settle_workers_summary
 
-            settle_workers_summary(self.directory, self.summary_data(), self.crashed_tests, self.failed_tests)
+            data = self.summary_data()
+            if data is None and exitstatus == pytest.ExitCode.INTERRUPTED:
+                self._interrupted_before_any_stage(self.directory)
+            settle_workers_summary(self.directory, data, self.crashed_tests, self.failed_tests)
         self.write_report()
         self.close_services()
         data = self.summary_data()
@@ -208,6 +211,16 @@ class Run:
 
             report = self.directory.report_html
             append_step_summary(data, report if report.is_file() else None)
+
+    def _interrupted_before_any_stage(self, directory: RunDirectory) -> None:
+        """xdist controller, Ctrl-C while it booted the services: the run directory says interrupted."""
+        self.summary = RunSummary(
+            directory,
+            settings=self.settings.public(),
+            sources=dict(self.settings.sources),
+            scene_ids=scene_ids(self.settings.scenes),
+        )
+        self.summary.finish("interrupted", "the run was interrupted before any stage ran (services starting)")
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
         """With the user's own ``--html``, pytest-html's report carries the run's overview too."""

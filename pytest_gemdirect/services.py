@@ -7,7 +7,7 @@ cannot be started is left out with a warning while others remain.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,8 @@ from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.settings import Settings
+
+WAIT_SLICE_S = 0.25  # the main thread's waits, so that Ctrl-C lands at once on every platform
 
 
 class ServiceError(Exception):
@@ -152,32 +154,50 @@ class Services:
         return self._sims
 
     def _launch_pool(self) -> list[Backend]:
-        """One ComfyUI per GPU (or one, on the default device), started side by side."""
+        """One ComfyUI per GPU (or one, on the default device), booted side by side.
+
+        The main thread waits in short slices, so Ctrl-C lands at once; it then ends every launch.
+        """
         gpus: list[int | None] = list(self.settings.comfyui_gpus) or [None]
-        with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-            launched = list(pool.map(self._launch_one, gpus, range(len(gpus))))
-        backends = [backend for backend, _ in launched if backend is not None]
-        failures = [why for _, why in launched if why is not None]
+        launches = [self._new_launch(gpu, index) for index, gpu in enumerate(gpus)]
+        try:
+            if len(launches) == 1:
+                outcomes = [self._start(launches[0], gpus[0])]
+            else:
+                with ThreadPoolExecutor(max_workers=len(launches)) as pool:
+                    futures = [
+                        pool.submit(self._start, launch, gpu)
+                        for launch, gpu in zip(launches, gpus, strict=True)
+                    ]
+                    while not all(future.done() for future in futures):
+                        wait(futures, timeout=WAIT_SLICE_S)
+                    outcomes = [future.result() for future in futures]
+        except BaseException:
+            for launch in launches:
+                launch.stop()
+            raise
+        backends = [backend for backend, _ in outcomes if backend is not None]
+        failures = [why for _, why in outcomes if why is not None]
         if not backends:
             raise ServiceError("; ".join(failures))
         self.left_out += failures
         return backends
 
-    def _launch_one(self, gpu: int | None, index: int) -> tuple[Backend | None, str | None]:
+    def _new_launch(self, gpu: int | None, index: int) -> ComfyLaunch:
         s = self.settings
         extra = split_args(s.comfyui_args, what="--comfyui-args")
-        log_path = self.run_root / ("comfyui.log" if gpu is None else f"comfyui-gpu{gpu}.log")
         if gpu is not None:
             extra += ["--cuda-device", str(gpu)]
-        port = s.comfyui_port + index if s.comfyui_port else None
-        launch = ComfyLaunch(
+        return ComfyLaunch(
             s.comfyui_dir,
             python=s.comfyui_python,
-            port=port,
+            port=s.comfyui_port + index if s.comfyui_port else None,
             extra_args=extra,
-            log_path=log_path,
+            log_path=self.run_root / ("comfyui.log" if gpu is None else f"comfyui-gpu{gpu}.log"),
             boot_timeout_s=s.comfyui_boot_timeout,
         )
+
+    def _start(self, launch: ComfyLaunch, gpu: int | None) -> tuple[Backend | None, str | None]:
         try:
             url = launch.start()
         except LaunchError as exc:
@@ -186,4 +206,6 @@ class Services:
         self._launches[url] = launch
         if launch.attached:
             return Backend("comfyui", "attached", url, simulated=False), None
-        return Backend("comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(log_path)), None
+        return Backend(
+            "comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(launch.log_path)
+        ), None

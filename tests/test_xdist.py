@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from tests.outside import (
     FAST,
     SMOKE,
     PipelineRun,
+    interrupt,
     items,
     processes_from,
     run_e2e,
@@ -155,3 +158,34 @@ def test_a_worker_that_dies_mid_pipeline_fails_the_run_in_summary_and_report(
     assert "test_frames[scene-001]" in data["status_reason"]
     assert "crashed" in (run_dir / "run-summary.txt").read_text(encoding="utf-8").splitlines()[0]
     assert "FAILED" in verdict_of(run_dir / "report.html")
+
+
+def test_ctrl_c_while_the_controller_boots_the_services_leaves_an_interrupted_summary(
+    project: pytest.Pytester,
+) -> None:
+    # A ComfyUI that never answers: the controller is still booting it when Ctrl-C comes.
+    run_dir = project.path / "run"
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *NO_BENCHMARK, "-n", "2", "-m", "e2e"]
+    argv += [
+        f"--run-dir={run_dir}",
+        f"--comfyui-dir={FAKES / 'never_ready'}",
+        "--comfyui-boot-timeout",
+        "600",
+    ]
+    kwargs: dict = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+    proc = subprocess.Popen(
+        argv, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs
+    )
+    log = run_dir / "comfyui.log"
+    for _ in range(600):  # until the fake ComfyUI has started writing its log (at most 60 s)
+        if log.is_file() and "Loading custom nodes" in log.read_text(encoding="utf-8", errors="replace"):
+            break
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.1)
+    output = interrupt(proc)
+    data = summary_of(run_dir)
+    assert data["status"] == "interrupted", output
+    assert "before any stage ran" in data["status_reason"]
+    assert [scene["status"] for scene in data["scenes"]] == ["not_reached"] * 3
