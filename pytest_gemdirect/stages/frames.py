@@ -125,7 +125,7 @@ def _check_video(
             ctx.summary.warn(drift.drift.message)
     if not problems:
         return video, None
-    return video, f"{scene_id} frames: " + "; ".join(problems)
+    return video, "; ".join(problems)  # each names the scene and the file
 
 
 def _scene_details(ctx: StageContext, generation: Generation, frames: list[DownloadedFile]) -> None:
