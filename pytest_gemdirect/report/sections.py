@@ -190,9 +190,9 @@ class SceneCard:
 class _ClipBudget:
     """Embeds clips while the budget lasts, in scene order; a clip past it is linked instead."""
 
-    def __init__(self, links: Links, budget: int = CLIP_EMBED_BUDGET) -> None:
+    def __init__(self, links: Links, budget: int | None = None) -> None:
         self.links = links
-        self.left = budget
+        self.left = CLIP_EMBED_BUDGET if budget is None else budget
 
     def data_uri(self, rel: str | None) -> str | None:
         path = inside(self.links.run_root, rel)
