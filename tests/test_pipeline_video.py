@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pytest_gemdirect.comfyui.outputs import DownloadedFile
 from pytest_gemdirect.settings import SPECS_BY_NAME
+from pytest_gemdirect.stages.video_checks import choose_source
 from tests.outside import FAST, PipelineRun, items, run_e2e, scenes, summary_of
 
 
@@ -203,3 +205,35 @@ def test_the_summary_stage_checks_that_the_clip_exists() -> None:
         "scenes": [{"id": "scene-001", "files": {}, "video": {"clip": "scene-001/clip.mp4"}}],
     }
     assert ("scene-001.video.clip", "scene-001/clip.mp4") in _named_files(data)
+
+
+# --- which output is the scene's video ------------------------------------------------------------
+
+
+def downloaded(node_id: str, name: str, frames: int = 1) -> DownloadedFile:
+    return DownloadedFile(f"/run/{name}", node_id, name, "0" * 64, 10, frames, 8, 8, False, name)
+
+
+def test_with_several_save_nodes_the_one_expected_to_hold_the_most_frames_is_checked() -> None:
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 32, "batch_size": 8}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "ImageScale", "inputs": {"image": ["1", 0], "width": 32, "height": 16}},
+        "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 2}},
+        "5": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["4", 0], "fps": 8.0}},
+    }
+    files = [downloaded("2", f"f{i}.png") for i in range(8)] + [downloaded("5", "a.webp", 16)]
+    source = choose_source(files, workflow)
+    assert source is not None and (source.node_id, source.class_type) == ("5", "SaveAnimatedWEBP")
+    assert source.paths == [Path("/run/a.webp")] and not source.is_sequence
+    assert "node 5 (SaveAnimatedWEBP)" in source.note and "not checked: node 2 (SaveImage)" in source.note
+    assert source.label("scene-001") == "scene-001 a.webp"
+
+
+def test_one_save_node_of_stills_is_one_sequence_in_the_order_history_lists_it() -> None:
+    files = [downloaded("7", f"frame_{i:05d}_.png") for i in (1, 2, 10)]
+    source = choose_source(files, {"7": {"class_type": "SaveImage", "inputs": {}}})
+    assert source is not None and source.is_sequence and source.note == ""
+    assert [p.name for p in source.paths] == ["frame_00001_.png", "frame_00002_.png", "frame_00010_.png"]
+    assert source.label("scene-002") == "scene-002 frame_00001_.png … frame_00010_.png (3 files)"
+    assert choose_source([], {}) is None
