@@ -1,9 +1,11 @@
-"""Size and render time of report.html for 3 scenes of 25 frames at 1024x576.
+"""Size and render time of report.html for 3 scenes of 25 frames at 1024x576, with their clips.
 
-    python benchmarks/report_size.py [--scenes 3] [--frames 25] [--size 1024x576] [--noise] [--keep DIR]
+    python benchmarks/report_size.py [--scenes 3] [--frames 25] [--size 1024x576] [--noise] [--no-clips]
+                                     [--keep DIR]
 
 Makes the frames with Pillow (``--noise``: pure noise, the worst case for compression), lays out a
-run directory with every scene's frames, then times ``write_report`` cold (previews made) and warm
+run directory with every scene's frames and its gallery clip (as the frames stage writes it;
+``--no-clips`` leaves them out), then times ``write_report`` cold (previews made) and warm
 (previews cached, as when the report is rewritten after each stage), and prints the file's size.
 """
 
@@ -23,7 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package, for its run builders
 
 from pytest_gemdirect.report import write_report  # noqa: E402
-from tests.test_report import base_summary, make_frame, write_run  # noqa: E402
+from tests.test_report import add_video, base_summary, make_frame, write_run  # noqa: E402
 
 LIMIT = 5 * 1024 * 1024
 
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--size", default="1024x576")
     parser.add_argument("--noise", action="store_true", help="pure-noise frames (worst case)")
+    parser.add_argument("--no-clips", action="store_true", help="scenes without their gallery clips")
     parser.add_argument("--repeat", type=int, default=5, help="warm renders to time")
     parser.add_argument("--keep", type=Path, help="leave the run directory here")
     args = parser.parse_args()
@@ -69,6 +72,10 @@ def main() -> int:
             scene["frames_dir"] = f"{scene['id']}/generated-frames"
             scene["frame_count"] = args.frames
         write_run(run_dir, data, work / "bank")
+        if not args.no_clips:
+            clips = [add_video(run_dir, data, scene["id"])["video"]["clip"] for scene in data["scenes"]]
+            total = sum((run_dir / clip).stat().st_size for clip in clips)
+            print(f"{len(clips)} gallery clips: {total:,} bytes")
         report = run_dir / "report.html"
         baseline = copy.deepcopy(data)
         started = time.perf_counter()

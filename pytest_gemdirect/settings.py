@@ -50,6 +50,20 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _grey_level(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise ValueError("must be a grey level from 0 to 255")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be a share above 0 and at most 1 (0.99 is 99 %)")
+    return value
+
+
 def _url(text: str) -> str:
     parsed = urlparse(text)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -89,7 +103,7 @@ def _existing_file(text: str) -> Path:
     return path
 
 
-SHIPPED_WORKFLOWS = ("smoke", "svd_img2vid", "keyframe_txt2img")
+SHIPPED_WORKFLOWS = ("smoke", "smoke_video", "smoke_webm", "svd_img2vid", "keyframe_txt2img")
 """Workflows that ship inside the package, named without a folder (``--workflow smoke``)."""
 
 
@@ -290,7 +304,8 @@ SPECS: tuple[SettingSpec, ...] = (
         "workflow",
         _workflow_file,
         None,
-        "API-format ComfyUI workflow file, or a shipped one by name: smoke, svd_img2vid (the default)",
+        "API-format ComfyUI workflow file, or a shipped one by name: smoke, smoke_video, smoke_webm,"
+        " svd_img2vid (the default)",
         metavar="FILE",
     ),
     SettingSpec(
@@ -299,6 +314,47 @@ SPECS: tuple[SettingSpec, ...] = (
         None,
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
+    ),
+    # video checks of each scene's frames (the defaults are the video library's: video/checks.py, drift.py)
+    SettingSpec(
+        "min_motion",
+        _non_negative_float,
+        0.5,
+        "a scene whose motion (mean grey-level change between frames, 0-255) is below this is frozen"
+        " (0: not checked)",
+        metavar="X",
+    ),
+    SettingSpec(
+        "black_level", _grey_level, 8, "a pixel at or below this grey level (0-255) is black", metavar="N"
+    ),
+    SettingSpec(
+        "black_share",
+        _share,
+        0.99,
+        "a frame is black when at least this share of its pixels is black",
+        metavar="X",
+    ),
+    SettingSpec(
+        "flat_std",
+        _non_negative_float,
+        2.0,
+        "a frame is flat when the spread (standard deviation) of its grey levels is below this"
+        " (0: not checked)",
+        metavar="X",
+    ),
+    SettingSpec(
+        "drift_tolerance",
+        _positive_float,
+        30.0,
+        "with --baseline: a scene with a frame below this PSNR (dB) against the baseline's has drifted",
+        metavar="DB",
+    ),
+    SettingSpec(
+        "drift_fails",
+        _bool,
+        False,
+        "with --baseline: drift beyond the tolerance fails the scene's frames (default: a warning)",
+        metavar="BOOL",
     ),
     # queue policy (design §4): named once, in policy.py
     *(_policy_spec(p) for p in POLICY_SETTINGS),

@@ -17,7 +17,7 @@ import pytest_gemdirect
 root = pathlib.Path(pytest_gemdirect.__file__).parent
 assert str(root).startswith(sys.prefix), (root, sys.prefix)
 load_schema("story.schema.json"); load_schema("run-summary.schema.json")
-for name in ("svd_img2vid.json", "smoke.json"):
+for name in ("svd_img2vid.json", "smoke.json", "smoke_video.json", "smoke_webm.json"):
     path = default_workflow_path(name)
     assert str(path).startswith(sys.prefix), path
     load_workflow(path)
@@ -49,8 +49,9 @@ def test_non_editable_install_ships_schemas_and_workflows(tmp_path: Path) -> Non
 
 def test_loading_the_plugin_leaves_the_stage_machinery_unloaded() -> None:
     # pytest loads the plugin in every run of the user's, unit tests included: the HTTP clients,
-    # Pillow, psutil and jsonschema load only when a pipeline run needs them.
-    heavy = ("PIL", "requests", "websocket", "aiohttp", "jsonschema", "psutil")
+    # Pillow, psutil, jsonschema and the video decoders (PyAV, numpy) load only when a pipeline run
+    # needs them.
+    heavy = ("PIL", "requests", "websocket", "aiohttp", "jsonschema", "psutil", "av", "numpy")
     code = f"import sys, pytest_gemdirect.plugin\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == ""

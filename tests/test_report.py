@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -10,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from bs4 import BeautifulSoup, Tag
 from PIL import Image, ImageDraw
@@ -617,6 +619,117 @@ def test_gallery_keyframe_strip_and_animated_preview_with_links_to_full_frames(f
     assert (run_dir / "scene-001" / "preview" / "manifest.json").is_file()
 
 
+def add_video(run_dir: Path, data: dict[str, Any], scene_id: str, **fields: Any) -> dict[str, Any]:
+    """Give a scene what the frames stage records: its gallery clip (made from its frames) and figures."""
+    from pytest_gemdirect.video import write_clip
+
+    scene = next(s for s in data["scenes"] if s["id"] == scene_id)
+    frames_dir = run_dir / (scene["frames_dir"] or "scene-001/generated-frames")
+    pictures = (np.asarray(Image.open(path).convert("RGB")) for path in sorted(frames_dir.glob("*.png")))
+    write_clip(pictures, run_dir / scene_id / "clip.mp4")
+    series = [round(1.0 + 0.1 * (i % 5), 3) for i in range(24)]
+    scene["video"] = {
+        "frame_count": 25,
+        "width": 1024,
+        "height": 576,
+        "fps": None,
+        "duration_s": None,
+        "codec": "png",
+        "container": "image-sequence",
+        "motion": round(sum(series) / len(series), 3),
+        "motion_series": series,
+        "black_frames": [],
+        "flat_frames": [],
+        "clip": f"{scene_id}/clip.mp4",
+        "problems": [],
+        **fields,
+    }
+    scene["files"]["clip"] = f"{scene_id}/clip.mp4"
+    return scene
+
+
+def test_gallery_plays_each_scenes_clip_and_charts_its_motion(failed_run):
+    run_dir, data = failed_run
+    data["settings"]["min_motion"] = 0.5
+    moving = add_video(run_dir, data, "scene-001")
+    frozen = "scene-003 frame_00001_.png … frame_00025_.png (25 files): frozen: motion 0.00 is below"
+    add_video(run_dir, data, "scene-003", motion=0.0, motion_series=[0.0] * 24, problems=[frozen])
+    validate = validate_summary(data)
+    assert validate == []
+    page = parse(render_page(data, run_dir))
+    assert_self_contained(page)
+    cards = {c["data-scene"]: c for c in section(page, "gallery").find_all("div", class_="gd-scene-card")}
+    for scene_id in ("scene-001", "scene-003"):
+        video = cards[scene_id].find("video")
+        assert video.has_attr("controls") and video.has_attr("muted") and video.has_attr("playsinline")
+        source = video.find("source")
+        assert source["type"] == "video/mp4" and source["src"].startswith("data:video/mp4;base64,")
+        clip = base64.b64decode(source["src"].split(",", 1)[1])
+        assert clip == (run_dir / scene_id / "clip.mp4").read_bytes()
+        chart = cards[scene_id].find("svg", class_="gd-motion")
+        assert len(chart.find("polyline", class_="gd-line-motion")["points"].split()) == 24
+        assert "frozen below 0.5" in text_of(chart)
+    assert f"motion {moving['video']['motion']:.2f}" in text_of(cards["scene-001"])
+    problem = cards["scene-003"].find("p", class_="gd-video-problem")
+    assert text_of(problem).startswith("scene-003 frame_00001_.png") and "frozen" in text_of(problem)
+    assert cards["scene-002"].find("video") is None and cards["scene-002"].find("svg") is None
+    content_security = page.find("meta", attrs={"http-equiv": "Content-Security-Policy"})["content"]
+    assert "media-src data:" in content_security
+
+
+def test_clips_past_the_reports_budget_are_linked_not_embedded(failed_run, monkeypatch):
+    from pytest_gemdirect.report import sections
+
+    run_dir, data = failed_run
+    first = add_video(run_dir, data, "scene-001")
+    add_video(run_dir, data, "scene-003")
+    monkeypatch.setattr(sections, "CLIP_EMBED_BUDGET", (run_dir / first["video"]["clip"]).stat().st_size)
+    cards = {
+        c["data-scene"]: c
+        for c in section(parse(render_overview(data, run_dir)), "gallery").find_all(
+            "div", class_="gd-scene-card"
+        )
+    }
+    assert cards["scene-001"].find("video") is not None  # the first fits
+    assert cards["scene-003"].find("video") is None
+    assert cards["scene-003"].find("a", href="scene-003/clip.mp4") is not None
+    assert "not embedded" in text_of(cards["scene-003"])
+
+
+def test_drift_against_the_baseline_is_shown_flagged_or_not_comparable(failed_run):
+    run_dir, data = failed_run
+    drift = {"tolerance": 30.0, "identical": False, "per_frame": [], "reason": None}
+    data["scenes"][0]["drift"] = {
+        **drift,
+        "comparable": True,
+        "min_psnr": 12.3,
+        "mean_psnr": 21.0,
+        "flagged": True,
+        "message": f"scene-001 {HOSTILE}: drift: lowest PSNR 12.3 dB (frame 3) is below the tolerance",
+    }
+    data["scenes"][2]["drift"] = {
+        **drift,
+        "comparable": False,
+        "reason": f"not comparable: the seed 7 differs from the baseline's 42 {HOSTILE}",
+        "min_psnr": None,
+        "mean_psnr": None,
+        "flagged": False,
+        "message": None,
+    }
+    assert validate_summary(data) == []
+    markup = render_overview(data, run_dir)
+    assert HOSTILE not in markup
+    cards = {
+        c["data-scene"]: c for c in section(parse(markup), "gallery").find_all("div", class_="gd-scene-card")
+    }
+    flagged = cards["scene-001"].find("p", class_="gd-drift")
+    assert "gd-drift-flagged" in flagged["class"] and "12.3 dB" in text_of(flagged)
+    assert HOSTILE in text_of(flagged)  # shown as text, escaped
+    not_comparable = cards["scene-003"].find("p", class_="gd-drift")
+    assert "gd-drift-flagged" not in not_comparable["class"]
+    assert "not comparable: the seed 7 differs" in text_of(not_comparable)
+
+
 def test_previews_are_cached_and_made_again_only_when_the_frames_change(failed_run, monkeypatch):
     run_dir, data = failed_run
     first = render_overview(data, run_dir)
@@ -765,11 +878,14 @@ def test_report_for_3_scenes_of_25_frames_at_1024x576_stays_under_5_mb(failed_ru
         scene["frames_dir"] = f"{scene['id']}/generated-frames"
         if not (run_dir / scene["frames_dir"]).exists():
             shutil.copytree(run_dir / "scene-001/generated-frames", run_dir / scene["frames_dir"])
+        add_video(run_dir, data, scene["id"])  # and its gallery clip, embedded
     report = run_dir / "report.html"
     write_report(report, data, run_dir)
     size = report.stat().st_size
     assert size < SIZE_LIMIT, f"report.html is {size / 1024**2:.2f} MB"
-    assert len(parse(report.read_text(encoding="utf-8")).find_all("img")) == 3 * (1 + 1 + 6)
+    page = parse(report.read_text(encoding="utf-8"))
+    assert len(page.find_all("img")) == 3 * (1 + 1 + 6)
+    assert len(page.select("video source[src^='data:video/mp4']")) == 3
 
 
 def test_everything_from_a_server_a_workflow_or_an_llm_is_escaped(failed_run, frame_bank):
@@ -1075,6 +1191,15 @@ def test_report_of_a_real_run_with_one_failed_scene_opens_in_chromium(real_faile
                 image.scroll_into_view_if_needed()
                 assert image.is_visible()
                 assert image.evaluate("i => i.complete && i.naturalWidth > 0"), image.get_attribute("alt")
+            # the passed scenes' clips play in the page and their motion is charted
+            assert page.locator("#gd-gallery svg.gd-motion polyline").count() == 2
+            videos = page.locator("#gd-gallery video")
+            assert videos.count() == 2
+            page.wait_for_function(
+                "[...document.querySelectorAll('#gd-gallery video')].every(v => v.readyState >= 1)"
+            )
+            for index in range(videos.count()):
+                assert videos.nth(index).evaluate("v => v.duration > 0 && v.videoWidth > 0 && !v.error")
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshot), full_page=True)
             # the run's own report.html (pytest-html, with the run's block) opens cleanly too

@@ -1576,3 +1576,44 @@ def test_save_video_and_webm_write_real_encodes_shaped_as_recorded_c3(sim_api) -
             tags = {key.lower(): value for key, value in container.metadata.items()}  # Matroska: PROMPT
             assert json.loads(tags["prompt"]) == workflow
         assert len(decoded) == 8 and {f.size for f in decoded} == {(128, 96)}
+
+
+# ------------------------------------------------------------------ ImageCrop and ImageBatch
+
+
+def test_image_crop_and_image_batch_are_offered_as_comfyui_0_3_64_has_them(sim_api) -> None:
+    _, api = sim_api
+    recorded = json.loads(
+        (Path(__file__).parent / "data" / "comfyui-0.3.64" / "a_object_info_shipped_nodes.json").read_text(
+            encoding="utf-8"
+        )
+    )["body_subset"]
+    info = api.get("/object_info").json()
+    for name in ("ImageCrop", "ImageBatch"):
+        assert info[name] == recorded[name]
+
+
+def test_crops_at_shifting_offsets_batch_into_moving_frames(sim_api) -> None:
+    sim, api = sim_api
+    api.upload("k.png", png_bytes((160, 90)))
+    graph: dict[str, Any] = {"1": {"class_type": "LoadImage", "inputs": {"image": "k.png"}}}
+    offsets = [(0, 0), (10, 5), (150, 85)]  # the last goes past the edge: cut there, as ComfyUI does
+    for k, (x, y) in enumerate(offsets):
+        graph[str(10 + k)] = {
+            "class_type": "ImageCrop",
+            "inputs": {"image": ["1", 0], "width": 64, "height": 32, "x": x, "y": y},
+        }
+    graph["20"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["11", 0]}}
+    graph["21"] = {"class_type": "ImageBatch", "inputs": {"image1": ["20", 0], "image2": ["12", 0]}}
+    graph["30"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "crops/f"}}
+    _, entry = run_to_history(sim, api, graph)
+    frames = [
+        Image.open(io.BytesIO(api.get("/view", params=i).content)).convert("RGB")
+        for i in entry["outputs"]["30"]["images"]
+    ]
+    source = Image.open(io.BytesIO(png_bytes((160, 90)))).convert("RGB")
+    assert len(frames) == 3 and {f.size for f in frames} == {(64, 32)}
+    assert _same(frames[0], source.crop((0, 0, 64, 32)))
+    assert _same(frames[1], source.crop((10, 5, 74, 37)))
+    # the third crop (10x5 at the corner) was scaled to image1's size by ImageBatch
+    assert not _same(frames[0], frames[1])

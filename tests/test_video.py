@@ -407,6 +407,26 @@ def test_expected_output_follows_batches_scaling_and_video_nodes() -> None:
     assert expected_output(latent).frames == 4
 
 
+def test_a_crop_is_its_box_cut_at_the_pictures_edge() -> None:
+    def cropped(x: int, y: int) -> Expected:
+        return expected_output(
+            {
+                "1": {"class_type": "EmptyImage", "inputs": {"width": 320, "height": 180, "batch_size": 1}},
+                "2": {
+                    "class_type": "ImageCrop",
+                    "inputs": {"image": ["1", 0], "width": 256, "height": 144, "x": x, "y": y},
+                },
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}},
+            }
+        )
+
+    assert cropped(0, 0) == Expected(1, 256, 144)
+    assert cropped(100, 50) == Expected(1, 220, 130)  # past the edge: cut there, as ComfyUI does
+    assert cropped(999, 999) == Expected(1, 1, 1)  # x and y are kept inside the picture
+    smoke = _workflow("smoke.json")
+    assert expected_output(smoke) == Expected(8, 256, 144)
+
+
 def test_what_cannot_be_known_is_none() -> None:
     keep_aspect = json.loads(json.dumps(VIDEO_OUTPUTS))
     keep_aspect["2"]["inputs"]["width"] = 0  # ComfyUI keeps the aspect: the size depends on the upload

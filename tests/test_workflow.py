@@ -97,7 +97,44 @@ def test_preflight_names_missing_checkpoint_and_class() -> None:
 
 
 def test_preflight_passes_smoke_graph_on_recorded_server() -> None:
-    assert preflight(load_workflow(default_workflow_path("smoke.json")), _recorded_object_info()) == []
+    _, object_info = _real_node_classes()
+    assert preflight(load_workflow(default_workflow_path("smoke.json")), object_info) == []
+
+
+def _real_node_classes() -> tuple[set[str], dict]:
+    """Every node class of a real ComfyUI 0.3.64, and the entries of those the shipped workflows use."""
+    recorded = json.loads((REFERENCE / "a_object_info_shipped_nodes.json").read_text(encoding="utf-8"))
+    return set(recorded["node_classes"]), recorded["body_subset"]
+
+
+@pytest.mark.parametrize("name", ["smoke.json", "smoke_video.json", "smoke_webm.json"])
+def test_smoke_workflows_run_on_a_real_comfyui_with_no_model_file(name: str) -> None:
+    classes, object_info = _real_node_classes()
+    workflow = load_workflow(default_workflow_path(name))
+    assert {node["class_type"] for node in workflow.values()} <= classes
+    assert preflight(workflow, object_info) == []  # recorded with no model files installed
+
+
+@pytest.mark.parametrize("name", ["svd_img2vid.json", "keyframe_txt2img.json"])
+def test_model_workflows_need_only_their_model_files(name: str) -> None:
+    classes, object_info = _real_node_classes()
+    workflow = load_workflow(default_workflow_path(name))
+    assert {node["class_type"] for node in workflow.values()} <= classes
+    problems = preflight(workflow, object_info)
+    assert problems and all("is not in models/checkpoints" in p for p in problems), problems
+
+
+def test_the_smoke_frames_move_and_keep_their_size() -> None:
+    # eight crops at shifting offsets of the scaled keyframe, joined into one batch: a camera move
+    from pytest_gemdirect.video import expected_output
+
+    for name in ("smoke.json", "smoke_video.json", "smoke_webm.json"):
+        workflow = load_workflow(default_workflow_path(name))
+        crops = [n["inputs"] for n in workflow.values() if n["class_type"] == "ImageCrop"]
+        assert len({(c["x"], c["y"]) for c in crops}) == len(crops) == 8
+        assert "RepeatImageBatch" not in {n["class_type"] for n in workflow.values()}
+        expected = expected_output(workflow)
+        assert (expected.frames, expected.width, expected.height) == (8, 256, 144)
 
 
 def test_hash_ignores_key_order() -> None:

@@ -125,7 +125,7 @@ class DownloadedFile:
     type: str = "output"
     animated: bool = False
     format: str | None = None  # Pillow's format name; None when not an image Pillow reads
-    decoded: bool = True  # every frame decoded; False for video files (not checked here)
+    decoded: bool = True  # every frame decoded; False for video files (the frames stage decodes them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,7 +249,8 @@ def _checked_file(path: Path, data: bytes, output: OutputFile) -> DownloadedFile
     suffix = path.suffix.lower()
     decoded, fmt = True, None
     if suffix in VIDEO_SUFFIXES:
-        frames, width, height, flat = 1, None, None, False  # no video decoder here: one file
+        # one file here; the frames stage's video checks decode it and count its frames
+        frames, width, height, flat = 1, None, None, False
         decoded = False
     else:
         try:

@@ -302,3 +302,57 @@ def vram_chart(view: RunView) -> VramChart | None:
         ),
         legend=f"{legend}; {source}.",
     )
+
+
+# --- a scene's motion --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MotionChart:
+    """A scene's motion from frame to frame, small enough to sit beside its gallery."""
+
+    width: int
+    height: int
+    left: int
+    right_x: int
+    top: int
+    bottom_y: int
+    points: str  # polyline points
+    floor: Rule | None  # the frozen threshold (--min-motion), when above 0
+    top_label: str
+    frames_label: str
+    title: str
+
+
+def motion_chart(series: tuple[float, ...], floor: float | None, mean: float | None) -> MotionChart | None:
+    """The motion series as a line over the frames, with the frozen threshold (``None``: no series)."""
+    if not series:
+        return None
+    width, height, left, right, top, bottom = 320, 96, 40, 8, 8, 18
+    plot_w, plot_h = width - left - right, height - top - bottom
+    highest = max([*series, floor or 0.0, 0.1]) * 1.1
+    step = plot_w / max(len(series) - 1, 1)
+
+    def y_of(value: float) -> float:
+        return top + plot_h - min(max(value, 0.0), highest) / highest * plot_h
+
+    points = " ".join(f"{short(left + i * step)},{short(y_of(v))}" for i, v in enumerate(series))
+    rule = None
+    if floor:
+        y = y_of(floor)
+        rule = Rule(short(y), left + plot_w, short(y - 3), f"frozen below {floor:g}")
+    shown = f"{mean:.2f}" if mean is not None else "—"
+    return MotionChart(
+        width=width,
+        height=height,
+        left=left,
+        right_x=left + plot_w,
+        top=top,
+        bottom_y=top + plot_h,
+        points=points,
+        floor=rule,
+        top_label=short(highest),
+        frames_label=f"{len(series) + 1} frames",
+        title=f"motion {shown} (mean grey-level change between frames, 0-255)"
+        + (f"; frozen below {floor:g} (--min-motion)" if floor else ""),
+    )

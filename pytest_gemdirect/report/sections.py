@@ -6,6 +6,7 @@ template lays it out. Sections are rendered one at a time so that one that fails
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from markupsafe import Markup
 from pytest_gemdirect.report import charts, failures, overview
 from pytest_gemdirect.report.baseline import CHANGE_THRESHOLD, MEASURES, compare
 from pytest_gemdirect.report.format import Fact, facts, first_line, secs, size, word
-from pytest_gemdirect.report.links import FileLink, Links
+from pytest_gemdirect.report.links import FileLink, Links, inside
 from pytest_gemdirect.report.previews import (
     ANIM_FRAMES,
     ANIM_WIDTH,
@@ -25,7 +26,8 @@ from pytest_gemdirect.report.previews import (
     scene_preview,
 )
 from pytest_gemdirect.report.templating import render
-from pytest_gemdirect.report.view import RunView, SuiteView, WarningView
+from pytest_gemdirect.report.video_view import DriftView, VideoView
+from pytest_gemdirect.report.view import RunView, SceneView, SuiteView, WarningView
 from pytest_gemdirect.summary import STAGE_TITLES
 
 
@@ -160,6 +162,10 @@ def story(page: Page) -> Markup:
     return render("story.html.j2", story=view.story, story_facts=head, view=view)
 
 
+CLIP_EMBED_BUDGET = 1_500_000
+"""Bytes of gallery clips embedded in the report (a third more as base64); the clips past it are linked."""
+
+
 @dataclass(frozen=True)
 class SceneCard:
     id: str
@@ -171,10 +177,96 @@ class SceneCard:
     strip_hrefs: tuple[str, ...]
     frames: FileLink | None
     no_frames: str  # why there are none, when there are none
+    clip_src: str | None = None  # the gallery clip as a data: URI, when it fits the budget
+    clip_link: FileLink | None = None
+    motion: charts.MotionChart | None = None
+    video_facts: str = ""
+    video_problems: tuple[str, ...] = ()
+    source_note: str = ""
+    drift: DriftView | None = None
+    drift_text: str = ""
+
+
+class _ClipBudget:
+    """Embeds clips while the budget lasts, in scene order; a clip past it is linked instead."""
+
+    def __init__(self, links: Links, budget: int | None = None) -> None:
+        self.links = links
+        self.left = CLIP_EMBED_BUDGET if budget is None else budget
+
+    def data_uri(self, rel: str | None) -> str | None:
+        path = inside(self.links.run_root, rel)
+        try:
+            if path is None or not path.is_file() or path.stat().st_size > self.left:
+                return None
+            data = path.read_bytes()
+        except OSError:
+            return None
+        self.left -= len(data)
+        return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _video_facts(video: VideoView) -> str:
+    shape = ", ".join(
+        part
+        for part in (
+            f"{video.frame_count} frames" if video.frame_count is not None else "",
+            video.size,
+            " ".join(x for x in (video.codec, video.container) if x),
+            f"{video.fps:g} fps" if video.fps else "",
+            f"{video.duration_s:.2f} s" if video.duration_s else "",
+        )
+        if part
+    )
+    figures = [f"motion {video.motion:.2f}" if video.motion is not None else "motion not measured"]
+    if video.black_frames:
+        figures.append("black frames " + ", ".join(map(str, video.black_frames[:20])))
+    if video.flat_frames:
+        figures.append("flat frames " + ", ".join(map(str, video.flat_frames[:20])))
+    return f"Decoded: {shape}; " + "; ".join(figures) + "."
+
+
+def _drift_text(drift: DriftView) -> str:
+    if not drift.comparable:
+        return f"Against the baseline: {drift.reason or 'not comparable'}"
+    if drift.flagged:
+        return f"⚠ Drift against the baseline: {drift.message}"
+    if drift.identical:
+        return "Against the baseline: every frame identical."
+    low = f"{drift.min_psnr:.1f} dB" if drift.min_psnr is not None else "—"
+    tolerance = f" (tolerance {drift.tolerance:g} dB)" if drift.tolerance is not None else ""
+    return f"Against the baseline: lowest PSNR {low}{tolerance}, not flagged."
+
+
+def _min_motion(page: Page) -> float | None:
+    setting = page.view.settings.get("min_motion")
+    try:
+        return float(setting.shown) if setting is not None else None
+    except ValueError:
+        return None
+
+
+def _video_fields(scene: SceneView, page: Page, clips: _ClipBudget) -> dict[str, Any]:
+    """The card's clip, motion chart, figures, problems and drift (nothing when not recorded)."""
+    fields: dict[str, Any] = {}
+    video = scene.video
+    if video is not None:
+        fields.update(
+            clip_src=clips.data_uri(video.clip),
+            clip_link=page.links.file(video.clip),
+            motion=charts.motion_chart(video.motion_series, _min_motion(page), video.motion),
+            video_facts=_video_facts(video),
+            video_problems=video.problems,
+            source_note=video.source_note,
+        )
+    if scene.drift is not None:
+        fields.update(drift=scene.drift, drift_text=_drift_text(scene.drift))
+    return fields
 
 
 def gallery(page: Page) -> Markup:
     cards = []
+    clips = _ClipBudget(page.links)
     for scene in page.view.scenes:
         try:
             preview = scene_preview(
@@ -198,6 +290,7 @@ def gallery(page: Page) -> Markup:
                 strip_hrefs=tuple(page.links.href(t.rel) or "" for t in preview.strip),
                 frames=page.links.file(scene.frames_dir),
                 no_frames=no_frames,
+                **_video_fields(scene, page, clips),
             )
         )
     sizes = {"keyframe": KEYFRAME_WIDTH, "anim": ANIM_WIDTH, "strip": STRIP_WIDTH}

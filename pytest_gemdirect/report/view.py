@@ -18,6 +18,7 @@ from pytest_gemdirect.report.evidence import Evidence, read_evidence
 from pytest_gemdirect.report.format import compact, redact, secret_safe, setting_value
 from pytest_gemdirect.report.links import SCENE_ID
 from pytest_gemdirect.report.samples import GpuSample, SceneRecord, read_scene_record, run_gpu_samples
+from pytest_gemdirect.report.video_view import DriftView, VideoView, read_drift, read_video
 from pytest_gemdirect.summary import STAGES, verdict
 
 
@@ -69,6 +70,8 @@ class SceneView:
     files: Mapping[str, str]
     evidence: Evidence | None
     record: SceneRecord
+    video: VideoView | None = None  # the frames stage's figures of the decoded clip
+    drift: DriftView | None = None  # with --baseline
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,8 @@ def _scene(raw: dict[str, Any], run_root: Path | None) -> SceneView:
         files=files,
         evidence=read_evidence(raw.get("evidence")),
         record=read_scene_record(run_root, record_path),
+        video=read_video(raw.get("video")),
+        drift=read_drift(raw.get("drift")),
     )
 
 

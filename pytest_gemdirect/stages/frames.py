@@ -1,4 +1,5 @@
-"""Stage 6, frame retrieval (marker ``frames``), one per scene: outputs listed, downloaded, decodable."""
+"""Stage 6, frame retrieval (marker ``frames``), one per scene: outputs listed, downloaded, decoded and
+checked as a video (count, size, black, flat, frozen; drift against a baseline: ``video_checks``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pytest_gemdirect.comfyui.history import trim_history
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
 from pytest_gemdirect.policy import POLICY_NAMES
 from pytest_gemdirect.rundir import atomic_write_json
+from pytest_gemdirect.stages import video_checks
 from pytest_gemdirect.stages.context import StageContext, as_json
 from pytest_gemdirect.stages.generation import Generation
 from pytest_gemdirect.stages.pipeline import StageFailed
+from pytest_gemdirect.stages.video_checks import VideoCheck
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,12 @@ class SceneFrames:
     files: tuple[DownloadedFile, ...]
     frames_dir: Path
     history_path: Path
+    video: VideoCheck | None = None
+    """The decoded clip's figures and checks (None when nothing was decoded)."""
 
     @property
     def frame_count(self) -> int:
+        """Frames in every file (a video file counts its decoded frames)."""
         return sum(f.frames for f in self.files)
 
     @property
@@ -60,26 +66,66 @@ def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
     except ComfyError as exc:
         _scene_details(ctx, generation, [])
         raise StageFailed(f"{scene_id} frame retrieval: {exc}") from None
-    frames = SceneFrames(scene_id, tuple(files), ctx.run.frames_dir(scene_id), history_path)
+    video, failure = _check_video(ctx, scene_id, files)
+    if video is not None:
+        files = list(video.files)
+    frames = SceneFrames(scene_id, tuple(files), ctx.run.frames_dir(scene_id), history_path, video)
     telemetry = {
         **(ctx.summary.scene(scene_id).get("telemetry") or {}),
         "retrieval_s": round(time.monotonic() - started, 3),
     }
+    scene_files = {
+        "keyframe": ctx.run.relative(scene_dir / "keyframe.png"),
+        "history": ctx.run.relative(history_path),
+        "scene": ctx.run.relative(scene_dir / "scene.json"),
+        "events": ctx.run.relative(ctx.run.events_path(scene_id)),
+        "workflow": ctx.run.relative(scene_dir / "workflow.json"),
+    }
+    extra: dict[str, Any] = {}
+    if video is not None:
+        extra["video"] = video.to_summary(ctx.run.relative)
+        if video.scan.clip is not None:
+            scene_files["clip"] = ctx.run.relative(video.scan.clip.path)
+        if video.drift is not None:
+            extra["drift"] = video.drift.to_summary()
     ctx.summary.update_scene(
         scene_id,
         frame_count=frames.frame_count,
         frames_dir=ctx.run.relative(frames.frames_dir),
         telemetry=telemetry,
-        files={
-            "keyframe": ctx.run.relative(scene_dir / "keyframe.png"),
-            "history": ctx.run.relative(history_path),
-            "scene": ctx.run.relative(scene_dir / "scene.json"),
-            "events": ctx.run.relative(ctx.run.events_path(scene_id)),
-            "workflow": ctx.run.relative(scene_dir / "workflow.json"),
-        },
+        files=scene_files,
+        **extra,
     )
     _scene_details(ctx, generation, files)
+    if failure:
+        raise StageFailed(failure)
     return frames
+
+
+def _check_video(
+    ctx: StageContext, scene_id: str, files: list[DownloadedFile]
+) -> tuple[VideoCheck | None, str | None]:
+    """The scene's video checks and the failure they make (None: the frames passed)."""
+    from pytest_gemdirect.video import DecodeError
+
+    try:
+        video = video_checks.check_scene(ctx, scene_id, files)
+    except DecodeError as exc:
+        return None, f"{scene_id} frames: {exc}"
+    if video is None:
+        return None, None
+    problems = video.problems
+    drift = video.drift
+    if drift is not None and not drift.comparable:
+        ctx.summary.warn(f"--baseline {ctx.settings.baseline}: {drift.reason}")
+    elif drift is not None and drift.drift is not None and drift.flagged:
+        if ctx.settings.drift_fails:
+            problems.append(f"{drift.drift.message} (--drift-fails true)")
+        else:
+            ctx.summary.warn(drift.drift.message)
+    if not problems:
+        return video, None
+    return video, "; ".join(problems)  # each names the scene and the file
 
 
 def _scene_details(ctx: StageContext, generation: Generation, frames: list[DownloadedFile]) -> None:

@@ -52,4 +52,7 @@ def _named_files(data: dict[str, Any]) -> list[tuple[str, str]]:
         named += [(f"{scene['id']}.files.{k}", v) for k, v in (scene.get("files") or {}).items() if v]
         if scene.get("frames_dir"):
             named.append((f"{scene['id']}.frames_dir", scene["frames_dir"]))
+        clip = (scene.get("video") or {}).get("clip")
+        if clip:
+            named.append((f"{scene['id']}.video.clip", clip))
     return named

@@ -119,6 +119,7 @@ class _Walker:
             "RepeatImageBatch": self._repeat,
             "RepeatLatentBatch": self._repeat,
             "ImageBatch": self._batch,
+            "ImageCrop": self._crop,
         }
 
     def shape(self, node_id: str, depth: int = 0) -> Expected:
@@ -177,6 +178,20 @@ class _Walker:
     def _repeat(self, inputs: Mapping[str, Any], depth: int) -> Expected:
         source = self._carried(inputs, depth)
         return replace(source, frames=_times(source.frames, _int(inputs.get("amount"))))
+
+    def _crop(self, inputs: Mapping[str, Any], depth: int) -> Expected:
+        """ComfyUI keeps x and y inside the picture and cuts a box that goes past its edge."""
+        source = self._carried(inputs, depth)
+        width, height = _int(inputs.get("width")), _int(inputs.get("height"))
+        x, y = inputs.get("x"), inputs.get("y")
+        if source.width is None or source.height is None or width is None or height is None:
+            return Expected(source.frames, fps=source.fps)
+        if not isinstance(x, int) or not isinstance(y, int) or isinstance(x, bool) or isinstance(y, bool):
+            return Expected(source.frames, fps=source.fps)
+        x, y = min(max(x, 0), source.width - 1), min(max(y, 0), source.height - 1)
+        return Expected(
+            source.frames, min(width, source.width - x), min(height, source.height - y), source.fps
+        )
 
     def _batch(self, inputs: Mapping[str, Any], depth: int) -> Expected:
         first, second = self._from(inputs, "image1", depth), self._from(inputs, "image2", depth)

@@ -112,6 +112,26 @@ async def _repeat(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[An
     return (frames_of(inp["image"]).repeat(int(inp["amount"])),), None
 
 
+@register_node("ImageCrop")
+async def _image_crop(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    """As ComfyUI's: x and y are kept inside the picture, a box past its edge is cut at the edge."""
+    frames = frames_of(inp["image"])
+    width, height = frames.size
+    x, y = min(int(inp["x"]), width - 1), min(int(inp["y"]), height - 1)
+    box = (x, y, min(x + int(inp["width"]), width), min(y + int(inp["height"]), height))
+    return (frames.map(lambda f: f.crop(box), (box[2] - box[0], box[3] - box[1])),), None
+
+
+@register_node("ImageBatch")
+async def _image_batch(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    """image1's frames then image2's, image2 scaled to image1's size first (bilinear, centre crop)."""
+    first, second = frames_of(inp["image1"]), frames_of(inp["image2"])
+    if second.size != first.size:
+        size = first.size
+        second = second.map(lambda f: ImageOps.fit(f, size, method=Image.Resampling.BILINEAR), size)
+    return (first.concat(second),), None
+
+
 @register_node("ImageInvert")
 async def _invert(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     frames = frames_of(inp["image"])

@@ -94,6 +94,18 @@ class Frames:
             return Frames(0, self._draw, self._key, self._size)
         return Frames(n * amount, lambda i: self._draw(i % n), lambda i: self.key(i % n), self._size)
 
+    def concat(self, other: Frames) -> Frames:
+        """ImageBatch: this batch's frames, then ``other``'s (of the same size)."""
+        n = self.count
+
+        def draw(index: int) -> Image.Image:
+            return self._draw(index) if index < n else other[index - n]
+
+        def key(index: int) -> Hashable:
+            return self.key(index) if index < n else other.key(index - n)
+
+        return Frames(n + other.count, draw, key, self._size or other._size)
+
     def map(self, fn: Callable[[Image.Image], Image.Image], size: tuple[int, int] | None = None) -> Frames:
         """A per-frame operation, applied when a frame is drawn; each picture is worked on once
         while it is recent (a repeated keyframe is scaled once, not once per copy)."""
