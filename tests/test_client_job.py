@@ -219,13 +219,13 @@ def test_validation_error_is_rejected_with_one_plain_line_per_node(make_sim, mak
     sim = make_sim()
     client = make_client(sim.url)
     prompt = workflow("smoke.json", upload(client, keyframe))
-    prompt["3"]["inputs"]["amount"] = 0
+    prompt["10"]["inputs"]["x"] = -1
     with pytest.raises(PromptRejected) as caught:
         client.queue_prompt(prompt, client_id=str(uuid.uuid4()))
-    line = "node 3 (RepeatImageBatch): Value 0 smaller than min of 1: amount"
+    line = "node 10 (ImageCrop): Value -1 smaller than min of 0: x"
     assert caught.value.node_messages == [line]
     assert line in str(caught.value) and caught.value.status == 400
-    assert caught.value.node_errors["3"]["class_type"] == "RepeatImageBatch"
+    assert caught.value.node_errors["10"]["class_type"] == "ImageCrop"
     outcome, events = follow(client, prompt)
     failure = expect_failure(outcome, "rejected")
     assert isinstance(failure, PromptRejected)  # callers may catch either
