@@ -26,6 +26,7 @@ from pytest_gemdirect.comfyui.errors import (
 )
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import excerpt
+from pytest_gemdirect.policy import flag_of
 
 _MIN_TIMEOUT_S = 0.001
 
@@ -126,7 +127,7 @@ class Transport:
         except net.BodyTooSlow as exc:
             raise ComfyTimeout(
                 f"{route} to {url}: the body was still arriving when {self._limit_text(deadline)} passed"
-                f" ({exc.received} bytes received)",
+                f" ({exc.received} bytes received){_flag_text(deadline)}",
                 route=route,
                 url=url,
                 status=response.status_code,
@@ -205,6 +206,14 @@ class Transport:
         answer = self.send("POST", path, deadline=deadline, retry_reset=True, **kwargs)
         if answer.status != 200:
             raise self.http_error(answer, f"POST {path}", path)
+
+
+def _flag_text(deadline: Deadline | None) -> str:
+    """``; bounded by --scene-max-wait`` for a deadline named after a setting, so the user sees its flag."""
+    setting = deadline.setting if deadline is not None else None
+    if not setting or not setting.isidentifier():
+        return ""
+    return f"; bounded by {flag_of(setting)}"
 
 
 def _bound(deadline: Deadline) -> str:
