@@ -10,7 +10,7 @@ Each row runs ``pytest -m e2e`` in a temporary project (its module is the pipeli
   children but the simulator), of the simulator (with its children) and the run directory's size;
 - ``history-never@scene-002`` with ``--completion-grace 30``: from the last message of scene-002
   to its failure (events.jsonl), against the 30 s;
-- ``stall@scene-002``, SIGINT once scene-002's attempt runs: seconds until pytest exited, and
+- ``stall@scene-002``, SIGINT once scene-002's prompt is queued: seconds until pytest exited, and
   whether simulator.log shows ``POST /interrupt prompt_id=<ours>``.
 
 Medians of ``--repeat`` runs (3) but the history-never one (once, it takes ~35 s). Not a test.
@@ -189,7 +189,7 @@ def sigint_to_exit(project: Project) -> tuple[float, bool]:
         "--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002",
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not scene_002_running(read_json(run_dir / "run-summary.json")):
+    while not scene_002_queued(run_dir):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise SystemExit(f"stall: scene-002 never ran (see {run_dir})")
@@ -209,11 +209,17 @@ def sigint_to_exit(project: Project) -> tuple[float, bool]:
     return took, f"POST /interrupt prompt_id={ours}" in log
 
 
-def scene_002_running(summary: Any) -> bool:
-    if not ((summary or {}).get("backends", {}).get("comfyui") or {}).get("pid"):
+def scene_002_queued(run_dir: Path) -> bool:
+    """Scene-002's attempt is running and the server has its prompt (its ``queued`` event is written):
+    the summary shows the attempt as running a moment before the prompt is posted."""
+    summary = read_json(run_dir / "run-summary.json")
+    scene = next((s for s in (summary or {}).get("scenes", []) if s["id"] == "scene-002"), None)
+    if not (scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running"):
         return False
-    scene = next((s for s in summary.get("scenes", []) if s["id"] == "scene-002"), None)
-    return bool(scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running")
+    try:
+        return any(e.get("event") == "queued" for e in events(run_dir, "scene-002"))
+    except (OSError, ValueError):
+        return False  # not written yet, or a line half written
 
 
 # ------------------------------------------------------------------------------------------ table
