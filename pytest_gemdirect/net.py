@@ -14,7 +14,7 @@ import errno
 import ipaddress
 import re
 import socket
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -199,7 +199,22 @@ def _read_some(raw: Any) -> bytes:
     return bytes(data or b"")
 
 
-def read_body(response: requests.Response, deadline: Deadline, *, max_bytes: int, read_cap_s: float) -> bytes:
+class BodyFilter(Protocol):
+    """Turns a body's bytes, as they arrive, into what is kept of them (e.g. long JSON strings cut)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+
+def read_body(
+    response: requests.Response,
+    deadline: Deadline,
+    *,
+    max_bytes: int,
+    read_cap_s: float,
+    keep: BodyFilter | None = None,
+) -> bytes:
     """The whole body of a ``stream=True`` response, ended at ``deadline`` however slowly it comes.
 
     Every read returns as soon as some bytes are there (at most :data:`READ_CHUNK`), with a
@@ -208,6 +223,8 @@ def read_body(response: requests.Response, deadline: Deadline, *, max_bytes: int
     large buffer fills. More than ``max_bytes`` raises :class:`BodyTooLarge` (before reading
     when Content-Length says so); the deadline passing raises :class:`BodyTooSlow`. Other
     failures of the connection are raised as ``requests.ConnectionError`` for the caller to name.
+    With ``keep``, each piece goes through it as it comes and only its output is held; the cap
+    counts the bytes received.
     """
     declared = _declared_length(response)
     if declared is not None and declared > max_bytes:
@@ -226,11 +243,13 @@ def read_body(response: requests.Response, deadline: Deadline, *, max_bytes: int
                 raise BodyTooSlow(deadline, size) from None
             raise requests.ConnectionError(exc) from None
         if not chunk:
+            if keep is not None:
+                chunks.append(keep.end())
             return b"".join(chunks)
         size += len(chunk)
         if size > max_bytes:
             raise BodyTooLarge(max_bytes, size, declared)
-        chunks.append(chunk)
+        chunks.append(chunk if keep is None else keep.feed(chunk))
 
 
 # ---------------------------------------------------------------------------------------- untrusted text
@@ -260,6 +279,7 @@ __all__ = [
     "MAX_RESPONSE_SETTING",
     "BodyTooLarge",
     "BodyTooSlow",
+    "BodyFilter",
     "cap_text",
     "read_body",
     "DNS",

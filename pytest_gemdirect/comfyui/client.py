@@ -31,6 +31,7 @@ from pytest_gemdirect.comfyui.errors import (
 from pytest_gemdirect.comfyui.transport import Transport
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import excerpt
+from pytest_gemdirect.text import visible
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
@@ -316,12 +317,13 @@ class ComfyClient:
         """GET /view: the file's bytes; 404 raises :class:`OutputMissing` naming the file."""
         params = {"filename": filename, "subfolder": subfolder, "type": type}
         path = "/view"
-        where = f"{subfolder}/{filename}" if subfolder else filename
+        # the names come from the server: shown with their control characters visible
+        where = visible(f"{subfolder}/{filename}" if subfolder else filename)
         answer = self._http.send("GET", path, deadline=deadline, params=params)
         status, body = answer.status, answer.body
         if status == 404:
             raise OutputMissing(
-                f"GET /view at {self.base_url}: ComfyUI has no file {where} (type {type}): HTTP 404",
+                f"GET /view at {self.base_url}: ComfyUI has no file {where} (type {visible(type)}): HTTP 404",
                 filename=filename,
                 subfolder=subfolder,
                 type=type,
@@ -334,7 +336,8 @@ class ComfyClient:
                 400: " (a name with '..' or a leading '/', or a bad type)",
                 403: " (a subfolder outside ComfyUI's folder)",
             }.get(status, "")
-            raise self._http.http_error(answer, "GET /view", path, f" for {where} (type {type}){why}")
+            what = f" for {where} (type {visible(type)}){why}"
+            raise self._http.http_error(answer, "GET /view", path, what)
         return body
 
 

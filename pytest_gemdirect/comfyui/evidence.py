@@ -152,6 +152,14 @@ def attempts_text(state: JobState, policy: QueuePolicy, ws_text: str) -> str:
     )
 
 
+def too_large_text(state: JobState, error: Exception, ws_text: str) -> str:
+    """An answer about our prompt over the size cap: asking again brings the same answer."""
+    return (
+        f"the answer about prompt {state.prompt_id} at {secs(state.s())} was too large to read: {error};"
+        f" {seen_last(state, ws_text)}"
+    )
+
+
 def server_gone_text(server: str, state: JobState, why: str, ws_text: str) -> str:
     return (
         f"the ComfyUI server at {server} went away while following prompt {state.prompt_id}"
@@ -283,5 +291,6 @@ __all__ = [
     "server_error_fields",
     "server_failure_text",
     "server_gone_text",
+    "too_large_text",
     "unfinished_status_text",
 ]

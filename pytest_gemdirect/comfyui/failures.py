@@ -17,6 +17,7 @@ from pytest_gemdirect.comfyui.evidence import (
     server_error_fields,
     server_failure_text,
     server_gone_text,
+    too_large_text,
 )
 from pytest_gemdirect.comfyui.polling import Poller
 from pytest_gemdirect.comfyui.state import JobState
@@ -32,6 +33,7 @@ KINDS = (
     "history_max_attempts",
     "server_gone",
     "rejected",
+    "too_large",
 )
 """The kinds of :class:`JobFailed`, one a way an attempt can end without a result."""
 
@@ -129,6 +131,11 @@ class Ending:
         return self.fail(
             "server_gone", server_gone_text(self.client.base_url, self.state, why, self.ws_text())
         )
+
+    def too_large(self, error: ComfyError) -> JobFailed:
+        """/history or /queue answered more than the size cap (``max_response_mb``)."""
+        text = too_large_text(self.state, error, self.ws_text())
+        return self.fail("too_large", text, setting="max_response_mb", cleanup=True)
 
     def server_failure(self, kind: str, data: Mapping[str, Any], t: float | None) -> JobFailed:
         """``execution_error`` (kind ``execution_error``) or ``execution_interrupted`` (``interrupted``)."""

@@ -42,6 +42,7 @@ from pytest_gemdirect.comfyui.client import (
     ComfyClient,
     ComfyError,
     PromptRejected,
+    ResponseTooLarge,
     ServerGone,
 )
 from pytest_gemdirect.comfyui.events import EventSink, JobEvents
@@ -537,6 +538,8 @@ class _Job:
                 where = self.poller.where_in_queue(budget)
         except ServerGone as exc:
             raise self.end.gone(str(exc)) from None
+        except ResponseTooLarge as exc:
+            raise self.end.too_large(exc) from None
         if where is not None:
             s.queue_where = where
             if where == "running" and s.started_s is None:

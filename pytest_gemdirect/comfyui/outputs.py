@@ -29,6 +29,7 @@ from pytest_gemdirect.comfyui.client import (
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.names import safe_file_name
 from pytest_gemdirect.rundir import atomic_write_bytes
+from pytest_gemdirect.text import visible
 
 # SaveImage/PreviewImage and the animated/video saves use "images" (with "animated": [true]);
 # some custom nodes (VideoHelperSuite) use "gifs" or "videos".
@@ -314,7 +315,8 @@ class _Problems:
                 f"stopped: {self.stopped}; {len(self.not_fetched)} not fetched: {_names(self.not_fetched)}"
             )
         bad = len(self.missing) + len(self.undecodable) + len(self.failed) + len(self.not_fetched)
-        message = (
+        # the names in it come from the server: a NUL or an ESC in one must not reach a terminal
+        message = visible(
             f"{bad} of {total} output files could not be retrieved through /view from {server}: "
             + "; ".join(clauses)
             + f"; {len(files)} saved in {dest}"

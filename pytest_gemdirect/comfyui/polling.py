@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, ServerGone
+from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, ResponseTooLarge, ServerGone
 from pytest_gemdirect.comfyui.evidence import answer_text, cleanup_text
 from pytest_gemdirect.comfyui.state import JobState, is_final
 from pytest_gemdirect.deadline import Deadline
@@ -57,6 +57,9 @@ class Poller:
         except ServerGone:
             s.last_answer = "none (the server went away)"
             raise
+        except ResponseTooLarge:
+            s.last_answer = "too large (over the size cap)"
+            raise
         except ComfyError as exc:
             s.last_answer = f"error: {one_line(exc, 160)}"
             return PollOutcome(None, s.last_answer)
@@ -69,7 +72,7 @@ class Poller:
         """``running``, ``pending``, ``absent`` or ``unknown`` (/queue could not be read)."""
         try:
             queue = self.client.queue(deadline=budget)
-        except ServerGone:
+        except (ServerGone, ResponseTooLarge):
             raise
         except ComfyError:
             return "unknown"

@@ -24,8 +24,10 @@ from pytest_gemdirect.comfyui.errors import (
     ResponseTooLarge,
     ServerGone,
 )
+from pytest_gemdirect.comfyui.long_strings import LongStringCut
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import excerpt
+from pytest_gemdirect.policy import flag_of
 
 _MIN_TIMEOUT_S = 0.001
 
@@ -83,9 +85,15 @@ class Transport:
         *,
         deadline: Deadline | None = None,
         retry_reset: bool | None = None,
+        cut_long_strings: bool = False,
         **kwargs: Any,
     ) -> Answer:
-        """One HTTP exchange; the body is read fully, bounded by the deadline and the size cap."""
+        """One HTTP exchange; the body is read fully, bounded by the deadline and the size cap.
+
+        ``cut_long_strings`` (a JSON answer): string literals over 64 KB are cut as they arrive
+        (:class:`~pytest_gemdirect.comfyui.long_strings.LongStringCut`), so a padded answer
+        costs its useful size in memory, not its full size.
+        """
         route = f"{method} {path.split('?')[0]}"
         url = self.base_url + path
         tries = 2 if (retry_reset if retry_reset is not None else method == "GET") else 1
@@ -93,7 +101,8 @@ class Transport:
             budget, timeout = self._budget(deadline, route, url)
             started = time.monotonic()
             try:
-                return self._exchange(method, url, route, budget, timeout, deadline, kwargs)
+                keep = LongStringCut() if cut_long_strings else None
+                return self._exchange(method, url, route, budget, timeout, deadline, keep, kwargs)
             except requests.exceptions.RequestException as exc:
                 kind = net.classify_connection_error(exc)
                 if kind == net.RESET and attempt + 1 < tries:
@@ -110,6 +119,7 @@ class Transport:
         budget: Deadline,
         timeout: float,
         deadline: Deadline | None,
+        keep: net.BodyFilter | None,
         kwargs: dict[str, Any],
     ) -> Answer:
         response = self.session.request(
@@ -117,7 +127,7 @@ class Transport:
         )
         try:
             body = net.read_body(
-                response, budget, max_bytes=self.max_body_bytes, read_cap_s=self.request_timeout_s
+                response, budget, max_bytes=self.max_body_bytes, read_cap_s=self.request_timeout_s, keep=keep
             )
         except net.BodyTooLarge as exc:
             raise ResponseTooLarge(
@@ -126,7 +136,7 @@ class Transport:
         except net.BodyTooSlow as exc:
             raise ComfyTimeout(
                 f"{route} to {url}: the body was still arriving when {self._limit_text(deadline)} passed"
-                f" ({exc.received} bytes received)",
+                f" ({exc.received} bytes received){_flag_text(deadline)}",
                 route=route,
                 url=url,
                 status=response.status_code,
@@ -194,7 +204,7 @@ class Transport:
         )
 
     def get_json(self, path: str, deadline: Deadline | None) -> Any:
-        answer = self.send("GET", path, deadline=deadline)
+        answer = self.send("GET", path, deadline=deadline, cut_long_strings=True)
         route = f"GET {path.split('?')[0]}"
         if answer.status != 200:
             raise self.http_error(answer, route, path)
@@ -205,6 +215,14 @@ class Transport:
         answer = self.send("POST", path, deadline=deadline, retry_reset=True, **kwargs)
         if answer.status != 200:
             raise self.http_error(answer, f"POST {path}", path)
+
+
+def _flag_text(deadline: Deadline | None) -> str:
+    """``; bounded by --scene-max-wait`` for a deadline named after a setting, so the user sees its flag."""
+    setting = deadline.setting if deadline is not None else None
+    if not setting or not setting.isidentifier():
+        return ""
+    return f"; bounded by {flag_of(setting)}"
 
 
 def _bound(deadline: Deadline) -> str:
