@@ -32,8 +32,10 @@ class ProgressDisplay:
 
     Sampler steps give the bar (step n/N, elapsed, estimated time left, s/step); between steps
     (a VAE decode can take minutes) the node at work is named. On a terminal the bar has a line
-    of its own below pytest's progress and is cleared when the scene's job ends; off a terminal
-    one plain line is written now and then, each on a line of its own.
+    of its own below pytest's progress and is cleared when the scene's job ends. Off a terminal
+    (a CI log) a scene that has been at work for a while gets one plain line every
+    :data:`PLAIN_LINE_EVERY_S`, each on a line of its own; a scene that ends sooner adds nothing
+    to the log (pytest's own line says how it went).
     """
 
     def __init__(
@@ -96,7 +98,8 @@ class ProgressDisplay:
             return
         self._scene, self._started = scene_id, self._clock()
         self._first_value, self._steps, self._node, self._last_plain, self._width = None, None, None, None, 0
-        self._write("\n")  # a line of its own, below pytest's progress line
+        if self._in_place:
+            self._write("\n")  # a line of its own, below pytest's progress line
 
     def _show(self, *, force: bool) -> None:
         assert self._scene is not None
@@ -105,9 +108,11 @@ class ProgressDisplay:
         if self._in_place:
             self._width = max(self._width, len(text))
             self._write("\r" + text.ljust(self._width))
-        elif force or self._last_plain is None or now - self._last_plain >= PLAIN_LINE_EVERY_S:
+        elif (
+            now - (self._last_plain if self._last_plain is not None else self._started) >= PLAIN_LINE_EVERY_S
+        ):
             self._last_plain = now
-            self._write(text + "\n")
+            self._write("\n" + text + "\n")
 
 
 class Terminal:

@@ -136,13 +136,15 @@ def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess
 
 
 def wait_for_scene_002_attempt(proc: subprocess.Popen, run_dir: Path) -> dict:
-    """The live summary once scene-002's first attempt is running (and the simulator pid is known)."""
+    """The live summary once scene-002's first attempt is running and its prompt is queued
+    (the summary shows the attempt a moment before the POST; events.jsonl says when it is queued)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         data = read_summary(run_dir / "run-summary.json")
         if data and (data.get("backends", {}).get("comfyui") or {}).get("pid"):
             scene = next((s for s in data.get("scenes", []) if s["id"] == "scene-002"), None)
-            if scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running":
+            running = scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running"
+            if running and any(e.get("event") == "queued" for e in _events_so_far(run_dir, "scene-002")):
                 return data
         assert proc.poll() is None, "pytest ended before scene-002 was running"
         time.sleep(0.1)
@@ -163,6 +165,19 @@ def interrupt(proc: subprocess.Popen) -> str:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def _events_so_far(run_dir: Path, scene_id: str) -> list[dict]:
+    """events.jsonl as it stands (a last line being written is left out)."""
+    path = run_dir / scene_id / "events.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    found = []
+    for line in lines:
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            continue
+    return found
 
 
 def gpu_requests(run_dir: Path) -> list[str]:

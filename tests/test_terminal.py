@@ -32,25 +32,35 @@ def test_a_terminal_gets_a_bar_on_a_line_of_its_own_cleared_when_the_scene_ends(
     assert all("\n" not in text for text in written[1:])  # redrawn in place, never scrolled
 
 
-def test_off_a_terminal_a_plain_line_now_and_then() -> None:
+def test_off_a_terminal_a_plain_line_every_ten_seconds_of_a_long_scene() -> None:
+    written: list[str] = []
+    clock = Clock()
+    show = ProgressDisplay(written.append, in_place=False, clock=clock)
+    for step in range(1, 31):
+        show("scene-002", step, 30)
+        clock.now += 1.0
+    show.done("scene-002")
+    assert all(text.startswith("\n") and text.endswith("\n") and "\r" not in text for text in written)
+    # one line 10 s in and one 20 s in: not one line a step, and no line to clear
+    assert [text.strip().split(",")[0] for text in written] == [
+        "scene-002 [########----------------] step 11/30",
+        "scene-002 [################--------] step 21/30",
+    ]
+
+
+def test_off_a_terminal_a_short_scene_adds_nothing_to_the_log() -> None:
     written: list[str] = []
     clock = Clock()
     show = ProgressDisplay(written.append, in_place=False, clock=clock)
     for step in range(1, 21):
-        show("scene-002", step, 20)
-        clock.now += 1.0
-    lines = [text for text in written if text.strip()]
-    assert all(text.endswith("\n") and "\r" not in text for text in written)
-    # the first step, one line after 10 s, and the last step: not one line a step
-    assert [line.split(",")[0] for line in lines] == [
-        "scene-002 [#-----------------------] step 1/20",
-        "scene-002 [#############-----------] step 11/20",
-        "scene-002 [########################] step 20/20",
-    ]
+        show("scene-001", step, 20)
+        clock.now += 0.2
+    show.done("scene-001")
+    assert written == []
 
 
 def test_node_names_from_a_server_cannot_drive_the_terminal() -> None:
     written: list[str] = []
-    show = ProgressDisplay(written.append, in_place=False, clock=Clock())
+    show = ProgressDisplay(written.append, in_place=True, clock=Clock())
     show.node("scene-001", "Evil\x1b]0;pwned\x07 (node 9)")
     assert "\x1b" not in "".join(written) and "\\x1b]0;pwned\\x07" in written[-1]
