@@ -130,3 +130,14 @@ def test_the_next_scene_waits_in_comfyuis_queue_and_that_wait_is_not_its_deadlin
     queued_002 = next(e["t"] for e in events(run_dir, "scene-002") if e.get("event") == "queued")
     ended_001 = next(e["t"] for e in events(run_dir, "scene-001") if e.get("type") == "execution_success")
     assert queued_002 < ended_001  # queued before the first scene ended: the GPU did not wait for us
+
+
+def test_the_report_names_each_scenes_server(project: pytest.Pytester) -> None:
+    from bs4 import BeautifulSoup
+
+    result, run_dir, _ = run_e2e(project, "--sim-servers", "2", "--scenes", "2")
+    result.assert_outcomes(passed=9, skipped=1)
+    soup = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
+    for scene_id, server in servers_of(run_dir).items():
+        card = soup.select_one(f'.gd-scene-card[data-scene="{scene_id}"]')
+        assert card is not None and card.select_one(".gd-server").get_text() == f"ran on {server}"

@@ -156,6 +156,7 @@ def _scene_line(node: Node, view: RunView) -> str:
         return f"{scene.frame_count} frames in {scene.frames_dir or ''}".strip()
     tele = scene.telemetry
     bits = [f"prompt {scene.prompt_id}" if scene.prompt_id else ""]
+    bits.append(f"on {scene.server}" if scene.server else "")
     bits.append(f"{tele.steps} steps" if tele.steps else "")
     bits.append(f"{tele.seconds_per_step:.2f} s/step" if tele.seconds_per_step is not None else "")
     bits.append(plural(len(scene.attempts), "attempt") if scene.attempts else "")

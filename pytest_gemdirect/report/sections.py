@@ -185,6 +185,7 @@ class SceneCard:
     source_note: str = ""
     drift: DriftView | None = None
     drift_text: str = ""
+    server: str | None = None  # the ComfyUI server that ran it
 
 
 class _ClipBudget:
@@ -290,6 +291,7 @@ def gallery(page: Page) -> Markup:
                 strip_hrefs=tuple(page.links.href(t.rel) or "" for t in preview.strip),
                 frames=page.links.file(scene.frames_dir),
                 no_frames=no_frames,
+                server=scene.server,
                 **_video_fields(scene, page, clips),
             )
         )

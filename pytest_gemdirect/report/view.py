@@ -54,6 +54,7 @@ class Attempt:
     ended_at: str
     prompt_id: str
     reason: str
+    server: str = ""  # URL of the ComfyUI server the attempt ran on
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class SceneView:
     evidence: Evidence | None
     record: SceneRecord
     video: VideoView | None = None  # the frames stage's figures of the decoded clip
+    server: str | None = None  # URL of the ComfyUI server that ran the scene (its latest attempt)
     drift: DriftView | None = None  # with --baseline
 
 
@@ -332,7 +334,7 @@ def _scene(raw: dict[str, Any], run_root: Path | None) -> SceneView:
         Attempt(
             *(
                 as_text(a.get(k))
-                for k in ("number", "outcome", "started_at", "ended_at", "prompt_id", "reason")
+                for k in ("number", "outcome", "started_at", "ended_at", "prompt_id", "reason", "server")
             )
         )
         for a in as_dicts(raw.get("attempts"))
@@ -343,6 +345,7 @@ def _scene(raw: dict[str, Any], run_root: Path | None) -> SceneView:
         status=as_text(raw.get("status")) or "not_reached",
         title=_message(raw.get("title")),
         prompt_id=_message(raw.get("prompt_id")),
+        server=_message(raw.get("server")),
         message=_message(raw.get("message")),
         attempts=attempts,
         frame_count=as_int(raw.get("frame_count")) or 0,
