@@ -190,6 +190,8 @@ class Run:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.summary is not None:  # this process ran the stages (a worker under xdist)
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+            if interrupted and self._stages is not None:  # scenes at work in their threads stop too
+                self._stages.interrupt_running("the run was interrupted")
             self.summary.finish(
                 "interrupted" if interrupted else "passed",
                 "interrupted" if interrupted else None,

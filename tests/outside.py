@@ -136,15 +136,17 @@ def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess
 
 
 def wait_for_scene_002_attempt(proc: subprocess.Popen, run_dir: Path) -> dict:
-    """The live summary once scene-002's first attempt is running and its prompt is queued
-    (the summary shows the attempt a moment before the POST; events.jsonl says when it is queued)."""
+    """The live summary once scene-001 has passed and scene-002's prompt is running on the server
+    (its prompt is queued while scene-001 still runs: events.jsonl says when it starts)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         data = read_summary(run_dir / "run-summary.json")
         if data and (data.get("backends", {}).get("comfyui") or {}).get("pid"):
             scene = next((s for s in data.get("scenes", []) if s["id"] == "scene-002"), None)
+            first = next((s for s in data.get("scenes", []) if s["id"] == "scene-001"), None)
             running = scene and scene["attempts"] and scene["attempts"][-1]["outcome"] == "running"
-            if running and any(e.get("event") == "queued" for e in _events_so_far(run_dir, "scene-002")):
+            started = any(e.get("type") == "execution_start" for e in _events_so_far(run_dir, "scene-002"))
+            if running and started and first and first["status"] == "passed":
                 return data
         assert proc.poll() is None, "pytest ended before scene-002 was running"
         time.sleep(0.1)

@@ -152,7 +152,9 @@ def test_a_user_timeout_that_ends_a_scene_first_is_recorded_as_that_stage_failin
     assert svd["status"] == "failed" and "Timeout" in svd["message"], svd
     scene = scenes(data)["scene-002"]
     assert scene["status"] == "failed" and scene["failed_stage"] == "svd"
-    assert [attempt["outcome"] for attempt in scene["attempts"]] == ["abandoned"]
+    # the harness stopped the scene's job when its test ran out of time, and says so
+    (attempt,) = scene["attempts"]
+    assert attempt["outcome"] == "interrupted" and "its test was ended" in attempt["reason"], attempt
     assert scenes(data)["scene-001"]["status"] == "passed"
     _assert_own_prompt_stopped(run_dir, data, "scene-002")
 
@@ -239,13 +241,15 @@ def test_view_404_fails_frames_naming_missing_files(project: pytest.Pytester) ->
 
 
 def test_crash_fails_that_scene_quickly_and_later_scenes_are_not_reached(project: pytest.Pytester) -> None:
-    # a long scene-max-wait proves the crash is noticed at once, not at the deadline
+    # A long scene-max-wait proves the crash is noticed at once, not at the deadline. The one
+    # server holds two of our scenes (the next is queued behind the running one): the scene queued
+    # behind scene-002 dies with the server too, and the scene after it is never queued.
     result, run_dir, _ = run_e2e(
         project,
         "--story-mode",
         "fallback",
         "--scenes",
-        "3",
+        "4",
         "--scene-max-wait",
         "120",
         "--completion-grace",
@@ -261,13 +265,17 @@ def test_crash_fails_that_scene_quickly_and_later_scenes_are_not_reached(project
     # noticed as a dead server at once, not as the 120 s scene deadline running out
     data = summary_of(run_dir)
     by_scene = scenes(data)
-    assert by_scene["scene-001"]["status"] == "passed"
     assert by_scene["scene-002"]["status"] == "failed"
     assert by_scene["scene-002"]["attempts"][-1]["outcome"] == "server_gone"
     assert "went away" in by_scene["scene-002"]["message"]
-    assert by_scene["scene-003"]["status"] == "not_reached"
-    svd3 = items(data, "svd")["svd[scene-003]"]
-    assert svd3["status"] == "not_reached" and "not reached" in svd3["message"]
+    queued_behind = by_scene["scene-003"]
+    assert queued_behind["status"] == "failed" and queued_behind["attempts"][-1]["outcome"] == "server_gone"
+    assert by_scene["scene-004"]["status"] == "not_reached"
+    svd4 = items(data, "svd")["svd[scene-004]"]
+    assert svd4["status"] == "not_reached" and "ComfyUI server died during" in svd4["message"]
+    # scene-001's frames were fetched while scene-002 ran: they are whole, or lost to the crash
+    first = by_scene["scene-001"]
+    assert first["status"] == "passed" or "connection refused" in first["message"], first
 
 
 # --- LLM faults -------------------------------------------------------------------------------

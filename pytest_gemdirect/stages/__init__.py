@@ -144,7 +144,10 @@ class Stages:
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
         if self._pool is not None:
+            at_work = self._pool.at_work()
             self._pool.stop(message)
+            for scene_id in at_work:
+                self.pipeline.mark_interrupted(f"svd[{scene_id}]", message)
         self.ctx.active_jobs.stop_all(message)
         self.pipeline.interrupt_running(message)
 

@@ -138,10 +138,14 @@ def _after_failed_attempt(
 ) -> Next:
     """Record the failed attempt; return RETRY or DEFER, or raise the stage's failure."""
     scene_id, number = generation.scene_id, attempt["number"]
-    attempt.update(ended_at=now(), outcome=failure.kind, reason=str(failure))
+    stopped = ticket.cancelled()  # the harness itself stopped the job (Ctrl-C, the test's timeout)
+    reason = f"stopped by the harness: {stopped}" if stopped else str(failure)
+    attempt.update(ended_at=now(), outcome=failure.kind, reason=reason)
     attempt["prompt_id"] = failure.evidence.get("prompt_id")
     record_scene(ctx, generation, evidence=failure.evidence)
     ctx.event(scene_id, {"t": now(), "event": "attempt_end", "attempt": number, "outcome": failure.kind})
+    if stopped:
+        raise StageFailed(f"{scene_id}: {reason}") from None
     step = after_failure(failure, number, max_attempts, can_defer=True)
     if step is Next.DEFER:
         generation.deferred = failure

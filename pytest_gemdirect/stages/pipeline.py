@@ -107,6 +107,11 @@ class Pipeline:
             outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
         )
 
+    def mark_interrupted(self, key: str, message: str) -> None:
+        """A stage whose work went on elsewhere (a scene's thread) when the run was cut short."""
+        if key not in self.outcomes and key not in self._running:
+            self._record(Outcome(key, "interrupted", message=f"{key}: {message}"))
+
     def interrupt_running(self, message: str) -> None:
         """Record every stage still at work as interrupted (the process is about to end)."""
         for key, started in sorted(dict(self._running).items()):  # a copy: the stage thread runs on

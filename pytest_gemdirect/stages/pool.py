@@ -82,6 +82,11 @@ class ScenePool:
                 self.cancel(scene_id, f"its test was ended ({type(exc).__name__}: {exc})")
             raise
 
+    def at_work(self) -> list[str]:
+        """Scenes whose generation has started and not ended."""
+        with self._changed:
+            return [scene for scene in self._order if scene in self._lane_of]
+
     def stop(self, reason: str) -> None:
         """No new scene starts; every job of ours still at work is interrupted and dequeued."""
         with self._changed:
