@@ -102,6 +102,9 @@ class Pipeline:
         return outcome
 
     def _record(self, outcome: Outcome) -> None:
+        earlier = self.outcomes.get(outcome.key)
+        if earlier is not None and earlier.status == "interrupted":
+            return  # the run was cut short first: what a stopped thread reports after that is not news
         self.outcomes[outcome.key] = outcome
         self.summary.record_item(
             outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
