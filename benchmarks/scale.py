@@ -275,7 +275,7 @@ def print_table(rows: list[Row]) -> None:
     line = "  ".join("-" * w for w in widths)
     print(line)
     for cell in [header, *cells]:
-        print("  ".join(text.ljust(w) for text, w in zip(cell, widths)).rstrip())
+        print("  ".join(text.ljust(w) for text, w in zip(cell, widths, strict=True)).rstrip())
         if cell is header:
             print(line)
     print(line)

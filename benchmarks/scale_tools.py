@@ -190,7 +190,12 @@ def executions(log_path: Path) -> list[Execution]:
     starts: dict[str, tuple[float, int]] = {}
     done: list[Execution] = []
     for match in _EXEC.finditer(log_path.read_text(encoding="utf-8", errors="replace")):
-        kind, prompt_id, mono, count = match.group(1), match.group(2), float(match.group(3)), int(match.group(4))
+        kind, prompt_id, mono, count = (
+            match.group(1),
+            match.group(2),
+            float(match.group(3)),
+            int(match.group(4)),
+        )
         if kind == "start":
             starts[prompt_id] = (mono, count)
         elif prompt_id in starts:
@@ -201,7 +206,7 @@ def executions(log_path: Path) -> list[Execution]:
 
 def idle_gaps(execs: Sequence[Execution]) -> list[float]:
     """Seconds from the end of one execution to the start of the next on the same server."""
-    return [b.start - a.end for a, b in zip(execs, execs[1:])]
+    return [b.start - a.end for a, b in zip(execs, execs[1:], strict=False)]
 
 
 # ---------------------------------------------------------------------------------------- runs

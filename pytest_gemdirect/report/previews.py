@@ -68,14 +68,15 @@ def scene_preview(run_root: Path, scene_id: str, keyframe_rel: str | None, frame
     manifest = _cached_manifest(cache, keyframe, frames)
     if manifest.get("keyframe"):
         preview.keyframe = _data_uri(cache / manifest["keyframe"], "image/jpeg")
-    frames_rel = [f.resolve().relative_to(run_root.resolve()).as_posix() for f in frames]
+    root = run_root.resolve()
     for thumb in manifest.get("strip") or []:
         index = thumb.get("index")
         if not isinstance(index, int) or not 0 <= index < len(frames):
             continue
         uri = _data_uri(cache / thumb["file"], "image/jpeg")
         if uri:
-            preview.strip.append(Thumb(index + 1, frames[index].name, frames_rel[index], uri))
+            rel = frames[index].resolve().relative_to(root).as_posix()  # only the strip's, not every frame's
+            preview.strip.append(Thumb(index + 1, frames[index].name, rel, uri))
     anim = manifest.get("anim")
     if anim:
         preview.anim = _data_uri(cache / anim, _MIME.get(Path(anim).suffix, "image/webp"))
@@ -158,7 +159,9 @@ def _scaled(image: Image.Image, width: int) -> Image.Image:
     image = _rgb(image)
     if image.width > width:
         height = max(1, round(image.height * width / image.width))
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        # reducing_gap: a box reduction by a whole factor first, then LANCZOS for the rest; at a
+        # thumbnail's size it looks the same and costs a third of a full LANCZOS from 1024 px.
+        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return image
 
 
