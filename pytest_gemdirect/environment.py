@@ -76,6 +76,21 @@ def gpu_facts(deadline: Deadline) -> dict[str, Any]:
     return {"visible": bool(gpus), "note": None if gpus else done.stderr.strip()[:200], "gpus": gpus}
 
 
+def warm_up() -> None:
+    """Load what the later stages need while this stage waits for the probes anyway: the video
+    checks (numpy, PyAV) and the report's compiled templates. A failure here is left for the stage
+    that needs the module to report."""
+    try:
+        import pytest_gemdirect.video  # noqa: F401 - the frames stage's checks
+        from pytest_gemdirect.report.templating import environment
+
+        templates = environment()
+        for name in templates.list_templates(extensions=["j2"]):
+            templates.get_template(name)
+    except Exception:  # noqa: BLE001,S110 - only a head start; the real use reports the problem
+        pass
+
+
 def _sliced_result(future: Future[_T]) -> _T:
     """The probe's result, waited for a slice at a time so a Ctrl-C lands promptly on Windows too."""
     while True:
@@ -101,6 +116,7 @@ def check_environment(run_root: Path, *, deadline: Deadline) -> dict[str, Any]:
         node = probes.submit(_tool_version, ["node", "--version"], deadline)
         npm = probes.submit(_tool_version, ["npm", "--version"], deadline)
         gpu = probes.submit(gpu_facts, deadline)
+        warm = probes.submit(warm_up)
         facts: dict[str, Any] = {
             "python": sys.version.split()[0],
             "python_executable": sys.executable,
@@ -111,6 +127,7 @@ def check_environment(run_root: Path, *, deadline: Deadline) -> dict[str, Any]:
             "npm": _sliced_result(npm),
             "gpu": _sliced_result(gpu),
         }
+        _sliced_result(warm)  # done within this stage: no import runs beside a later stage's
     finally:
         probes.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for a slow tool here
     missing = [name for name, version in packages.items() if version is None]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,16 +261,28 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
 def _decoded_frames(
     frames: list[Path], wanted: set[int], manifest: dict[str, Any]
 ) -> dict[int, list[Image.Image]]:
-    images: dict[int, list[Image.Image]] = {}
-    for index in sorted(wanted):
+    """The wanted frames decoded and scaled, side by side (Pillow decodes and resizes without the
+    GIL); a frame that does not decode is a problem in the manifest, in frame order."""
+    one_file = len(frames) == 1
+
+    def decode(index: int) -> list[Image.Image] | str:
         path = frames[index]
         try:
             with Image.open(path) as image:
-                if getattr(image, "n_frames", 1) > 1 and len(frames) == 1:
-                    images[index] = [_scaled(f.copy(), ANIM_WIDTH) for f in ImageSequence.Iterator(image)]
-                else:
-                    image.load()
-                    images[index] = [_scaled(image, ANIM_WIDTH)]
+                if getattr(image, "n_frames", 1) > 1 and one_file:
+                    return [_scaled(f.copy(), ANIM_WIDTH) for f in ImageSequence.Iterator(image)]
+                image.load()
+                return [_scaled(image, ANIM_WIDTH)]
         except Exception as exc:  # a bad file never stops the report
-            manifest["problems"].append(f"frame {path.name} could not be decoded: {exc}")
+            return f"frame {path.name} could not be decoded: {exc}"
+
+    order = sorted(wanted)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
+        decoded = list(pool.map(decode, order))
+    images: dict[int, list[Image.Image]] = {}
+    for index, result in zip(order, decoded, strict=True):
+        if isinstance(result, str):
+            manifest["problems"].append(result)
+        else:
+            images[index] = result
     return images
