@@ -84,10 +84,24 @@ def against_comfy_cli(tmp: Path, repeats: int) -> list[Row]:
             run = checked(run_measured(harness_cmd(tmp / f"harness-{i}", *args), project), "the harness")
             harness.append(run.wall_s)
             cli.append(comfy_run(str(i)).wall_s)
+        # The server's own execution of each job (its log), in run order: warm-ups, then pairs.
+        runs = executions(sim.log_path)[2:]
+    server_h = median([e.end - e.start for e in runs[0::2]])
+    server_c = median([e.end - e.start for e in runs[1::2]])
     ratio = median(harness) / median(cli)
     return [
-        Row("pytest -m e2e --scenes 1 (whole process, 25 frames)", f"{median(harness):.2f} s", "", None),
-        Row("comfy run --workflow ... --wait (same job, same server)", f"{median(cli):.2f} s", "", None),
+        Row(
+            "pytest -m e2e --scenes 1 (whole process, 25 frames): wall (beyond the server's execution)",
+            f"{median(harness):.2f} s ({median(harness) - server_h:.2f} s)",
+            "",
+            None,
+        ),
+        Row(
+            "comfy run --workflow ... --wait (same job, same server): wall (beyond the server's execution)",
+            f"{median(cli):.2f} s ({median(cli) - server_c:.2f} s)",
+            "",
+            None,
+        ),
         Row("ratio harness / comfy-cli", f"{ratio:.2f}", "<= 1.0", ratio <= 1.0),
     ]
 

@@ -61,7 +61,8 @@ class _Sampler(threading.Thread):
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
                 times = p.cpu_times()
-                role = "harness" if p.pid == self.proc.pid else _role(p)
+                known = self.cpu.get(p.pid, ("other", 0.0))[0]
+                role = "harness" if p.pid == self.proc.pid else _role(p, known)
                 self.cpu[p.pid] = (role, times.user + times.system)
             except psutil.Error:
                 continue
@@ -76,11 +77,12 @@ class _Sampler(threading.Thread):
             self.stop.wait(0.02)
 
 
-def _role(p: psutil.Process) -> str:
+def _role(p: psutil.Process, known: str) -> str:
+    """What a child is, from its command line; what it was last seen as once that is unreadable."""
     try:
         return "simulator" if SIM_MARK in " ".join(p.cmdline()) else "other"
-    except psutil.Error:
-        return "other"
+    except psutil.Error:  # a zombie at the end: its command line is gone, its CPU times are not
+        return known
 
 
 def run_measured(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Measured:
