@@ -5,13 +5,15 @@ from __future__ import annotations
 import platform
 import shutil
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_gemdirect.cmdline import resolve_program
 from pytest_gemdirect.deadline import Deadline
-from pytest_gemdirect.processes import run_captured
+from pytest_gemdirect.processes import WAIT_SLICE_S, run_captured
 
 REQUIRED_PACKAGES = (
     "pytest",
@@ -25,6 +27,7 @@ REQUIRED_PACKAGES = (
     "psutil",
 )
 MIN_FREE_DISK_BYTES = 1 * 1024**3
+_T = TypeVar("_T")
 
 
 class EnvironmentProblem(Exception):
@@ -73,6 +76,30 @@ def gpu_facts(deadline: Deadline) -> dict[str, Any]:
     return {"visible": bool(gpus), "note": None if gpus else done.stderr.strip()[:200], "gpus": gpus}
 
 
+def warm_up() -> None:
+    """Load what the later stages need while this stage waits for the probes anyway: the video
+    checks (numpy, PyAV) and the report's compiled templates. A failure here is left for the stage
+    that needs the module to report."""
+    try:
+        import pytest_gemdirect.video  # noqa: F401 - the frames stage's checks
+        from pytest_gemdirect.report.templating import environment
+
+        templates = environment()
+        for name in templates.list_templates(extensions=["j2"]):
+            templates.get_template(name)
+    except Exception:  # noqa: BLE001,S110 - only a head start; the real use reports the problem
+        pass
+
+
+def _sliced_result(future: Future[_T]) -> _T:
+    """The probe's result, waited for a slice at a time so a Ctrl-C lands promptly on Windows too."""
+    while True:
+        try:
+            return future.result(timeout=WAIT_SLICE_S)
+        except FutureTimeout:
+            continue
+
+
 def check_environment(run_root: Path, *, deadline: Deadline) -> dict[str, Any]:
     """Collect the facts; raise EnvironmentProblem for what blocks the run (missing package, full disk)."""
     packages: dict[str, str | None] = {}
@@ -82,16 +109,27 @@ def check_environment(run_root: Path, *, deadline: Deadline) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             packages[name] = None
     disk = shutil.disk_usage(run_root)
-    facts: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "platform": platform.platform(),
-        "packages": packages,
-        "disk_free_bytes": disk.free,
-        "node": _tool_version(["node", "--version"], deadline),
-        "npm": _tool_version(["npm", "--version"], deadline),
-        "gpu": gpu_facts(deadline),
-    }
+    # The three probes are other programs' start-up time (npm alone takes a quarter of a second):
+    # run side by side, they cost the slowest of them instead of the sum.
+    probes = ThreadPoolExecutor(max_workers=3, thread_name_prefix="gemdirect-env")
+    try:
+        node = probes.submit(_tool_version, ["node", "--version"], deadline)
+        npm = probes.submit(_tool_version, ["npm", "--version"], deadline)
+        gpu = probes.submit(gpu_facts, deadline)
+        warm = probes.submit(warm_up)
+        facts: dict[str, Any] = {
+            "python": sys.version.split()[0],
+            "python_executable": sys.executable,
+            "platform": platform.platform(),
+            "packages": packages,
+            "disk_free_bytes": disk.free,
+            "node": _sliced_result(node),
+            "npm": _sliced_result(npm),
+            "gpu": _sliced_result(gpu),
+        }
+        _sliced_result(warm)  # done within this stage: no import runs beside a later stage's
+    finally:
+        probes.shutdown(wait=False, cancel_futures=True)  # Ctrl-C: do not wait for a slow tool here
     missing = [name for name, version in packages.items() if version is None]
     if missing:
         raise EnvironmentProblem(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -63,6 +64,7 @@ class RunSummary:
         self._started = time.monotonic()
         self._items: dict[str, dict[str, Any]] = {}
         self._scene_details: dict[str, dict[str, Any]] = {}  # scene.json's fields beyond the summary's
+        self._scene_written: dict[str, str] = {}  # scene.json as last written, per scene
         self.data: dict[str, Any] = {
             "schema_version": 1,
             "run_id": run.run_id,
@@ -288,9 +290,14 @@ class RunSummary:
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             write_summary_files(self.run, self.data)
             for scene_id, details in self._scene_details.items():
-                atomic_write_json(
-                    self.run.scene_dir(scene_id) / "scene.json", {**self.scene(scene_id), **details}
+                # Only a scene whose record changed is rewritten: with 8 scenes every update would
+                # otherwise rewrite (and fsync) eight scene.json files that say what they said.
+                text = json.dumps(
+                    {**self.scene(scene_id), **details}, indent=2, ensure_ascii=False, default=str
                 )
+                if self._scene_written.get(scene_id) != text:
+                    atomic_write_text(self.run.scene_dir(scene_id) / "scene.json", text + "\n")
+                    self._scene_written[scene_id] = text
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failed stage node with its message, in stage order."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +70,15 @@ def scene_preview(run_root: Path, scene_id: str, keyframe_rel: str | None, frame
     manifest = _cached_manifest(cache, keyframe, frames)
     if manifest.get("keyframe"):
         preview.keyframe = _data_uri(cache / manifest["keyframe"], "image/jpeg")
-    frames_rel = [f.resolve().relative_to(run_root.resolve()).as_posix() for f in frames]
+    root = run_root.resolve()
     for thumb in manifest.get("strip") or []:
         index = thumb.get("index")
         if not isinstance(index, int) or not 0 <= index < len(frames):
             continue
         uri = _data_uri(cache / thumb["file"], "image/jpeg")
         if uri:
-            preview.strip.append(Thumb(index + 1, frames[index].name, frames_rel[index], uri))
+            rel = frames[index].resolve().relative_to(root).as_posix()  # only the strip's, not every frame's
+            preview.strip.append(Thumb(index + 1, frames[index].name, rel, uri))
     anim = manifest.get("anim")
     if anim:
         preview.anim = _data_uri(cache / anim, _MIME.get(Path(anim).suffix, "image/webp"))
@@ -158,7 +161,9 @@ def _scaled(image: Image.Image, width: int) -> Image.Image:
     image = _rgb(image)
     if image.width > width:
         height = max(1, round(image.height * width / image.width))
-        image = image.resize((width, height), Image.Resampling.LANCZOS)
+        # reducing_gap: a box reduction by a whole factor first, then LANCZOS for the rest; at a
+        # thumbnail's size it looks the same and costs a third of a full LANCZOS from 1024 px.
+        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return image
 
 
@@ -256,16 +261,28 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
 def _decoded_frames(
     frames: list[Path], wanted: set[int], manifest: dict[str, Any]
 ) -> dict[int, list[Image.Image]]:
-    images: dict[int, list[Image.Image]] = {}
-    for index in sorted(wanted):
+    """The wanted frames decoded and scaled, side by side (Pillow decodes and resizes without the
+    GIL); a frame that does not decode is a problem in the manifest, in frame order."""
+    one_file = len(frames) == 1
+
+    def decode(index: int) -> list[Image.Image] | str:
         path = frames[index]
         try:
             with Image.open(path) as image:
-                if getattr(image, "n_frames", 1) > 1 and len(frames) == 1:
-                    images[index] = [_scaled(f.copy(), ANIM_WIDTH) for f in ImageSequence.Iterator(image)]
-                else:
-                    image.load()
-                    images[index] = [_scaled(image, ANIM_WIDTH)]
+                if getattr(image, "n_frames", 1) > 1 and one_file:
+                    return [_scaled(f.copy(), ANIM_WIDTH) for f in ImageSequence.Iterator(image)]
+                image.load()
+                return [_scaled(image, ANIM_WIDTH)]
         except Exception as exc:  # a bad file never stops the report
-            manifest["problems"].append(f"frame {path.name} could not be decoded: {exc}")
+            return f"frame {path.name} could not be decoded: {exc}"
+
+    order = sorted(wanted)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
+        decoded = list(pool.map(decode, order))
+    images: dict[int, list[Image.Image]] = {}
+    for index, result in zip(order, decoded, strict=True):
+        if isinstance(result, str):
+            manifest["problems"].append(result)
+        else:
+            images[index] = result
     return images

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 llm.stop()
         comfy.stop()
+        print(f"gemdirect simulator: requests {json.dumps(comfy.state.requests.as_json())}", flush=True)
         if ready_written and args.ready_file is not None:
             with contextlib.suppress(OSError, ValueError):
                 current = json.loads(Path(args.ready_file).read_text(encoding="utf-8"))

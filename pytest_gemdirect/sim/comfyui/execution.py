@@ -27,6 +27,7 @@ from pytest_gemdirect.sim.comfyui.errors import (
 from pytest_gemdirect.sim.comfyui.graph import ExecutionList, is_link, scene_of, signatures
 from pytest_gemdirect.sim.comfyui.nodes import NODE_IMPLS
 from pytest_gemdirect.sim.comfyui.state import STATE_KEY, CacheEntry, ComfyUIState
+from pytest_gemdirect.sim.comfyui.stats import said_execution
 from pytest_gemdirect.sim.comfyui.values import describe
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
@@ -50,6 +51,7 @@ async def serve_queue(state: ComfyUIState) -> None:
         task_id = state.task_counter
         state.task_counter += 1
         state.currently_running[task_id] = item
+        said_execution("start", item[1], state.requests)
         await state.queue_updated()
         try:
             await _process(state, task_id, item)
@@ -62,6 +64,7 @@ async def serve_queue(state: ComfyUIState) -> None:
             state.currently_running.pop(task_id, None)
             state.unsilence(item[1])
             state.job_running = False
+        said_execution("end", item[1], state.requests)
 
 
 async def _process(state: ComfyUIState, task_id: int, item: tuple[Any, ...]) -> None:

@@ -35,6 +35,7 @@ from pytest_gemdirect.sim.comfyui.faulty_http import (
 )
 from pytest_gemdirect.sim.comfyui.graph import scene_of
 from pytest_gemdirect.sim.comfyui.state import STATE_KEY, ComfyUIState, Conn
+from pytest_gemdirect.sim.comfyui.stats import STATS_ROUTE, counting_middleware, stats_handler
 from pytest_gemdirect.sim.comfyui.validation import validate_prompt
 from pytest_gemdirect.sim.server import track_websocket
 
@@ -432,10 +433,14 @@ def create_comfyui_app(state: ComfyUIState | None = None, /, **options: Any) -> 
         state = ComfyUIState(**options)
     elif options:
         raise TypeError("pass either a ComfyUIState or options, not both")
-    app = web.Application(client_max_size=SERVER_FEATURES["max_upload_size"] + 1024 * 1024)
+    app = web.Application(
+        client_max_size=SERVER_FEATURES["max_upload_size"] + 1024 * 1024,
+        middlewares=[counting_middleware(state.requests)],
+    )
     app[STATE_KEY] = state
     h = _Handlers(state)
     app.router.add_get("/", h.index)
+    app.router.add_get(STATS_ROUTE, stats_handler(state.requests))
     for prefix in ("", "/api"):
         app.router.add_get(prefix + "/ws", h.websocket)
         app.router.add_get(prefix + "/system_stats", h.system_stats)

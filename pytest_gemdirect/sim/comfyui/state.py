@@ -36,6 +36,7 @@ from pytest_gemdirect.sim.comfyui.constants import (
     VRAM_TOTAL,
 )
 from pytest_gemdirect.sim.comfyui.errors import Crash, NodeFailure, save_traceback
+from pytest_gemdirect.sim.comfyui.stats import RequestStats
 from pytest_gemdirect.sim.faults import FaultPlan
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
@@ -117,6 +118,7 @@ class ComfyUIState:
         self.save_lock = threading.Lock()
         self._counters: dict[tuple[str, str], int] = {}
         self.crashed = False
+        self.requests = RequestStats()  # instrumentation only (GET /gemdirect/stats, log lines)
 
     # ------------------------------------------------------------------ lifecycle (aiohttp signals)
     async def on_startup(self, app: web.Application) -> None:
