@@ -74,6 +74,7 @@ class Run:
         self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.report_problem: str | None = None  # the last rewrite of report.html failed: why
+        self._reported: str | None = None  # the summary as report.html last showed it
         self.notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
         self._previous_handlers: dict[int, Any] = {}
 
@@ -144,15 +145,20 @@ class Run:
             return None
         return data if isinstance(data, dict) else None
 
-    def write_report(self) -> None:
+    def write_report(self, *, only_if_changed: bool = False) -> None:
         """report.html as the run stands now, so a run killed half-way still leaves one.
 
         The only writer of report.html; under xdist the controller writes it from the summary
-        the worker keeps.
+        the worker keeps. After a test (``only_if_changed``) it is left as it is when the summary
+        has not changed since it was written: rendering it is the dearest thing a test ends with.
         """
         data = self.summary_data()
         if data is None or self.directory is None or self.is_worker:
             return
+        seen = json.dumps(data, sort_keys=True, default=str)
+        if only_if_changed and seen == self._reported:
+            return
+        self._reported = seen
         from pytest_gemdirect import report
 
         try:
@@ -184,7 +190,7 @@ class Run:
             self.failed_tests.append(report.nodeid)
 
     def pytest_runtest_logfinish(self) -> None:
-        self.write_report()
+        self.write_report(only_if_changed=True)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

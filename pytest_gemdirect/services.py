@@ -116,6 +116,9 @@ class Services:
         for launch in self._launches.values():
             launch.stop()
         self._launches.clear()
+        if len(self._sims) > 1:  # side by side: each may take its grace to end
+            with ThreadPoolExecutor(max_workers=len(self._sims)) as pool:
+                list(pool.map(SimulatorProcess.stop, self._sims))
         for sim in self._sims:
             sim.stop()
         self._sims.clear()
