@@ -26,10 +26,11 @@ if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads on
     from pytest_gemdirect.services import Services
     from pytest_gemdirect.stages import ProgressSink, Stages
 
-# Signals that end a run like Ctrl-C: a CI runner's SIGTERM; Ctrl-Break and closing the console on Windows.
-_INTERRUPTING_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signal, name)
-)
+
+def interrupting_signals(signals: Any = signal) -> tuple[int, ...]:
+    """Signals that end a run like Ctrl-C: a CI runner's SIGTERM; on Windows SIGBREAK, which is
+    Ctrl-Break and also what closing the console window delivers (Windows never sends SIGTERM)."""
+    return tuple(getattr(signals, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signals, name))
 
 
 @dataclass(frozen=True)
@@ -255,5 +256,5 @@ class Run:
         def interrupt(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
-        for signum in _INTERRUPTING_SIGNALS:
+        for signum in interrupting_signals():
             self._previous_handlers[signum] = signal.signal(signum, interrupt)

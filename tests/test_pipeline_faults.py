@@ -8,6 +8,8 @@ setting the failure names, never how long it took (figures belong in benchmarks/
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -361,3 +363,28 @@ def test_live_summary_shows_a_scene_in_generation_as_running(project: pytest.Pyt
     finally:
         interrupt(proc)
     assert scenes(live)["scene-002"]["status"] == "running"
+
+
+def test_sigterm_mid_scene_ends_the_run_like_ctrl_c_and_stops_our_prompt(project: pytest.Pytester) -> None:
+    # A CI runner cancelling a job sends SIGTERM (on Windows, Ctrl-Break or closing the console:
+    # SIGBREAK, handled the same way; see test_windows_console_signals_end_the_run_too).
+    proc, run_dir = start_stalled_run(project)
+    wait_for_scene_002_attempt(proc, run_dir)
+    proc.send_signal(signal.CTRL_BREAK_EVENT if sys.platform == "win32" else signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, output
+    data = summary_of(run_dir)
+    assert data["status"] == "interrupted"
+    assert scenes(data)["scene-002"]["status"] == "interrupted"
+    _assert_own_prompt_stopped(run_dir, data, "scene-002")
+
+
+def test_windows_console_signals_end_the_run_too() -> None:
+    from types import SimpleNamespace
+
+    from pytest_gemdirect.run import interrupting_signals
+
+    windows = SimpleNamespace(SIGBREAK=21, SIGINT=2)  # Windows' signal module has no SIGTERM to send
+    posix = SimpleNamespace(SIGTERM=15, SIGINT=2)
+    assert interrupting_signals(windows) == (21,)
+    assert interrupting_signals(posix) == (15,)
