@@ -21,6 +21,7 @@ import requests
 import urllib3.exceptions
 
 from pytest_gemdirect.deadline import Deadline
+from pytest_gemdirect.text import visible
 
 REFUSED = "connection_refused"
 RESET = "connection_reset"
@@ -34,7 +35,6 @@ _REFUSED_ERRNOS = {errno.ECONNREFUSED, 10061}  # 10061: WSAECONNREFUSED (Windows
 _RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE, 10053, 10054}  # WSAECONNABORTED/RESET
 _TIMEOUT_NAMES = {"ReadTimeoutError", "ConnectTimeoutError", "ReadTimeout", "ConnectTimeout", "timeout"}
 _DNS_TEXTS = ("name or service not known", "getaddrinfo failed", "nodename nor servname")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 EXCERPT_CHARS = 300
 MIB = 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 64 * MIB
@@ -253,12 +253,6 @@ def read_body(
 
 
 # ---------------------------------------------------------------------------------------- untrusted text
-def visible(text: str) -> str:
-    """Control characters (but newline and tab) shown as ``\\x1b`` escapes, so a terminal or a
-    log line shows them instead of obeying them."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def excerpt(data: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     """At most ``limit`` characters of an untrusted body (bytes decoded leniently), control
     characters made visible, ``…`` when cut."""

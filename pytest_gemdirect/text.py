@@ -13,19 +13,22 @@ import re
 _INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+_LINE_BREAKS = re.compile("[\t\n]")
+
+
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def visible(text: str, *, limit: int | None = None) -> str:
-    """``text`` with control and bidi characters as escapes (``\\x1b``, ``\\u202e``), cut to ``limit``."""
+def visible(text: str, *, limit: int | None = None, one_line: bool = False) -> str:
+    """``text`` with control and bidi characters as escapes (``\\x1b``, ``\\u202e``), cut to ``limit``.
+
+    Tabs and newlines stay, unless ``one_line`` (a file name or a label inside a message).
+    """
     shown = _INVISIBLE.sub(_escape, text)
+    if one_line:
+        shown = _LINE_BREAKS.sub(_escape, shown)
     if limit is not None and len(shown) > limit:
         return shown[:limit] + f"… ({len(shown) - limit} more characters)"
     return shown
-
-
-def has_invisible(text: str) -> bool:
-    """Whether ``text`` holds a character :func:`visible` would escape."""
-    return _INVISIBLE.search(text) is not None
