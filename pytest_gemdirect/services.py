@@ -72,10 +72,6 @@ class Services:
             self._pool = self._boot_pool()
         return self._pool
 
-    def comfyui(self) -> Backend:
-        """The first server of the pool."""
-        return self.comfyui_pool()[0]
-
     def llm(self) -> Backend:
         if self._llm is None:
             self._refuse_if_handed_error()
@@ -96,10 +92,6 @@ class Services:
             if sim.urls.get("comfyui_url") == url:
                 return sim.alive()
         return True  # attached, or handed over by the xdist controller: only the server can tell
-
-    def comfyui_alive(self) -> bool:
-        """Whether the first server is alive (see :meth:`alive`)."""
-        return self.alive(self.comfyui().url)
 
     def comfyui_launched_locally(self) -> bool:
         return any(not launch.attached for launch in self._launches.values())

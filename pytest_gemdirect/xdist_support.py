@@ -37,15 +37,14 @@ def is_controller(config: pytest.Config) -> bool:
     return bool(config.getoption("numprocesses", None)) and not hasattr(config, "workerinput")
 
 
-def check_dist_mode(config: pytest.Config) -> str | None:
-    """A note for the terminal, or a usage error for a mode that would run the pipeline per worker."""
+def check_dist_mode(config: pytest.Config) -> None:
+    """A usage error for ``--dist each``, which would run the whole pipeline once per worker."""
     dist = config.getoption("dist", "no")
     if dist == "each":
         raise pytest.UsageError(
             "pytest-gemdirect: --dist each would run the whole pipeline once per worker;"
             " use -n N with --dist load or loadgroup"
         )
-    return None
 
 
 def worker_handoff(config: pytest.Config) -> Callable[[], Handoff | None]:

@@ -189,7 +189,7 @@ def _keyframe_workflow(
 
 def _startup_warnings(ctx: StageContext, log: str | None) -> list[StartupWarning]:
     """Non-blocking problems in a launched ComfyUI's startup log, as warnings of the run."""
-    if not log or not Path(log).is_file() or ctx.services.comfyui_launched_locally() is False:
+    if not log or not Path(log).is_file() or not ctx.services.comfyui_launched_locally():
         return []
     warnings = find_startup_warnings(Path(log).read_text(encoding="utf-8", errors="replace"))
     for warning in warnings:
