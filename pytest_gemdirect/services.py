@@ -7,7 +7,7 @@ cannot be started is left out with a warning while others remain.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,6 @@ from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.settings import Settings
-
-WAIT_SLICE_S = 0.25  # the main thread's waits, so that Ctrl-C lands at once on every platform
 
 
 class ServiceError(Exception):
@@ -149,24 +147,16 @@ class Services:
         return self._sims
 
     def _launch_pool(self) -> list[Backend]:
-        """One ComfyUI per GPU (or one, on the default device), booted side by side.
+        """One ComfyUI per GPU (or one, on the default device), booted one after another.
 
-        The main thread waits in short slices, so Ctrl-C lands at once; it then ends every launch.
+        From this (the main) thread: a launched child is tied to the thread that started it (the
+        parent-death signal on Linux fires when that thread ends), so a pool thread would take
+        its ComfyUI with it. On Ctrl-C every launch is ended.
         """
         gpus: list[int | None] = list(self.settings.comfyui_gpus) or [None]
         launches = [self._new_launch(gpu, index) for index, gpu in enumerate(gpus)]
         try:
-            if len(launches) == 1:
-                outcomes = [self._start(launches[0], gpus[0])]
-            else:
-                with ThreadPoolExecutor(max_workers=len(launches)) as pool:
-                    futures = [
-                        pool.submit(self._start, launch, gpu)
-                        for launch, gpu in zip(launches, gpus, strict=True)
-                    ]
-                    while not all(future.done() for future in futures):
-                        wait(futures, timeout=WAIT_SLICE_S)
-                    outcomes = [future.result() for future in futures]
+            outcomes = [self._start(launch, gpu) for launch, gpu in zip(launches, gpus, strict=True)]
         except BaseException:
             for launch in launches:
                 launch.stop()

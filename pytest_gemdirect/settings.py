@@ -146,6 +146,7 @@ class SettingSpec:
     default: Any
     help: str
     multi: bool = False  # repeatable flag, comma-separated env var, one-per-line ini
+    commas_in_flag: bool = False  # a multi flag's value may list several too (--comfyui-gpus=0,1)
     secret: bool = False  # never shown in the header, the summary or the report
     metavar: str | None = None
     flag_name: str | None = None  # a repeatable flag reads better singular: --suite, ini gemdirect_suites
@@ -189,6 +190,7 @@ SPECS: tuple[SettingSpec, ...] = (
         (),
         "attach to the ComfyUI server at this URL; repeat (or comma-separate) for a pool of servers",
         multi=True,
+        commas_in_flag=True,
         metavar="URL",
     ),
     SettingSpec(
@@ -197,6 +199,7 @@ SPECS: tuple[SettingSpec, ...] = (
         (),
         "with --comfyui-dir: launch one ComfyUI per GPU index (--cuda-device), e.g. 0,1",
         multi=True,
+        commas_in_flag=True,
         metavar="N,N",
     ),
     SettingSpec(
@@ -415,6 +418,8 @@ def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
     try:
         if spec.multi:
             items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
+            if spec.commas_in_flag:
+                items = [part for item in items for part in str(item).split(",")]
             return tuple(spec.parse(str(item).strip()) for item in items if str(item).strip())
         if raw is None:
             return None

@@ -68,3 +68,19 @@ def test_comfyui_url_and_dir_together_is_a_usage_error(project: pytest.Pytester)
     result.stderr.fnmatch_lines(
         ["*comfyui_url (from --comfyui-url) and comfyui_dir (from --comfyui-dir)*set only one*"]
     )
+
+
+def test_one_comfyui_per_gpu_each_pinned_with_its_own_port_and_log(project: pytest.Pytester) -> None:
+    install = FAKES / "good"
+    pool = (f"--comfyui-dir={install}", "--comfyui-gpus=0,1", f"--workflow={SMOKE}")
+    result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", "--scenes", "2", *pool)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    data = summary_of(run_dir)
+    servers = {server["url"] for server in data["comfyui"]["servers"]}
+    assert len(servers) == 2  # two ports
+    for gpu in (0, 1):
+        log = (run_dir / f"comfyui-gpu{gpu}.log").read_text(encoding="utf-8")
+        assert f"Set cuda device to: {gpu}" in log
+    assert {scene["server"] for scene in data["scenes"]} <= servers
+    _ended, alive = psutil.wait_procs(processes_from(install), timeout=30)
+    assert not alive, [p.info["cmdline"] for p in alive]

@@ -102,6 +102,8 @@ def start(ctx: StageContext) -> ComfyUIService:
     facts["servers"] = [
         {"name": c.server.name, "url": c.server.url, "version": c.backend.version} for c in ready
     ]
+    for other in ready[1:]:  # one ComfyUI per GPU: each start-up log may hold its own warnings
+        facts["startup_warnings"] += [w.to_dict() for w in _startup_warnings(ctx, other.backend.log)]
     ctx.summary.set_section("comfyui", facts)
     if problems:
         raise StageFailed(

@@ -14,10 +14,13 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--listen", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8188)
 parser.add_argument("--cpu", action="store_true")
+parser.add_argument("--cuda-device", type=int, default=None)
 args, _unknown = parser.parse_known_args()
 
 here = os.path.dirname(os.path.abspath(__file__))
 foo = os.path.join(here, "custom_nodes", "ComfyUI-Foo")
+if args.cuda_device is not None:
+    print(f"Set cuda device to: {args.cuda_device}")
 print("Checkpoint files will always be loaded safely.")
 print("Total VRAM 24576 MB, total RAM 65277 MB")
 print("pytorch version: 2.8.0+cu128")
