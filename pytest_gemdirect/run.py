@@ -91,6 +91,10 @@ class Run:
                 self.directory = RunDirectory.create(
                     logs_dir=self.settings.logs_dir, run_dir=self.settings.run_dir
                 )
+                if self.settings.run_dir is None:
+                    from pytest_gemdirect.retention import prune_runs
+
+                    prune_runs(self.directory.root.parent, self.settings.keep_runs, self.directory.root)
         return self.directory
 
     def ensure_services(self) -> Services:
