@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,26 @@ def test_a_plain_pytest_run_names_the_report(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("-p", "no:cacheprovider", f"--run-dir={project.path / 'run'}")
     result.assert_outcomes(passed=11, skipped=1)
     result.stdout.fnmatch_lines([f"*gemdirect report: {project.path / 'run' / 'report.html'}"])
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback port held (bound, not listening), so a connection to it is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_an_unreachable_comfyui_url_stops_the_run_before_the_first_stage(
+    project: pytest.Pytester, dead_url: str
+) -> None:
+    result = usage_error(project, f"--comfyui-url={dead_url}")
+    result.stderr.fnmatch_lines([f"*comfyui_url: no configured ComfyUI server answered*{dead_url}*"])
+    assert not (project.path / "logs").exists()  # no stage ran, nothing was made
+
+
+def test_a_partial_run_that_needs_no_comfyui_does_not_probe_it(
+    project: pytest.Pytester, dead_url: str
+) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", f"--comfyui-url={dead_url}")
+    assert result.ret == 0, result.stdout.str()
