@@ -132,9 +132,15 @@ class Run:
             )
             self._stages = Stages(context)
             self.treat_signals_as_interrupt()
-            for started in self.on_start:
-                started(self)
+            self.announce_start()
         return self._stages
+
+    def announce_start(self) -> None:
+        """Call the ``on_start`` hooks once: when the first stage starts, or (xdist controller)
+        once the services are booted for the workers."""
+        hooks, self.on_start = self.on_start, []
+        for started in hooks:
+            started(self)
 
     # --- what the run has recorded -------------------------------------------------------------
 
