@@ -148,7 +148,7 @@ def gpu(page: Page) -> Markup:
     )
 
 
-def _taken(free_before: int | None, free_after: int | None) -> str:
+def _taken(free_before: float | None, free_after: float | None) -> str:
     """What the scene took, never negative: scenes overlap in a pool, so free VRAM may grow."""
     if free_before is None or free_after is None:
         return size(None)
