@@ -83,13 +83,22 @@ def test_a_shipped_workflow_is_named_without_a_folder(project: pytest.Pytester) 
     assert summary_of(run_dir)["comfyui"]["workflow"].endswith("smoke.json")
 
 
-def test_every_file_of_a_passed_run_agrees_with_the_summary(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--scenes", "2")
-    result.assert_outcomes(passed=9, skipped=1)
-    for scene in summary_of(run_dir)["scenes"]:
-        on_disk = json.loads((run_dir / scene["id"] / "scene.json").read_text(encoding="utf-8"))
-        assert on_disk["status"] == scene["status"] == "passed"
+def test_every_scene_folder_has_a_scene_json_that_agrees_with_the_summary(project: pytest.Pytester) -> None:
+    """A failed scene's folder too; the frames it lists are relative paths into the run."""
+    result, run_dir, _ = run_e2e(
+        project, "--scenes", "2", "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    scenes = {scene["id"]: scene for scene in summary_of(run_dir)["scenes"]}
+    assert [scenes["scene-001"]["status"], scenes["scene-002"]["status"]] == ["passed", "failed"]
+    for sid, scene in scenes.items():
+        on_disk = json.loads((run_dir / sid / "scene.json").read_text(encoding="utf-8"))
+        assert on_disk["status"] == scene["status"]
         assert on_disk["attempts"] == scene["attempts"]
+    frames = json.loads((run_dir / "scene-001" / "scene.json").read_text(encoding="utf-8"))["frames"]
+    assert frames and all(
+        not Path(f["path"]).is_absolute() and (run_dir / f["path"]).is_file() for f in frames
+    )
 
 
 def test_a_plain_pytest_run_names_the_report(project: pytest.Pytester) -> None:
