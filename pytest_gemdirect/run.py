@@ -211,7 +211,7 @@ class Run:
                 self._stages.interrupt_running("the run was interrupted")
             self.summary.finish(
                 "interrupted" if interrupted else "passed",
-                "interrupted" if interrupted else None,
+                "cut short by Ctrl-C or a signal" if interrupted else None,
                 failed_tests=self.failed_tests,
                 selected_stages=self.selected_stages,
             )

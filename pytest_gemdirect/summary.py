@@ -349,6 +349,8 @@ def verdict(data: dict[str, Any]) -> str:
     if status == "running":
         return f"RUNNING{sim}"
     reason = data.get("status_reason") or ""
+    if reason.strip().lower() == status:  # "INTERRUPTED — interrupted" says it twice
+        reason = ""
     return f"{status.upper()}{sim}" + (f" — {reason}" if reason else "")
 
 
