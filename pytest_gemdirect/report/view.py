@@ -199,6 +199,16 @@ class SuiteView:
 
 
 @dataclass(frozen=True)
+class CheckView:
+    """A user's own check over a stage's result (a test asking for a stage fixture)."""
+
+    test: str
+    scene: str | None
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
 class RunView:
     run_id: str
     status: str  # "running" when the summary does not say
@@ -221,6 +231,7 @@ class RunView:
     suites: tuple[SuiteView, ...]
     warnings: tuple[WarningView, ...]
     artifacts: tuple[tuple[str, str], ...]
+    checks: tuple[CheckView, ...] = ()
 
     def scene(self, scene_id: str | None) -> SceneView | None:
         return next((s for s in self.scenes if s.id == scene_id), None)
@@ -284,6 +295,15 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
             (str(name), path)
             for name, raw in sorted(as_dict(data.get("artifacts")).items())
             if (path := as_path(raw))
+        ),
+        checks=tuple(
+            CheckView(
+                as_text(raw.get("test")),
+                as_text(raw.get("scene")) or None,
+                as_text(raw.get("status")) or "passed",
+                as_text(raw.get("message")),
+            )
+            for raw in as_dicts(data.get("checks"))
         ),
     )
 
