@@ -33,14 +33,19 @@ class TraceError(ValueError):
 
 
 def find_trace(path: Path) -> Path:
-    """The trace folder of ``path``: a run directory (its ``trace/``) or a trace folder itself."""
+    """The trace folder of ``path``: a run directory (its ``trace/``), a trace folder itself, or a
+    folder of run directories (``logs``, a CI artifact): the newest recorded run in it."""
     path = Path(path).expanduser()
     for folder in (path / TRACE_DIR, path):
         if (folder / EXCHANGES).is_file():
             return folder
+    runs = sorted(path.iterdir(), reverse=True) if path.is_dir() else []
+    for run in runs:  # run ids are timestamps: the newest first
+        if (run / TRACE_DIR / EXCHANGES).is_file():
+            return run / TRACE_DIR
     raise TraceError(
         f"{path} holds no trace ({TRACE_DIR}/{EXCHANGES}); name a run directory recorded with"
-        " --record true (the default) or its trace folder"
+        " --record true (the default), its trace folder or a folder of such run directories"
     )
 
 
