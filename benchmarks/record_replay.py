@@ -113,14 +113,15 @@ def main() -> None:
         replays[speed] = (wall, summary["duration_s"])
 
     med = statistics.median
+    on, off = med(figures["on_scene"]), med(figures["off_scene"])
+    on_wall, off_wall = med(figures["on_wall"]), med(figures["off_wall"])
     print(f"3-scene runs on the simulator, {args.step_seconds:g} s a sampler step, median of {args.repeats}:")
     print(
-        f"  scene seconds (generation + retrieval)  record on {med(figures['on_scene']):.3f}"
-        f"  off {med(figures['off_scene']):.3f}  cost {med(figures['on_scene']) - med(figures['off_scene']):+.3f} s"
+        f"  scene seconds (generation + retrieval)  record on {on:.3f}  off {off:.3f}  cost {on - off:+.3f} s"
     )
     print(
-        f"  wall seconds per scene (whole run / 3)  record on {med(figures['on_wall']):.3f}"
-        f"  off {med(figures['off_wall']):.3f}  cost {med(figures['on_wall']) - med(figures['off_wall']):+.3f} s"
+        f"  wall seconds per scene (whole run / 3)  record on {on_wall:.3f}"
+        f"  off {off_wall:.3f}  cost {on_wall - off_wall:+.3f} s"
     )
     print(f"  trace bytes per scene                   {med(figures['bytes']) / 1e6:.2f} MB")
     recorded_run = recorded_summary["duration_s"]
