@@ -11,10 +11,12 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from pytest_gemdirect.replay.recorder import Recorder
 from pytest_gemdirect.replay.server import first_difference
 from pytest_gemdirect.settings import SettingError, resolve
 from tests.outside import FAST, PIPELINE_MODULE, summary_of
@@ -182,6 +184,30 @@ def test_replay_settings_are_checked_at_start_up(recorded: Path, tmp_path: Path)
         resolve({"replay": str(recorded), "comfyui_url": ["http://127.0.0.1:8188"]}, {}, environ={})
     settings = resolve({}, {"replay": str(recorded / "trace")}, environ={})
     assert settings.replay == (recorded / "trace").resolve() and settings.replay_speed == 1.0
+    # a folder of run directories (a CI artifact of logs/) names its newest recording
+    assert resolve({"replay": str(recorded.parent)}, {}, environ={}).replay == (recorded / "trace").resolve()
+
+
+def test_the_recorder_keeps_every_record_whole_when_scenes_write_at_once(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path / "trace", header={"run_id": "r"}, secrets=[SECRET])
+
+    def scene(number: int) -> None:
+        for step in range(200):
+            body = json.dumps({"scene": number, "step": step, "echo": SECRET}).encode()
+            recorder.http("comfyui", "http://127.0.0.1:1", "GET", f"/history/{number}", status=200, body=body)
+            recorder.ws_frame(f"client-{number}", {"frame": "text", "message": {"step": step}})
+
+    threads = [threading.Thread(target=scene, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    recorder.close()
+    lines = (tmp_path / "trace" / "exchanges.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one whole record
+    assert len(records) == 1 + 8 * 200 * 2
+    assert {json.loads(r["body"]["text"])["echo"] for r in records if r["kind"] == "http"} == {"***"}
+    assert SECRET not in "".join(lines)
 
 
 def test_first_difference_names_where_two_graphs_part() -> None:
