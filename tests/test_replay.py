@@ -49,6 +49,11 @@ def run_pipeline(
     )
 
 
+def replay(recorded: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A replay of ``recorded`` as fast as it goes, in a project beside ``run_dir``."""
+    return run_pipeline(run_dir.parent, run_dir, f"--replay={recorded}", "--replay-speed", "0", *args)
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run directory of the shared recording (it passed)."""
@@ -80,9 +85,7 @@ def test_a_replay_gives_the_recorded_verdict_frames_and_scene_outcomes(
     recorded: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "replayed"
-    done = run_pipeline(
-        tmp_path, run_dir, f"--replay={recorded}", "--replay-speed", "0", "--workflow=smoke", *POLICY
-    )
+    done = replay(recorded, run_dir, "--workflow=smoke", *POLICY)
     assert done.returncode == 0, done.stdout[-3000:]
     before, after = summary_of(recorded), summary_of(run_dir)
     assert after["status"] == before["status"] == "passed"
@@ -146,9 +149,7 @@ def test_a_replay_under_another_workflow_fails_naming_the_first_diverging_reques
     recorded: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "diverged"
-    done = run_pipeline(
-        tmp_path, run_dir, f"--replay={recorded}", "--replay-speed", "0", "--workflow=smoke_video", *FAST
-    )
+    done = replay(recorded, run_dir, "--workflow=smoke_video", *FAST)
     assert done.returncode == 1, done.stdout[-3000:]
     data = summary_of(run_dir)
     assert data["status"] == "failed"

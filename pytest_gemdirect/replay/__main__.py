@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pytest_gemdirect.processes import pid_alive
 from pytest_gemdirect.replay.server import ReplayState, comfyui_app, llm_app
 from pytest_gemdirect.replay.trace import TraceError, load_trace, setting_differences
 from pytest_gemdirect.rundir import atomic_write_json
@@ -70,7 +71,7 @@ async def _serve(
     try:
         while not stop.is_set():
             await asyncio.sleep(0.5)
-            if parent is not None and not _alive(parent):
+            if parent is not None and not pid_alive(parent):
                 print("gemdirect replay: the harness is gone; exiting", file=sys.stderr, flush=True)
                 break
     finally:
@@ -81,15 +82,6 @@ async def _serve(
             f" {len(state.divergences)} divergence(s)",
             flush=True,
         )
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
