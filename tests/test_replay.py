@@ -2,7 +2,8 @@
 
 One recording is shared by the tests that replay it or read it (module scope): three scenes on
 the embedded simulator, scene-001's history stored late, scene-002's first attempt failing with
-an execution error and its retry succeeding, an API key set.
+an execution error and its retry succeeding, scene-003 failing on a history that never comes,
+an API key set.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from pytest_gemdirect.settings import SettingError, resolve
 from tests.outside import FAST, PIPELINE_MODULE, summary_of
 
 SECRET = "sk-replay-test-never-written"
-POLICY = (*FAST, "--completion-grace", "6")  # the late history (3 s) comes within it: every scene has frames
-FAULTS = ("--sim-fault", "history-late@scene-001", "--sim-fault", "flaky@scene-002")
+POLICY = (*FAST, "--completion-grace", "6")  # the late history (3 s) comes within it
+FAULTS = (
+    *("--sim-fault", "history-late@scene-001"),  # passes, its history a few polls late
+    *("--sim-fault", "flaky@scene-002"),  # an execution error, then a retry that succeeds
+    *("--sim-fault", "history-never@scene-003"),  # fails: the history never comes
+)
 RECORDED = ("--workflow=smoke", *FAULTS, "--llm-api-key", SECRET, *POLICY)
 HANG_GUARD_S = 300  # a run that hangs fails the test instead of the suite; never a timed assertion
 
@@ -56,11 +61,12 @@ def replay(recorded: Path, run_dir: Path, *args: str) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run directory of the shared recording (it passed)."""
+    """The run directory of the shared recording (it failed at scene-003's frames only)."""
     folder = tmp_path_factory.mktemp("gpu-box")
     run_dir = folder / "recorded"
     done = run_pipeline(folder, run_dir, *RECORDED)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert [s["status"] for s in summary_of(run_dir)["scenes"]] == ["passed", "passed", "failed"]
     return run_dir
 
 
@@ -71,12 +77,18 @@ def frame_hashes(run_dir: Path) -> dict[str, dict[str, str]]:
             for frame in sorted((scene / "generated-frames").iterdir())
         }
         for scene in sorted(run_dir.glob("scene-*"))
+        if (scene / "generated-frames").is_dir()
     }
 
 
 def outcomes(data: dict) -> dict[str, tuple]:
     return {
-        scene["id"]: (scene["status"], [a["outcome"] for a in scene["attempts"]], scene["frame_count"])
+        scene["id"]: (
+            scene["status"],
+            scene["failed_stage"],
+            [a["outcome"] for a in scene["attempts"]],
+            scene["frame_count"],
+        )
         for scene in data["scenes"]
     }
 
@@ -86,15 +98,21 @@ def test_a_replay_gives_the_recorded_verdict_frames_and_scene_outcomes(
 ) -> None:
     run_dir = tmp_path / "replayed"
     done = replay(recorded, run_dir, "--workflow=smoke", *POLICY)
-    assert done.returncode == 0, done.stdout[-3000:]
+    assert done.returncode == 1, done.stdout[-3000:]
     before, after = summary_of(recorded), summary_of(run_dir)
-    assert after["status"] == before["status"] == "passed"
+    assert after["status"] == before["status"] == "failed"
+    assert after["status_reason"] == before["status_reason"]
     assert outcomes(after) == outcomes(before)
-    assert outcomes(after)["scene-002"][1] == [
-        "execution_error",
-        "success",
-    ]  # the fault and its retry replayed
+    assert outcomes(after)["scene-002"][2] == ["execution_error", "success"]  # the fault, then its retry
+    assert outcomes(after)["scene-003"][:2] == ("failed", "svd")  # the history that never came
+    never = [
+        scene["message"] for data in (before, after) for scene in data["scenes"] if scene["id"] == "scene-003"
+    ]
+    assert len(never) == 2 and all(
+        "did not finish within 6 s (--scene-max-wait = 6 s)" in m for m in never
+    ), never
     assert frame_hashes(run_dir) == frame_hashes(recorded)
+    assert sorted(frame_hashes(run_dir)) == ["scene-001", "scene-002"]
     assert all(len(frames) > 1 for frames in frame_hashes(run_dir).values())
     # served by the replay server alone: no simulator was started for the replay
     assert not list(run_dir.glob("simulator*.log")) and (run_dir / "replay.log").is_file()
@@ -105,7 +123,7 @@ def test_a_replay_gives_the_recorded_verdict_frames_and_scene_outcomes(
     assert (
         "GPU " in label and after["replayed"]["date"] == json.loads(trace_lines(recorded)[0])["recorded_at"]
     )
-    assert f"verdict: PASSED — {label}" in done.stdout
+    assert f"verdict: FAILED — {label}" in done.stdout
     assert label in (run_dir / "report.html").read_text(encoding="utf-8")
     assert label in (run_dir / "run-summary.txt").read_text(encoding="utf-8")
     assert not (run_dir / "trace").exists()  # a replay is not recorded again
