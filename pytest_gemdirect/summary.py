@@ -120,6 +120,8 @@ class RunSummary:
         with self._lock:
             self.data["backends"][name] = info
             self.data["simulated"] = any(b.get("simulated") for b in self.data["backends"].values())
+            if info.get("replayed"):  # --replay: the label says from which recorded run
+                self.data["replayed"] = info["replayed"]
             self.write()
 
     def set_section(self, name: str, value: Any) -> None:
@@ -364,6 +366,8 @@ def verdict(data: dict[str, Any]) -> str:
     """One line: did it pass, and if not, which step."""
     status = data["status"]
     sim = " on the SIMULATED backend (not a GPU run)" if data.get("simulated") else ""
+    if data.get("replayed"):
+        sim = f" — {data['replayed']['label']}"
     if status == "passed":
         return f"PASSED{sim}"
     if status == "running":
@@ -378,7 +382,9 @@ def render_text(data: dict[str, Any]) -> str:
     """The summary for people: verdict, step table, scenes, failures, artifacts."""
     lines = [f"gemdirect run {data['run_id']}: {verdict(data)}", f"run directory: {data['run_dir']}", ""]
     for name, backend in sorted(data["backends"].items()):
-        flag = " (SIMULATED)" if backend.get("simulated") else ""
+        flag = (
+            " (REPLAYED)" if backend.get("replayed") else " (SIMULATED)" if backend.get("simulated") else ""
+        )
         lines.append(f"{name}: {backend['target']} {backend.get('url') or ''}{flag}")
     lines += ["", "steps:"]
     for number, stage in enumerate(data["stages"], start=1):

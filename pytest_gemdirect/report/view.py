@@ -219,6 +219,7 @@ class RunView:
     duration_s: float | None
     run_dir: str
     simulated: bool
+    replayed: str  # --replay: "REPLAYED from run …" (empty for any other run)
     harness_version: str
     nodes: tuple[Node, ...]
     scenes: tuple[SceneView, ...]
@@ -280,6 +281,9 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
         duration_s=as_num(data.get("duration_s")),
         run_dir=as_text(data.get("run_dir")),
         simulated=bool(data.get("simulated")),
+        replayed=as_text((data.get("replayed") or {}).get("label"))
+        if isinstance(data.get("replayed"), Mapping)
+        else "",
         harness_version=as_text(data.get("harness_version")),
         nodes=_nodes(data.get("stages")),
         scenes=tuple(_scene(raw, run_root) for raw in as_dicts(data.get("scenes"))),
