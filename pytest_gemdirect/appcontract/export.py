@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ LATEST_RUN = Path("public") / "artifacts" / "latest-run.json"
 APP_SECTION_TITLE = "## gemDirect app contract"
 
 _lock = threading.Lock()
-_written: dict[str, str] = {}  # path -> the text last written there by this process
+_written: dict[str, str] = {}  # path -> (compact JSON of) the value last written there by this process
 
 
 def enabled(data: dict[str, Any]) -> bool:
@@ -38,13 +40,18 @@ def enabled(data: dict[str, Any]) -> bool:
     return bool((data.get("settings") or {}).get("app_contract", True))
 
 
-def _write(path: Path, text: str) -> None:
-    key = str(path)
+def _write(path: Path, value: Any, render: Callable[[Any], str]) -> None:
+    """``render(value)`` to ``path`` unless ``value`` is what this process last wrote there.
+
+    The comparison is on compact JSON (the C encoder: fast); the indented text is made only when
+    the value changed: most summary writes change nothing the app's files show.
+    """
+    key = json.dumps(value, ensure_ascii=False, default=str)
     with _lock:
-        if _written.get(key) == text and path.is_file():
+        if _written.get(str(path)) == key and path.is_file():
             return
-        atomic_write_text(path, text)
-        _written[key] = text
+        atomic_write_text(path, render(value))
+        _written[str(path)] = key
 
 
 def _json(value: Any) -> str:
@@ -79,11 +86,11 @@ def export(root: Path, data: dict[str, Any]) -> str:
     }
     for key, (title, facts) in helpers.items():
         stem = root / "test-results" / HELPER_FILES[key]
-        _write(stem.with_suffix(".json"), _json(facts))
-        _write(stem.with_suffix(".log"), _helper_log(title, facts))
+        _write(stem.with_suffix(".json"), facts, _json)
+        _write(stem.with_suffix(".log"), facts, partial(_helper_log, title))
     if vitest is not None:
-        _write(root / VITEST_FILE, _json(vitest))
-    _write(root / METADATA_FILE, _json(meta))
+        _write(root / VITEST_FILE, vitest, _json)
+    _write(root / METADATA_FILE, meta, _json)
     heading = f"{APP_SECTION_TITLE} ({METADATA_FILE}; [HH:mm:ss] is the run's local time)"
     return "\n".join(["", heading, *app_lines(data, meta)]) + "\n"
 
