@@ -123,7 +123,7 @@ def _story(data: dict[str, Any], root: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ scenes
 def _gpu_name(data: dict[str, Any], scene: dict[str, Any]) -> str | None:
-    """The first device of ComfyUI's /system_stats (the summary marks a simulator's SIMULATED)."""
+    """The first device of ComfyUI's /system_stats (a simulator's is "simulated GPU, …")."""
     comfy = data.get("comfyui") or {}
     devices = comfy.get("devices") or []
     name = devices[0].get("name") if devices and isinstance(devices[0], dict) else None
