@@ -217,6 +217,10 @@ class Run:
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
             if interrupted and self._stages is not None:  # scenes at work in their threads stop too
                 self._stages.interrupt_running("the run was interrupted")
+            from pytest_gemdirect.appcontract import warnings_for
+
+            for warning in warnings_for(self.summary.data):
+                self.summary.warn(warning)
             self.summary.finish(
                 "interrupted" if interrupted else "passed",
                 "cut short by Ctrl-C or a signal" if interrupted else None,
@@ -234,10 +238,24 @@ class Run:
         self.close_services()
         data = self.summary_data()
         if data is not None and not self.is_worker and self.directory is not None:
+            self._publish_latest(self.directory)
             from pytest_gemdirect.step_summary import append_step_summary
 
             report = self.directory.report_html
             append_step_summary(data, report if report.is_file() else None)
+
+    def _publish_latest(self, directory: RunDirectory) -> None:
+        """``--publish-latest=APP_DIR``: the app's viewer shows this run (the terminal says so)."""
+        if self.settings.publish_latest is None:
+            return
+        from pytest_gemdirect.appcontract import publish_latest
+
+        try:
+            target = publish_latest(directory.root, self.settings.publish_latest)
+        except OSError as exc:
+            self.notes.append(f"gemdirect: --publish-latest: artifact-metadata.json was not published: {exc}")
+        else:
+            self.notes.append(f"gemdirect published: {target}")
 
     def _interrupted_before_any_stage(self, directory: RunDirectory) -> None:
         """xdist controller, Ctrl-C while it booted the services: the run directory says interrupted."""

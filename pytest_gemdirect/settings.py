@@ -432,6 +432,22 @@ SPECS: tuple[SettingSpec, ...] = (
         "suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)", metavar="DIR"
     ),
     SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
+    # the app's run contract (appcontract/): artifact-metadata.json, its lines in run-summary.txt
+    SettingSpec(
+        "app_contract",
+        _bool,
+        True,
+        "also write the app's run contract (artifact-metadata.json, its run-summary.txt lines,"
+        " vitest-results.json)",
+        metavar="BOOL",
+    ),
+    SettingSpec(
+        "publish_latest",
+        _existing_dir,
+        None,
+        "at the end of the run copy artifact-metadata.json to APP_DIR/public/artifacts/latest-run.json",
+        metavar="APP_DIR",
+    ),
 )
 
 SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
@@ -598,6 +614,7 @@ PATH_SETTINGS = (
     "logs_dir",
     "baseline",
     "suite_cwd",
+    "publish_latest",
 )
 """Settings whose value is a path: written ``--flag PATH``, pytest may take PATH for a test path."""
 
@@ -619,6 +636,9 @@ def check_startup(
     _check_workflows(settings)
     _check_fault_scenes(settings)
     _check_comfyui_args(settings)
+    from pytest_gemdirect.appcontract.startup import check_app_contract
+
+    check_app_contract(settings)
 
 
 def _check_path_flags_kept_their_root(

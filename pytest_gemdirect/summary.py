@@ -330,9 +330,11 @@ class RunSummary:
 
 
 def write_summary_files(run: RunDirectory, data: dict[str, Any]) -> None:
-    """run-summary.json and run-summary.txt, each atomically."""
+    """run-summary.json and run-summary.txt, each atomically; the app's contract after them."""
     atomic_write_json(run.summary_json, data)
-    atomic_write_text(run.summary_txt, render_text(data))
+    from pytest_gemdirect.appcontract import export  # the app's run contract, read by its own tools
+
+    atomic_write_text(run.summary_txt, render_text(data) + export(run.root, data))
 
 
 def tests_failed_reason(failed_tests: Sequence[str]) -> str:
