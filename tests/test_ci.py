@@ -77,3 +77,18 @@ def test_the_example_ci_workflow_runs_the_readmes_commands_on_windows_and_linux(
         assert upload and upload[0]["if"] == "always()", name
     for command in ('pip install -e ".[dev]"', 'pytest -m "not e2e"', "pytest -m e2e"):
         assert command in readme
+
+
+def test_the_readmes_set_up_shows_the_venv_for_linux_macos_and_powershell() -> None:
+    """A new user copies the set-up as it stands: a venv first, on either kind of machine."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    set_up = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    for line in (
+        "python3 -m venv .venv",
+        ". .venv/bin/activate",
+        "py -m venv .venv",
+        ".venv\\Scripts\\Activate.ps1",
+    ):
+        assert line in set_up, line
+    assert set_up.count('pip install -e ".[dev]"') == 2  # after each activation
+    assert "```powershell" in set_up
