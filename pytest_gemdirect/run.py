@@ -23,6 +23,7 @@ from pytest_gemdirect.settings import Settings
 from pytest_gemdirect.summary import RunSummary, scene_ids
 
 if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads only when a stage runs
+    from pytest_gemdirect.report_writer import ReportWriter
     from pytest_gemdirect.services import Services
     from pytest_gemdirect.stages import ProgressSink, Stages
 
@@ -76,7 +77,7 @@ class Run:
         self.own_checks: dict[str, str | None] = {}  # the user's own checks among them: node id -> scene
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.report_problem: str | None = None  # the last rewrite of report.html failed: why
-        self._reported: str | None = None  # the summary as report.html last showed it
+        self._report_writer: ReportWriter | None = None  # renders report.html, made on first use
         self.notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
         self._previous_handlers: dict[int, Any] = {}
 
@@ -161,18 +162,27 @@ class Run:
         """report.html as the run stands now, so a run killed half-way still leaves one.
 
         The only writer of report.html; under xdist the controller writes it from the summary
-        the worker keeps. After a test (``only_if_changed``) it is left as it is when the summary
-        has not changed since it was written: rendering it is the dearest thing a test ends with.
+        the worker keeps. After a test (``only_if_changed``) it is rendered in the background
+        (report_writer.py), off the critical path, and only when the summary changed since; at the
+        run's end and when the process is ended, now.
         """
         data = self.summary_data()
         if data is None or self.directory is None or self.is_worker:
             return
-        seen = json.dumps(data, sort_keys=True, default=str)
-        if only_if_changed and seen == self._reported:
-            return
-        self._reported = seen
+        snapshot = self.summary.snapshot() if self.summary is not None else json.dumps(data, sort_keys=True)
+        if self._report_writer is None:
+            from pytest_gemdirect.report_writer import ReportWriter
+
+            self._report_writer = ReportWriter(self._render_report)
+        if only_if_changed:
+            self._report_writer.request(snapshot)
+        else:
+            self._report_writer.flush(data, snapshot)
+
+    def _render_report(self, data: dict[str, Any]) -> None:
         from pytest_gemdirect import report
 
+        assert self.directory is not None
         try:
             report.write_report(self.directory.report_html, data, self.directory.root, baseline=self.baseline)
         except OSError as exc:  # held by a sync client or a virus scanner: the next rewrite may land
@@ -235,6 +245,8 @@ class Run:
                 self._interrupted_before_any_stage(self.directory)
             settle_workers_summary(self.directory, data, self.crashed_tests, self.failed_tests)
         self.write_report()
+        if self._report_writer is not None:
+            self._report_writer.close()
         self.close_services()
         data = self.summary_data()
         if data is not None and not self.is_worker and self.directory is not None:

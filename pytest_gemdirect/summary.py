@@ -114,6 +114,11 @@ class RunSummary:
             "evidence": None,
         }
 
+    def snapshot(self) -> str:
+        """The summary as JSON text, taken under the lock (scene threads keep recording)."""
+        with self._lock:
+            return json.dumps(self.data, sort_keys=True, default=str)
+
     # --- updates (each one writes) -------------------------------------------------------
 
     def set_backend(self, name: str, info: dict[str, Any]) -> None:

@@ -18,14 +18,15 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gemdirect.pipeline_tests import is_pipeline_test
-from pytest_gemdirect.run import Handoff, Run
-from pytest_gemdirect.rundir import RunDirectory, atomic_write_json
-from pytest_gemdirect.summary import tests_failed_reason, write_summary_files
+
+if TYPE_CHECKING:  # the plugin loads this module wherever xdist is installed: the run's code on use
+    from pytest_gemdirect.run import Handoff, Run
+    from pytest_gemdirect.rundir import RunDirectory
 
 WORKER_INPUT_KEY = "gemdirect_handoff"
 SCHEDULED_DISTS = ("load", "worksteal", "loadgroup")  # the modes PipelineScheduling takes over
@@ -49,6 +50,8 @@ def check_dist_mode(config: pytest.Config) -> None:
 
 def worker_handoff(config: pytest.Config) -> Callable[[], Handoff | None]:
     """On a worker: reads the controller's hand-over file when the first stage needs it."""
+    from pytest_gemdirect.run import Handoff
+
     path = config.workerinput.get(WORKER_INPUT_KEY)  # type: ignore[attr-defined]
 
     def read() -> Handoff | None:
@@ -88,6 +91,8 @@ class XdistController:
 
     def _hand_over(self, run: Run) -> None:
         """Boot the services once, before any test is scheduled, and write what workers attach to."""
+        from pytest_gemdirect.run import Handoff
+        from pytest_gemdirect.rundir import atomic_write_json
         from pytest_gemdirect.services import ServiceError
 
         directory = run.ensure_directory()
@@ -124,6 +129,8 @@ def settle_workers_summary(
     A dead worker leaves the summary "running"; a replacement worker re-runs what the later
     stages need and may well pass, but pytest counts the crash as a failure, and so must we.
     """
+    from pytest_gemdirect.summary import tests_failed_reason, write_summary_files
+
     if data is None:
         return
     reasons = []

@@ -8,8 +8,11 @@ output of these templates themselves and the package's own stylesheet.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -19,10 +22,36 @@ from pytest_gemdirect.report.format import MARKS, secs, size, word
 from pytest_gemdirect.text import visible
 
 
+def cache_folder() -> Path:
+    """The user's cache folder for pytest-gemdirect (``GEMDIRECT_CACHE_DIR`` overrides it)."""
+    if os.environ.get("GEMDIRECT_CACHE_DIR"):
+        return Path(os.environ["GEMDIRECT_CACHE_DIR"])
+    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "pytest-gemdirect" / "Cache"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pytest-gemdirect"
+
+
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept between runs (compiling them all costs more than a render).
+
+    Jinja2 keys each entry by the template's name and checks it against a hash of the template's
+    source, so an edited or upgraded template is compiled again. No cache where the folder cannot
+    be made: the report is still written, only slower.
+    """
+    folder = cache_folder() / f"jinja2-{jinja2.__version__}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(folder))
+
+
 @functools.cache
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("pytest_gemdirect.report", "templates"),
+        bytecode_cache=_bytecode_cache(),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
         trim_blocks=True,
