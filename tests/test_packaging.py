@@ -7,6 +7,8 @@ import sys
 import venv
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHECK = """
@@ -49,11 +51,47 @@ def test_non_editable_install_ships_schemas_and_workflows(tmp_path: Path) -> Non
     assert done.stdout.startswith("ok")
 
 
+HEAVY = ("PIL", "requests", "websocket", "aiohttp", "jsonschema", "psutil", "av", "numpy", "jinja2")
+"""Libraries only a pipeline run needs (Jinja2 too: pytest-html imports it for itself, on use)."""
+RUN_MODULES = ("run", "stages", "report", "suites", "services", "appcontract", "summary_io", "comfyui")
+"""The plugin's own modules for a run: none of them loads where no pipeline test runs."""
+
+
+def _loaded(names: tuple[str, ...], prefix: str = "") -> str:
+    return f"','.join(m for m in {names!r} if {prefix!r} + m in sys.modules)"
+
+
 def test_loading_the_plugin_leaves_the_stage_machinery_unloaded() -> None:
     # pytest loads the plugin in every run of the user's, unit tests included: the HTTP clients,
-    # Pillow, psutil, jsonschema and the video decoders (PyAV, numpy) load only when a pipeline run
-    # needs them.
-    heavy = ("PIL", "requests", "websocket", "aiohttp", "jsonschema", "psutil", "av", "numpy")
-    code = f"import sys, pytest_gemdirect.plugin\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
+    # Pillow, psutil, jsonschema, Jinja2 and the video decoders (PyAV, numpy) load only when a
+    # pipeline run needs them.
+    code = f"import sys, pytest_gemdirect.plugin\nprint({_loaded(HEAVY)})"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == ""
+
+
+UNRELATED = f"""
+import sys
+
+
+def test_unrelated():
+    print("heavy:", {_loaded(HEAVY[:-1])})
+    print("ours:", {_loaded(RUN_MODULES, "pytest_gemdirect.")})
+"""
+
+
+def test_an_unrelated_pytest_run_loads_none_of_the_runs_code(pytester: pytest.Pytester) -> None:
+    # The whole start-up of a real run (options, settings, the start-up checks, xdist's part where
+    # xdist is installed, collection): by the first test of a project with no pipeline test,
+    # nothing a pipeline run needs was imported. (Jinja2 is left out: pytest-html loads it.)
+    pytester.makepyfile(test_unrelated=UNRELATED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1)
+    said = {
+        label: line.partition(f"{label}:")[2].strip()
+        for line in result.stdout.lines
+        for label in ("heavy", "ours")
+        if f"{label}:" in line
+    }
+    assert said == {"heavy": "", "ours": ""}
+    assert not (pytester.path / "logs").exists()  # and it made nothing
