@@ -8,7 +8,8 @@ project each time and by ``comfy run --wait`` (comfy-cli from PyPI, installed on
 benchmarks/.cache/), paired run by run, each job with a fresh ``filename_prefix`` so the server's
 cache never skips it. Both talk to the same server: a simulator this script starts
 (``python -m pytest_gemdirect.sim``, so neither pays for the server's CPU) or ``--comfyui-url``.
-Pool: 8 scenes on 1 and on 4 embedded simulators; each server's busy share of the scenes phase
+Pool: 8 scenes of the shipped SVD graph (2 s a job at --sim-step-seconds 0.1) on 1 and on 4
+embedded simulators; each server's busy share of the scenes phase
 from its own execution start/end log lines. Medians of ``--repeats``. Not part of the test suite.
 """
 
@@ -134,7 +135,7 @@ def pool(tmp: Path, repeats: int, url: str | None) -> list[Row]:
         for servers in (1, 4):
             note(f"pool: 8 scenes on {servers} server(s), {i + 1}/{repeats}")
             run_dir = tmp / f"pool-{servers}-{i}"
-            args = ("--scenes", "8", "--workflow=smoke", *FALLBACK, "--sim-servers", str(servers))
+            args = ("--scenes", "8", *FALLBACK, "--sim-servers", str(servers))  # the SVD graph, 2 s a job
             m = checked(
                 run_measured(harness_cmd(run_dir, *args, "--sim-step-seconds", "0.1"), project), "pool"
             )

@@ -90,9 +90,12 @@ def atomic_write_bytes(
     return True
 
 
-def atomic_write_text(path: Path, text: str, *, best_effort: bool = False) -> bool:
-    """``text`` as UTF-8 (line ends as given: no CRLF on Windows), atomically and synced."""
-    return atomic_write_bytes(path, text.encode("utf-8"), sync=True, best_effort=best_effort)
+def atomic_write_text(path: Path, text: str, *, best_effort: bool = False, sync: bool = True) -> bool:
+    """``text`` as UTF-8 (line ends as given: no CRLF on Windows), atomically and (``sync``) synced.
+
+    ``sync=False`` for files made again from the summary at its next write (its text form, the
+    app's files): a sync costs milliseconds on the run's critical path, at every summary change."""
+    return atomic_write_bytes(path, text.encode("utf-8"), sync=sync, best_effort=best_effort)
 
 
 def replace_with_retry(

@@ -339,7 +339,7 @@ def write_summary_files(run: RunDirectory, data: dict[str, Any]) -> None:
     atomic_write_json(run.summary_json, data)
     from pytest_gemdirect.appcontract import export  # the app's run contract, read by its own tools
 
-    atomic_write_text(run.summary_txt, render_text(data) + export(run.root, data))
+    atomic_write_text(run.summary_txt, render_text(data) + export(run.root, data), sync=False)
 
 
 def tests_failed_reason(failed_tests: Sequence[str]) -> str:

@@ -50,7 +50,7 @@ def _write(path: Path, value: Any, render: Callable[[Any], str]) -> None:
     with _lock:
         if _written.get(str(path)) == key and path.is_file():
             return
-        atomic_write_text(path, render(value))
+        atomic_write_text(path, render(value), sync=False)  # made again at the summary's next write
         _written[str(path)] = key
 
 
