@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
-from pytest_gemdirect.settings import SPECS, SettingError, Settings, check_startup, resolve
+from pytest_gemdirect.settings import SPECS, SettingError, Settings, resolve
+from pytest_gemdirect.startup_checks import check_startup
 from pytest_gemdirect.summary import STAGE_TITLES, STAGES, scene_ids
 
 if TYPE_CHECKING:

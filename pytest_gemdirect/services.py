@@ -170,6 +170,7 @@ class Services:
 
     def _new_launch(self, gpu: int | None, index: int) -> ComfyLaunch:
         s = self.settings
+        assert s.comfyui_dir is not None, "launches happen only with --comfyui-dir"
         extra = split_args(s.comfyui_args, what="--comfyui-args")
         if gpu is not None:
             extra += ["--cuda-device", str(gpu)]

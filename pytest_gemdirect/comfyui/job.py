@@ -13,10 +13,10 @@ The WebSocket is the fast path; ``/history`` and ``/queue`` are the truth.
 - ``execution_error`` / ``execution_interrupted`` for our prompt end the attempt at once.
   Messages of other prompts are ignored (a prompt queued without a client id has its
   ``progress`` and ``execution_interrupted`` broadcast to every socket).
-- A dropped socket, a socket silent for ``ws_idle_timeout_s`` (no message about our prompt) or
-  a missed message falls back to polling ``/history`` every ``history_poll_interval_s``. While
-  ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait_s``; once
-  completion is signalled, the entry must appear within ``completion_grace_s`` and at most
+- A dropped socket, a socket silent for ``ws_idle_timeout`` (no message about our prompt) or
+  a missed message falls back to polling ``/history`` every ``history_poll_interval``. While
+  ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait``; once
+  completion is signalled, the entry must appear within ``completion_grace`` and at most
   ``history_max_attempts`` polls that find nothing.
 - When a deadline passes, our prompt (only ours) is interrupted and removed from the queue,
   then :class:`JobFailed` is raised with the evidence. A dead server fails at once.
@@ -243,7 +243,7 @@ class _Job:
         self.feed = WebSocketFeed()
         self.poller = Poller(client, self.state, self.events.emit)
         self.end = Ending(client, self.state, policy, self.events, self.feed, self.poller)
-        self.deadline = Deadline(policy.scene_max_wait_s, setting="scene_max_wait")
+        self.deadline = policy.scene_deadline()
         self.grace: Deadline | None = None
         self.next_poll: float | None = None  # polling schedule (fallback, or after completion)
         self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
@@ -321,7 +321,7 @@ class _Job:
         self.events.emit("ws_connected", client_id=s.client_id)
         # The server registers the socket, then sends status{sid}: wait (briefly) for it so no
         # message of our prompt can be sent before the server knows where to send it.
-        self.read_ws(min(self.policy.ws_idle_timeout_s, FIRST_FRAME_WAIT_S, self.deadline.remaining()))
+        self.read_ws(min(self.policy.ws_idle_timeout, FIRST_FRAME_WAIT_S, self.deadline.remaining()))
 
     def post(self) -> None:
         s = self.state
@@ -390,7 +390,7 @@ class _Job:
                 raise end.fail("completion_grace", text, setting="completion_grace", cleanup=True)
             now = time.monotonic()
             if self.feed.open and not self.feed.silent and s.completion is None:
-                if now - self.feed.last_activity >= self.policy.ws_idle_timeout_s:
+                if now - self.feed.last_activity >= self.policy.ws_idle_timeout:
                     self.went_silent()
             due = [t for t in (self.next_poll, self.check_at) if t is not None]
             if due and now >= min(due):
@@ -414,7 +414,7 @@ class _Job:
         if self.check_at is not None:
             due.append(self.check_at - now)
         if self.feed.open and not self.feed.silent and self.state.completion is None:
-            due.append(self.feed.last_activity + self.policy.ws_idle_timeout_s - now)
+            due.append(self.feed.last_activity + self.policy.ws_idle_timeout - now)
         if self.is_server_alive is not None or self._behind_since is not None:
             due.append(ALIVE_CHECK_S)
         return max(0.0, min(due))
@@ -428,7 +428,7 @@ class _Job:
             if self._behind_since is None:
                 self._behind_since = now
                 self.events.emit("behind_own", prompt_id=s.prompt_id)
-            self.deadline = Deadline(self.policy.scene_max_wait_s, setting="scene_max_wait")
+            self.deadline = self.policy.scene_deadline()
             self.feed.last_activity = now
         elif self._behind_since is not None:
             s.behind_own_s = round(now - self._behind_since, 3)
@@ -445,7 +445,7 @@ class _Job:
             reason="websocket silent",
             since_s=since,
             setting="ws_idle_timeout",
-            value=self.policy.ws_idle_timeout_s,
+            value=self.policy.ws_idle_timeout,
         )
 
     # ------------------------------------------------------------------ websocket
@@ -486,7 +486,7 @@ class _Job:
                 self.events.emit("sink_error", sink="on_progress", error=one_line(exc, 200))
         if effect.completion is not None:
             self.completed(effect.completion)
-        interval = self.policy.history_poll_interval_s
+        interval = self.policy.history_poll_interval
         if effect.stored:
             self.next_poll = time.monotonic()  # sent after the history entry is stored
         elif effect.completion is not None and self.next_poll is None:
@@ -517,7 +517,7 @@ class _Job:
             return
         s.completion = signal
         s.completed_s = s.s()
-        self.grace = Deadline(self.policy.completion_grace_s, setting="completion_grace", start=since)
+        self.grace = Deadline(self.policy.completion_grace, setting="completion_grace", start=since)
         self.events.emit("completion", signal=signal)
 
     # ------------------------------------------------------------------ polling
@@ -560,7 +560,7 @@ class _Job:
         keep_polling = (
             not self.feed.open or self.feed.silent or s.completion is not None or where == "unknown"
         )
-        self.next_poll = time.monotonic() + p.history_poll_interval_s if keep_polling else None
+        self.next_poll = time.monotonic() + p.history_poll_interval if keep_polling else None
         return None
 
     def finish(self, entry: dict[str, Any]) -> JobResult:

@@ -42,7 +42,7 @@ class WebSocketFeed:
     def __init__(self) -> None:
         self.ws: websocket.WebSocket | None = None
         self.status = "not connected"
-        self.silent = False  # open but quiet for ws_idle_timeout_s: the follower polls meanwhile
+        self.silent = False  # open but quiet for ws_idle_timeout: the follower polls meanwhile
         self.last_activity = time.monotonic()
 
     @property

@@ -57,7 +57,8 @@ class StageContext:
 
     @property
     def policy(self) -> QueuePolicy:
-        return QueuePolicy.from_settings(self.settings.values)
+        """The queue policy, built once with the settings."""
+        return self.settings.policy
 
     def abandoned(self, scene_id: str, what: str) -> Callable[[dict[str, Any]], None]:
         """Records in the summary that a job of the scene was stopped because the run was cut short."""
