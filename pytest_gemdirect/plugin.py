@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from pytest_gemdirect.catalogue import BY_NAME, STAGES, order_of
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
 from pytest_gemdirect.settings import SPECS, SettingError, Settings, resolve
 from pytest_gemdirect.startup_checks import check_startup
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, scene_ids
+from pytest_gemdirect.summary import scene_ids
 
 if TYPE_CHECKING:
     from pytest_gemdirect.run import Run
@@ -26,11 +27,8 @@ if TYPE_CHECKING:
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 RUN_KEY = pytest.StashKey["Run"]()
 MARKERS = {"e2e": "the end-to-end pipeline (all eight stages)"} | {
-    name: f"pipeline stage: {STAGE_TITLES[name]}" for name in STAGES
+    stage.marker: f"pipeline stage: {stage.title}" for stage in STAGES
 }
-# Stage order of the pipeline's tests: each scene's retrieval right after its generation,
-# so the scene's deadline covers queue to frames on disk.
-_STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
 T = TypeVar("T")
 
 
@@ -149,9 +147,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[slot] = item
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
-    run.selected_stages.update(
-        m.name for item in ordered for m in item.iter_markers() if m.name in _STAGE_RANK
-    )
+    run.selected_stages.update(m.name for item in ordered for m in item.iter_markers() if m.name in BY_NAME)
     if config.pluginmanager.hasplugin("timeout"):
         from pytest_gemdirect.timeout_support import TimeoutSupport
 
@@ -161,14 +157,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _order_key(item: pytest.Item) -> tuple[int, int, int]:
-    stage = next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), None)
+    """The catalogue's order: each scene's retrieval right after its generation."""
+    stage = next((m.name for m in item.iter_markers() if m.name in BY_NAME), None)
     params = getattr(item, "callspec", None)
     scene = params.params.get("gemdirect_scene") if params else None
-    if stage is None:  # a user's own check over the stages' results: after the stages it needs
-        return (_STAGE_RANK["frames"], int(scene.split("-")[1]) if scene else 10**6, len(STAGES))
-    if stage in ("svd", "frames") and scene:
-        return (_STAGE_RANK["svd"], int(scene.split("-")[1]), _STAGE_RANK[stage])
-    return (_STAGE_RANK[stage], 0, 0)
+    return order_of(stage, int(scene.split("-")[1]) if scene else None)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

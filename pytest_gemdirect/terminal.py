@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
+from pytest_gemdirect.catalogue import STAGE_TITLES
 from pytest_gemdirect.policy import HEADER_NAMES
 from pytest_gemdirect.run import Run
 from pytest_gemdirect.settings import SPECS, describe_targets
-from pytest_gemdirect.summary import STAGE_TITLES, SYMBOLS, failures, verdict
+from pytest_gemdirect.summary import SYMBOLS, failures, verdict
 from pytest_gemdirect.text import visible
 
 PLAIN_LINE_EVERY_S = 10.0
