@@ -91,17 +91,26 @@ def activate(config: pytest.Config) -> Run:
     if RUN_KEY in config.stash:
         return config.stash[RUN_KEY]
     from pytest_gemdirect.run import Run
-    from pytest_gemdirect.terminal import Terminal
+    from pytest_gemdirect.terminal import Terminal, TerminalOutput
 
     settings = config.stash[SETTINGS_KEY]
-    run = Run(config, settings, baseline=_baseline(settings))
+    output = TerminalOutput(config)
+    handoff = None
     if hasattr(config, "workerinput"):
         from pytest_gemdirect.xdist_support import worker_handoff
 
-        run.handoff = worker_handoff(config)
+        handoff = worker_handoff(config)
+    run = Run(
+        config,
+        settings,
+        baseline=_baseline(settings),
+        progress=output.progress(),
+        on_start=output.announce,
+        handoff=handoff,
+    )
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(run, "gemdirect-run")
-    config.pluginmanager.register(Terminal(config, run), "gemdirect-terminal")
+    config.pluginmanager.register(Terminal(run), "gemdirect-terminal")
     return run
 
 
@@ -146,8 +155,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for slot, item in zip(slots, ordered, strict=True):
         items[slot] = item
     run = activate(config)
-    run.pipeline_tests.update(item.nodeid for item in ordered)
-    run.selected_stages.update(m.name for item in ordered for m in item.iter_markers() if m.name in BY_NAME)
+    run.collected(
+        (item.nodeid for item in ordered),
+        (m.name for item in ordered for m in item.iter_markers() if m.name in BY_NAME),
+    )
     if config.pluginmanager.hasplugin("timeout"):
         from pytest_gemdirect.timeout_support import TimeoutSupport
 

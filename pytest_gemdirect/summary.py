@@ -382,3 +382,27 @@ def render_text(data: dict[str, Any]) -> str:
     if data["artifacts"]:
         lines += ["", "artifacts:"] + [f"  {k}: {v}" for k, v in sorted(data["artifacts"].items())]
     return "\n".join(lines) + "\n"
+
+
+def settle_workers_summary(
+    directory: RunDirectory, data: dict[str, Any] | None, crashed: list[str], failed_tests: list[str]
+) -> None:
+    """xdist controller: the worker's summary, corrected where a worker died under it.
+
+    A dead worker leaves the summary "running"; a replacement worker re-runs what the later
+    stages need and may well pass, but pytest counts the crash as a failure, and so must we.
+    """
+    if data is None:
+        return
+    reasons = []
+    if crashed:
+        reasons.append(f"a pytest-xdist worker crashed while running {', '.join(crashed)}")
+    if data.get("status") == "running":
+        reasons.append("the pytest-xdist worker running the pipeline ended before the run finished")
+    elsewhere = [test for test in failed_tests if test not in crashed]
+    if data.get("status") == "passed" and elsewhere:
+        reasons.append(tests_failed_reason(elsewhere))
+    if reasons:
+        data["status"] = "failed"
+        data["status_reason"] = "; ".join(reasons)
+        write_summary_files(directory, data)

@@ -116,19 +116,23 @@ class ProgressDisplay:
             self._write("\n" + text + "\n")
 
 
-class Terminal:
-    """The run's terminal output; registered with the run."""
+class TerminalOutput:
+    """pytest's terminal, written past output capture: what a run shows while its stages work.
 
-    def __init__(self, config: pytest.Config, run: Run) -> None:
+    Made before the run, which gets its :meth:`progress` display and its :meth:`announce` call.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.run = run
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self._reporter = reporter
-        if reporter is not None:
-            run.progress = ProgressDisplay(self._write, in_place=reporter.isatty)
-        run.on_start.append(self._announce)
+        self._reporter = config.pluginmanager.get_plugin("terminalreporter")
 
-    def _write(self, text: str) -> None:
+    def progress(self) -> ProgressDisplay | None:
+        """A scene's progress display, or None without a terminal."""
+        if self._reporter is None:
+            return None
+        return ProgressDisplay(self.write, in_place=self._reporter.isatty)
+
+    def write(self, text: str) -> None:
         if self._reporter is None:
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
@@ -138,13 +142,20 @@ class Terminal:
         else:
             self._reporter.write(text, flush=True)
 
-    def _announce(self, run: Run) -> None:
+    def announce(self, run: Run) -> None:
         """When the first stage starts: where the services come from and where the run is written."""
         if self._reporter is None or run.directory is None or run.is_worker:
             return
         lines = [f"gemdirect {name}: {target}" for name, target in describe_targets(run.settings).items()]
         lines.append(f"gemdirect run directory: {run.directory.root}")
-        self._write("\n" + "\n".join(lines) + "\n")
+        self.write("\n" + "\n".join(lines) + "\n")
+
+
+class Terminal:
+    """The run's terminal summary; registered with the run."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
     def settings_lines(self) -> list[str]:
         settings = self.run.settings
@@ -169,7 +180,7 @@ class Terminal:
         terminalreporter.write_sep("=", "gemdirect", bold=True)
         for name, target in describe_targets(run.settings).items():
             write(f"gemdirect {name}: {target}")
-        for line in self.settings_lines() + run.notes:
+        for line in [*self.settings_lines(), *run.notes]:
             write(line)
         if data is None:
             write(f"gemdirect: no pipeline stage ran; nothing in {run.directory.root}")
