@@ -7,8 +7,9 @@ cannot be started is left out with a warning while others remain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,13 @@ class Backend:
     pid: int | None = None
     log: str | None = None
     version: str | None = None
+    # False as soon as a process the harness started for it has died; attached (or handed over by
+    # the xdist controller): only the server can tell, so it counts as alive
+    alive: Callable[[], bool] = field(default=lambda: True, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What a worker is handed (everything but the liveness check, which is this process's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "alive"}
 
 
 class Services:
@@ -82,15 +87,6 @@ class Services:
                 )
         return self._llm
 
-    def alive(self, url: str) -> bool:
-        """False as soon as a ComfyUI process the harness started for ``url`` has died."""
-        if url in self._launches:
-            return self._launches[url].alive()
-        for sim in self._sims:
-            if sim.urls.get("comfyui_url") == url:
-                return sim.alive()
-        return True  # attached, or handed over by the xdist controller: only the server can tell
-
     def comfyui_launched_locally(self) -> bool:
         return any(not launch.attached for launch in self._launches.values())
 
@@ -128,7 +124,13 @@ class Services:
         sims = self._simulators("comfyui")
         return [
             Backend(
-                "comfyui", "embedded", sim.urls["comfyui_url"], True, sim.urls.get("pid"), sim.urls.get("log")
+                "comfyui",
+                "embedded",
+                sim.urls["comfyui_url"],
+                True,
+                sim.urls.get("pid"),
+                sim.urls.get("log"),
+                alive=sim.alive,
             )
             for sim in sims
         ]
@@ -191,7 +193,13 @@ class Services:
             return None, f"{where} was left out: {exc}"
         self._launches[url] = launch
         if launch.attached:
-            return Backend("comfyui", "attached", url, simulated=False), None
+            return Backend("comfyui", "attached", url, simulated=False, alive=launch.alive), None
         return Backend(
-            "comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(launch.log_path)
+            "comfyui",
+            "launched",
+            url,
+            simulated=False,
+            pid=launch.pid,
+            log=str(launch.log_path),
+            alive=launch.alive,
         ), None

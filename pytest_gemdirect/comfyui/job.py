@@ -95,6 +95,17 @@ class JobResult:
         return data
 
 
+@dataclass(frozen=True)
+class JobHooks:
+    """What the job follower tells its caller and asks it; each is optional, given at construction."""
+
+    on_event: EventSink | None = None  # every job event, small enough for an events.jsonl line
+    on_progress: ProgressSink | None = None  # sampler progress (value, max)
+    is_server_alive: Callable[[], bool] | None = None  # false: the server process died
+    on_abandon: Callable[[dict[str, Any]], None] | None = None  # the run was cut short: what was done
+    behind: Callable[[], bool] | None = None  # true: the harness's own previous job is still ahead
+
+
 ABANDON_BUDGET_S = 2.0
 """How long stopping our prompt may take when the run is cut short (Ctrl-C, SIGTERM, a timeout)."""
 
@@ -170,9 +181,8 @@ def run_job(
     recorded (``behind_own_s``) and counted neither against ``scene_max_wait`` nor as silence.
     ``tag`` (the scene) lets ``active.stop(tag)`` stop this job alone.
     """
-    job = _Job(client, prompt, policy, on_event, on_progress, is_server_alive, client_id)
-    job.active, job.on_abandon, job.behind, job.tag = active, on_abandon, behind, tag
-    return job.run()
+    hooks = JobHooks(on_event, on_progress, is_server_alive, on_abandon, behind)
+    return _Job(client, prompt, policy, hooks, client_id=client_id, active=active, tag=tag).run()
 
 
 def _result(
@@ -228,18 +238,20 @@ class _Job:
         client: ComfyClient,
         prompt: dict[str, Any],
         policy: QueuePolicy,
-        on_event: EventSink | None,
-        on_progress: ProgressSink | None,
-        is_server_alive: Callable[[], bool] | None,
-        client_id: str | None,
+        hooks: JobHooks,
+        *,
+        client_id: str | None = None,
+        active: ActiveJobs | None = None,  # where the job is listed while at work (to stop it)
+        tag: str | None = None,  # the scene: ``active.stop(tag)`` stops this job alone
     ) -> None:
         self.client = client
         self.prompt = prompt
         self.policy = policy
-        self.on_progress = on_progress
-        self.is_server_alive = is_server_alive
+        self.hooks = hooks
+        self.active = active
+        self.tag = tag
         self.state = JobState(prompt_id=str(uuid.uuid4()), client_id=client_id or str(uuid.uuid4()))
-        self.events = JobEvents(self.state, on_event)
+        self.events = JobEvents(self.state, hooks.on_event)
         self.feed = WebSocketFeed()
         self.poller = Poller(client, self.state, self.events.emit)
         self.end = Ending(client, self.state, policy, self.events, self.feed, self.poller)
@@ -248,10 +260,6 @@ class _Job:
         self.next_poll: float | None = None  # polling schedule (fallback, or after completion)
         self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
         self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
-        self.active: ActiveJobs | None = None
-        self.on_abandon: Callable[[dict[str, Any]], None] | None = None
-        self.behind: Callable[[], bool] | None = None
-        self.tag: str | None = None
         self._behind_since: float | None = None
         self._posted = False  # POST /prompt was sent: the server may hold our prompt
         self._over = False  # the job reached an end of its own (result, or a failure with clean-up)
@@ -287,15 +295,15 @@ class _Job:
             done = self.poller.stop_own_prompt(Deadline(ABANDON_BUDGET_S))
             self._abandoned = {"prompt_id": self.state.prompt_id, "reason": reason, **done}
             self.events.emit("abandoned", reason=reason, cleanup=done["cleanup"])
-        if self.on_abandon is not None:
-            self.on_abandon(self._abandoned)
+        if self.hooks.on_abandon is not None:
+            self.hooks.on_abandon(self._abandoned)
         return self._abandoned
 
     def check_alive(self) -> None:
-        if self.is_server_alive is None:
+        if self.hooks.is_server_alive is None:
             return
         try:
-            alive = self.is_server_alive()
+            alive = self.hooks.is_server_alive()
         except Exception:  # noqa: BLE001 - a broken probe is not a dead server
             return
         if not alive:
@@ -415,14 +423,15 @@ class _Job:
             due.append(self.check_at - now)
         if self.feed.open and not self.feed.silent and self.state.completion is None:
             due.append(self.feed.last_activity + self.policy.ws_idle_timeout - now)
-        if self.is_server_alive is not None or self._behind_since is not None:
+        if self.hooks.is_server_alive is not None or self._behind_since is not None:
             due.append(ALIVE_CHECK_S)
         return max(0.0, min(due))
 
     def wait_behind_own(self) -> None:
         """While our prompt waits behind the harness's own previous job, its clocks do not run."""
         s = self.state
-        waiting = self.behind is not None and s.started_s is None and s.completion is None and self.behind()
+        behind = self.hooks.behind
+        waiting = behind is not None and s.started_s is None and s.completion is None and behind()
         now = time.monotonic()
         if waiting:
             if self._behind_since is None:
@@ -479,9 +488,9 @@ class _Job:
             return
         self.activity()
         self.check_at = None  # the job is clearly alive: no need for the look after `executed`
-        if effect.progress is not None and self.on_progress is not None:
+        if effect.progress is not None and self.hooks.on_progress is not None:
             try:
-                self.on_progress(*effect.progress)
+                self.hooks.on_progress(*effect.progress)
             except Exception as exc:  # noqa: BLE001 - a broken sink must not end the job
                 self.events.emit("sink_error", sink="on_progress", error=one_line(exc, 200))
         if effect.completion is not None:
@@ -582,4 +591,14 @@ class _Job:
         return result
 
 
-__all__ = ["ActiveJobs", "RunEnding", "FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]
+__all__ = [
+    "ActiveJobs",
+    "RunEnding",
+    "FLAGS",
+    "KINDS",
+    "JobFailed",
+    "JobHooks",
+    "JobRejected",
+    "JobResult",
+    "run_job",
+]
