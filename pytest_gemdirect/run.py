@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads on
     from pytest_gemdirect.stages import ProgressSink, Stages
 
 
-def interrupting_signals(signals: Any = signal) -> tuple[int, ...]:
+def interrupting_signals(signals: object = signal) -> tuple[int, ...]:
     """Signals that end a run like Ctrl-C: a CI runner's SIGTERM; on Windows SIGBREAK, which is
     Ctrl-Break and also what closing the console window delivers (Windows never sends SIGTERM)."""
     return tuple(getattr(signals, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signals, name))
@@ -297,7 +298,7 @@ class Run:
         if self.is_worker or threading.current_thread() is not threading.main_thread():
             return
 
-        def interrupt(signum: int, frame: Any) -> None:
+        def interrupt(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
         for signum in interrupting_signals():

@@ -427,7 +427,7 @@ SPECS: tuple[SettingSpec, ...] = tuple(
 SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
 
 
-def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
+def _parse(spec: SettingSpec, raw: object, source: str) -> object:
     try:
         if spec.multi:
             items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from pytest_gemdirect import __version__
@@ -103,7 +104,7 @@ class RunSummary:
             self.data["simulated"] = any(b.get("simulated") for b in self.data["backends"].values())
             self.write()
 
-    def set_section(self, name: str, value: Any) -> None:
+    def set_section(self, name: str, value: object) -> None:
         with self._lock:
             self.data[name] = value
             self.write()
@@ -114,7 +115,7 @@ class RunSummary:
                 self.data["warnings"].append(text)
             self.write()
 
-    def artifact(self, name: str, path: Any) -> None:
+    def artifact(self, name: str, path: Path | str | None) -> None:
         with self._lock:
             self.data["artifacts"][name] = self.run.relative(path)
             self.write()
@@ -128,7 +129,7 @@ class RunSummary:
         self.data["scenes"].append(scene)
         return scene
 
-    def update_scene(self, scene_id: str, **fields: Any) -> None:
+    def update_scene(self, scene_id: str, **fields: object) -> None:
         with self._lock:
             self.scene(scene_id).update(fields)
             self._update_scene_status(scene_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -171,7 +170,7 @@ class Terminal:
             lines.append("gemdirect set: " + "; ".join(changed))
         return lines
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
         data = run.summary_data()
         if run.directory is None or run.is_worker:

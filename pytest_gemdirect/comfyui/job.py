@@ -152,7 +152,7 @@ class ActiveJobs:
         return [done for job in jobs if (done := job.abandon(reason)) is not None]
 
 
-def run_job(
+def run_job(  # noqa: PLR0913 - keyword-only options of the public entry, each optional
     client: ComfyClient,
     prompt: dict[str, Any],
     *,

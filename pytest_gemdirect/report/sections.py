@@ -273,7 +273,7 @@ def gallery(page: Page) -> Markup:
             preview = scene_preview(
                 page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
             )
-        except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only run directory: the report goes on without previews
             preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
         story_scene = page.view.story_scene(scene.id)
         if scene.status in ("failed", "not_reached"):

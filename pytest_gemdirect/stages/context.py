@@ -78,7 +78,7 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-def as_json(value: Any) -> Any:
+def as_json(value: object) -> Any:  # noqa: ANN401 - JSON of any shape, for the summary
     """A typed result as JSON-friendly data, for the summary and scene.json."""
     if hasattr(value, "to_dict"):
         return value.to_dict()

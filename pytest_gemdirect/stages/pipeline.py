@@ -96,7 +96,7 @@ class Pipeline:
             message = f"{key}: the run was interrupted while it ran"
             self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
             raise  # the session ends; its summary is closed as interrupted
-        except BaseException as exc:  # a bug, or pytest-timeout's outer backstop: a failure, never lost
+        except BaseException as exc:  # noqa: BLE001 - a bug, or pytest-timeout's outer backstop: a failure, never lost
             outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
         finally:
             self._running.pop(key, None)
