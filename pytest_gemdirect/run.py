@@ -135,6 +135,11 @@ class Run:
                 self._directory = RunDirectory.create(
                     logs_dir=self.settings.logs_dir, run_dir=self.settings.run_dir
                 )
+                if self.settings.run_dir is None:
+                    from pytest_gemdirect.retention import prune_runs
+
+                    root = self._directory.root
+                    prune_runs(root.parent, self.settings.keep_runs, root)
         return self._directory
 
     def ensure_services(self) -> Services:
@@ -172,9 +177,15 @@ class Run:
             )
             self._stages = Stages(context)
             self.treat_signals_as_interrupt()
-            if self._on_start is not None:
-                self._on_start(self)
+            self.announce_start()
         return self._stages
+
+    def announce_start(self) -> None:
+        """Call the ``on_start`` hook once: when the first stage starts, or (xdist controller)
+        once the services are booted for the workers."""
+        hook, self._on_start = self._on_start, None
+        if hook is not None:
+            hook(self)
 
     # --- what the run has recorded -------------------------------------------------------------
 
@@ -246,7 +257,7 @@ class Run:
                 self._stages.interrupt_running("the run was interrupted")
             self._summary.finish(
                 "interrupted" if interrupted else "passed",
-                "interrupted" if interrupted else None,
+                "cut short by Ctrl-C or a signal" if interrupted else None,
                 failed_tests=self._failed_tests,
                 selected_stages=self._selected_stages,
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -28,43 +28,57 @@ class SettingError(ValueError):
     """An invalid setting value; the message names the setting and its source."""
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number, e.g. 3") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number, e.g. 2.5") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise ValueError("must be a whole number of at least 0")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ValueError("must be a number above 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if value < 0:
         raise ValueError("must be a number of at least 0")
     return value
 
 
 def _grey_level(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 0 <= value <= 255:
         raise ValueError("must be a grey level from 0 to 255")
     return value
 
 
 def _share(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 < value <= 1:
         raise ValueError("must be a share above 0 and at most 1 (0.99 is 99 %)")
     return value
@@ -73,12 +87,12 @@ def _share(text: str) -> float:
 def _url(text: str) -> str:
     parsed = urlparse(text)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("must be an http:// or https:// URL")
+        raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8188")
     return text.rstrip("/")
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 65535:
         raise ValueError("must be a port number from 1 to 65535")
     return value
@@ -137,7 +151,10 @@ def _size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not sep:
         raise ValueError("must look like 1024x576")
-    w, h = int(width), int(height)
+    try:
+        w, h = int(width), int(height)
+    except ValueError:
+        raise ValueError("must look like 1024x576") from None
     if not (16 <= w <= 8192 and 16 <= h <= 8192):
         raise ValueError("width and height must be between 16 and 8192")
     return (w, h)
@@ -265,7 +282,7 @@ class Settings:
         _positive_float, 64.0, "megabytes any server's answer may have before it is refused", metavar="MB"
     )
     llm_timeout: float = setting(_positive_float, 120.0, "seconds an LLM request may take", metavar="S")
-    llm_seed: int = setting(int, 42, "seed sent to the LLM and used by the fallback story", metavar="N")
+    llm_seed: int = setting(_whole, 42, "seed sent to the LLM and used by the fallback story", metavar="N")
     llm_temperature: float = setting(_non_negative_float, 0.35, "temperature sent to the LLM", metavar="T")
     require_real_backends: bool = setting(
         _bool,
@@ -297,6 +314,13 @@ class Settings:
     )
     run_dir: Path | None = setting(
         Path, None, "exact run directory (overrides logs-dir/<timestamp>)", metavar="DIR"
+    )
+    keep_runs: int = setting(
+        _non_negative_int,
+        20,
+        "run directories the harness made under --logs-dir to keep, this one included; older ones are"
+        " removed (0: keep all)",
+        metavar="N",
     )
     baseline: Path | None = setting(
         _existing_dir, None, "an earlier run directory to compare timings and VRAM with", metavar="RUN_DIR"
@@ -418,9 +442,7 @@ class Settings:
 
 
 SPECS: tuple[SettingSpec, ...] = tuple(
-    SettingSpec(**{**vars(f.metadata[_SPEC]), "name": f.name})
-    for f in fields(Settings)
-    if _SPEC in f.metadata
+    replace(f.metadata[_SPEC], name=f.name) for f in fields(Settings) if _SPEC in f.metadata
 )
 """Every setting's spec, in the order of the fields (the order of the header and the report)."""
 
@@ -428,17 +450,22 @@ SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
 
 
 def _parse(spec: SettingSpec, raw: object, source: str) -> object:
+    if spec.multi:
+        items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
+        if spec.commas_in_flag:
+            items = [part for item in items for part in str(item).split(",")]
+        return tuple(_parse_one(spec, str(item).strip(), source) for item in items if str(item).strip())
+    if raw is None:
+        return None
+    return _parse_one(spec, raw, source) if isinstance(raw, str) else raw
+
+
+def _parse_one(spec: SettingSpec, text: str, source: str) -> object:
+    """One value as the user typed it; the error quotes that value, never a Python list."""
     try:
-        if spec.multi:
-            items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
-            if spec.commas_in_flag:
-                items = [part for item in items for part in str(item).split(",")]
-            return tuple(spec.parse(str(item).strip()) for item in items if str(item).strip())
-        if raw is None:
-            return None
-        return spec.parse(raw) if isinstance(raw, str) else raw
+        return spec.parse(text)
     except (ValueError, TypeError) as exc:
-        shown = "***" if spec.secret else repr(raw)
+        shown = "***" if spec.secret else repr(text)
         raise SettingError(f"invalid value {shown} for {spec.name} ({source}): {exc}") from None
 
 

@@ -30,6 +30,7 @@ FLOORS: dict[str, int] = {
     f"{PACKAGE}.settings": 0,
     f"{PACKAGE}.sim.faults": 0,  # the fault vocabulary: settings parse it, the simulators obey it
     f"{PACKAGE}.rundir": 0,
+    f"{PACKAGE}.retention": 0,  # which old run directories go
     # 1 tools and records: HTTP, processes, the summary, video analysis, the simulators
     f"{PACKAGE}.net": 1,
     f"{PACKAGE}.processes": 1,
@@ -48,6 +49,7 @@ FLOORS: dict[str, int] = {
     # 3 the ComfyUI client, and the start-up checks that load workflows with it
     f"{PACKAGE}.comfyui": 3,
     f"{PACKAGE}.startup_checks": 3,
+    f"{PACKAGE}.probe": 3,  # is each --comfyui-url answering, at start-up
     # 4 the report (reads only the summary) and the services (where the servers come from)
     f"{PACKAGE}.report": 4,
     f"{PACKAGE}.services": 4,

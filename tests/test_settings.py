@@ -111,3 +111,32 @@ def test_faults_are_parsed_once_and_a_bad_name_names_the_setting() -> None:
     assert settings.faults.active("stall", "scene-002") and not settings.faults.active("stall", "scene-001")
     with pytest.raises(SettingError, match=r"sim_fault \(from GEMDIRECT_SIM_FAULT\).*no-such-fault"):
         resolve({}, {}, environ={"GEMDIRECT_SIM_FAULT": "no-such-fault"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "said", "not_said"),
+    [
+        (
+            {"scenes": "abc"},
+            "invalid value 'abc' for scenes (from --scenes): must be a whole number",
+            "literal",
+        ),
+        (
+            {"sim_step_seconds": "fast"},
+            "'fast' for sim_step_seconds (from --sim-step-seconds): must be a number",
+            "float",
+        ),
+        ({"comfyui_url": ["not-a-url"]}, "invalid value 'not-a-url' for comfyui_url", "['"),
+        (
+            {"keyframe_size": "AxB"},
+            "keyframe_size (from --keyframe-size): must look like 1024x576",
+            "literal",
+        ),
+    ],
+)
+def test_errors_in_the_users_words(flags: dict, said: str, not_said: str) -> None:
+    """The value as typed and what it must be; no Python exception text, no Python list."""
+    with pytest.raises(SettingError) as excinfo:
+        resolve(flags, {}, environ={})
+    assert said in str(excinfo.value)
+    assert not_said not in str(excinfo.value)
