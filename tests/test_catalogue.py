@@ -9,6 +9,7 @@ import pytest
 from pytest_gemdirect import pipeline_tests
 from pytest_gemdirect.catalogue import SCENE_STAGES, STAGE_NAMES, STAGES, StageKey, order_of
 from pytest_gemdirect.rundir import RunDirectory
+from pytest_gemdirect.schemas_io import load_schema
 from pytest_gemdirect.settings import SPECS_BY_NAME
 from pytest_gemdirect.summary import RunSummary
 
@@ -69,3 +70,10 @@ def test_the_summary_records_typed_keys_under_their_stage_and_scene(tmp_path) ->
     scenes = {scene["id"]: scene for scene in summary.data["scenes"]}
     assert scenes["scene-001"]["status"] == "passed"
     assert (scenes["scene-002"]["status"], scenes["scene-002"]["failed_stage"]) == ("failed", "svd")
+
+
+def test_the_summary_schema_names_the_catalogue_stages() -> None:
+    """The schema keeps the stage names on disk for the app's own tools; it must not drift."""
+    schema = load_schema("run-summary.schema.json")
+    stage = schema["properties"]["stages"]["items"]["properties"]["name"]
+    assert stage["enum"] == list(STAGE_NAMES)
