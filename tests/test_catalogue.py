@@ -42,20 +42,22 @@ def test_each_scene_is_retrieved_right_after_its_generation() -> None:
     nodes += [(stage, n) for stage in SCENE_STAGES for n in (1, 2)] + [(None, 1), (None, None)]
     random.Random(7).shuffle(nodes)
     ordered = sorted(nodes, key=lambda node: order_of(*node))
-    assert ordered == [
-        ("env", None),
-        ("llm", None),
-        ("story", None),
-        ("comfyui", None),
-        ("svd", 1),
-        ("frames", 1),
-        ("svd", 2),
-        ("frames", 2),
-        (None, 1),  # a user's check of scene 1's frames: after the scenes' own stages
-        (None, None),
-        ("suites", None),
-        ("summary", None),
-    ]
+    first, last = STAGE_NAMES.index(SCENE_STAGES[0]), STAGE_NAMES.index(SCENE_STAGES[-1])
+    assert (
+        ordered
+        == [
+            *[(name, None) for name in STAGE_NAMES[:first]],  # env, llm, story, comfyui
+            ("svd", 1),
+            ("frames", 1),
+            ("svd", 2),
+            ("frames", 2),
+            (None, 1),  # a user's check of scene 1's frames: after the scenes' own stages
+            (None, None),
+            *[(name, None) for name in STAGE_NAMES[last + 1 :]],  # suites, summary
+        ]
+    )
+    assert ordered[:4] == [("env", None), ("llm", None), ("story", None), ("comfyui", None)]
+    assert ordered[-1] == ("summary", None)
 
 
 def test_the_summary_records_typed_keys_under_their_stage_and_scene(tmp_path) -> None:
