@@ -138,7 +138,7 @@ def _check(
         ctx.summary.warn(
             f"ComfyUI server-{number} at {backend.url} cannot run the workflow: " + "; ".join(problems)
         )
-    server = ComfyServer(f"server-{number}", backend.url, client, lambda: ctx.services.alive(backend.url))
+    server = ComfyServer(f"server-{number}", backend.url, client, backend.alive)
     return _Candidate(backend, server, stats, object_info, problems)
 
 
