@@ -109,16 +109,19 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(sig, on_signal)
 
-    comfy = ComfyUISimulator(
-        args.host,
-        args.comfyui_port,
-        root_dir=args.root,
-        step_seconds=args.step_seconds,
-        faults=plan,
-        history_late_seconds=args.history_late_seconds,
-        models_from=args.models_from,
-        crash_exits_process=True,
-    )
+    try:
+        comfy = ComfyUISimulator(
+            args.host,
+            args.comfyui_port,
+            root_dir=args.root,
+            step_seconds=args.step_seconds,
+            faults=plan,
+            history_late_seconds=args.history_late_seconds,
+            models_from=args.models_from,
+            crash_exits_process=True,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     llm = None
     ready_written = False
     try:

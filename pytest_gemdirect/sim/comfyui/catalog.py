@@ -49,6 +49,15 @@ FILE_CHECKED_INPUTS = {
     ("WebcamCapture", "image"): "Invalid image file",
     ("LoadVideo", "file"): "Invalid video file",
 }
+# Combos that list files of the input folder (a subfolder, the suffixes), as the real nodes list them.
+INPUT_FILE_LISTS = {
+    ("LoadLatent", "latent"): ("", (".latent",)),
+    ("LoadVideo", "file"): ("", (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp")),
+    ("Load3D", "model_file"): ("3d", (".gltf", ".glb", ".obj", ".fbx", ".stl")),
+    ("Load3DAnimation", "model_file"): ("3d", (".gltf", ".glb", ".fbx")),
+    ("GeminiInputFiles", "file"): ("", (".txt", ".pdf")),
+    ("OpenAIInputFiles", "file"): ("", (".txt", ".pdf")),
+}
 
 
 @functools.lru_cache(maxsize=1)

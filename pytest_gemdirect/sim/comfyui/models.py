@@ -70,7 +70,10 @@ def graphs_in_document(document: Any) -> Iterator[dict[str, Any]]:
 
 def model_names_in_file(path: Path) -> list[tuple[str, str]]:
     """(folder, name) of the models every graph in a JSON file names (a workflow, an app settings file)."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the model names of {path}: {exc}") from None
     return [pair for graph in graphs_in_document(document) for pair in model_names_in(graph)]
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from pytest_gemdirect.sim.comfyui.catalog import (
+    INPUT_FILE_LISTS,
     combo_options,
     declared_inputs,
     input_file_inputs,
@@ -295,16 +296,14 @@ class ComfyUIState:
             self.interrupt_event.set()
 
     # ------------------------------------------------------------------ files
-    def input_files(self) -> list[str]:
+    def input_files(self, subfolder: str = "", suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+        """Files of the input folder (or one of its subfolders, named with it) with these suffixes."""
+        folder = self.input_dir / subfolder if subfolder else self.input_dir
         try:
-            names = [
-                p.name
-                for p in self.input_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            ]
+            names = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
         except OSError:
             names = []
-        return sorted(names)
+        return sorted(f"{subfolder}/{name}" if subfolder else name for name in names)
 
     def directory_by_type(self, kind: str | None) -> str | None:
         return {
@@ -407,6 +406,8 @@ class ComfyUIState:
         files = self.input_files()
         for class_type, name in input_file_inputs():
             _set_options(entry(class_type), name, files)
+        for (class_type, name), (subfolder, suffixes) in INPUT_FILE_LISTS.items():
+            _set_options(entry(class_type), name, self.input_files(subfolder, suffixes))
         withheld = {same_name_key(n) for n in withhold}
         extra = list(spellings)
         for class_type, inputs in model_inputs().items():
