@@ -6,8 +6,9 @@ implementation of their own, the rest by their output types (``behaviours``); a 
 server lacks (a custom node) is refused as the real server refuses it. It draws real pictures
 (Pillow), writes real output files (PNG, WebP, APNG, MP4, WebM), and sends the WebSocket messages
 in the order the recorded real server does (see ``shared/reference/comfyui``). Its model folders
-hold whatever models the workflows it is given, or sent, name (``models``). Named faults (``pytest_gemdirect.sim.faults``) reproduce the
-failure modes the harness has to survive. Nothing here imports pytest.
+hold whatever models the workflows it is given, or sent, name (``models``). Named faults
+(``pytest_gemdirect.sim.faults``) reproduce the failure modes the harness has to survive.
+Nothing here imports pytest.
 
 Faults (per scene: the ``scene-NNN`` in the save node's filename_prefix, or for every prompt):
 
