@@ -580,3 +580,16 @@ def test_the_runner_offers_the_models_of_the_workflows_the_harness_names(tmp_pat
         timeout=60,
     )
     assert bad.returncode == 2 and "nope.json" in bad.stderr
+
+
+def test_image_from_batch_keeps_its_frames_inside_the_batch(make_server) -> None:
+    server = make_server()
+    server.upload("k.png", png_bytes((40, 30)))
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "k.png"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 10}},
+        "3": {"class_type": "ImageFromBatch", "inputs": {"image": ["2", 0], "batch_index": 8, "length": 5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "last"}},
+    }
+    entry, _ = run_with_socket(server, graph)
+    assert [i["filename"] for i in entry["outputs"]["4"]["images"]] == ["last_00001_.png", "last_00002_.png"]

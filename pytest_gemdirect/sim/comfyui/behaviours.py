@@ -4,9 +4,10 @@ Which behaviour covers which classes (``python benchmarks/sim_cost.py`` prints t
 
 - **own implementation** (``nodes``, ``save``, ``video``, ``latents``): LoadImage (and LoadImageMask,
   LoadImageOutput, WebcamCapture), EmptyImage, ImageScale, ImageScaleBy, ImageCrop, ImageBatch,
-  RepeatImageBatch, ImageInvert; SaveImage, PreviewImage, MaskPreview, SaveAnimatedWEBP,
-  SaveAnimatedPNG, SaveImageWebsocket; CreateVideo, SaveVideo, SaveWEBM; the samplers (KSampler,
-  KSamplerAdvanced, SamplerCustom, SamplerCustomAdvanced: a progress tick per step); PreviewAny.
+  RepeatImageBatch, ImageFromBatch, ImageInvert, GetImageSize; SaveImage, PreviewImage, MaskPreview,
+  SaveAnimatedWEBP, SaveAnimatedPNG, SaveImageWebsocket; CreateVideo, SaveVideo, SaveWEBM; the
+  samplers (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdvanced: a progress tick per
+  step); PreviewAny.
 - **by output type**, one output at a time, from the class's row of ``/object_info``:
 
   - the *n*-th output of a type passes the *n*-th input of that type through when there is one
