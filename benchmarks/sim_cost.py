@@ -25,9 +25,9 @@ import requests
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale_tools import Simulator, median  # noqa: E402
+from scale_tools import Simulator, median
 
-from pytest_gemdirect.sim.comfyui.behaviours import behaviour_table  # noqa: E402
+from pytest_gemdirect.sim.comfyui.behaviours import behaviour_table
 
 GRAPH = Path(__file__).resolve().parents[1] / "tests" / "data" / "graphs" / "wan22_i2v.json"
 

@@ -23,7 +23,7 @@ class ComfyUISimulator:
     ...     requests.get(sim.url + "/system_stats").json()
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the simulator's knobs, each with a default (host, port, faults, pace, models…)
         self,
         host: str = "127.0.0.1",
         port: int = 0,
