@@ -87,7 +87,7 @@ def write(ctx: StageContext, llm: Callable[[], LLMHealth]) -> Story:
     if got != settings.scenes:
         raise StageFailed(f"story has {got} scenes, the scenes setting asks for {settings.scenes}")
     story = _save(ctx, document)
-    if settings.keyframe_workflow is None:  # else ComfyUI draws each one in its generation stage
+    if settings.keyframe_workflow is None and not settings.image_profile:  # else ComfyUI draws them
         keyframes = render_keyframes(document, ctx.run.story_dir / "keyframes", size=settings.keyframe_size)
         for scene, path in zip(story.scenes, keyframes, strict=True):
             shutil.copyfile(path, scene.keyframe)
