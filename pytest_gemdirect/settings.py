@@ -291,6 +291,14 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("scenes", _positive_int, 3, "number of scenes", metavar="N"),
     SettingSpec("keyframe_size", _size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH"),
+    SettingSpec(
+        "keyframes",
+        _choice("single", "bookend"),
+        None,
+        "keyframes a scene: single (one, the video's start) or bookend (a start and an end keyframe)"
+        " (default: single)",
+        metavar="single|bookend",
+    ),
     # run directory
     SettingSpec(
         "logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"

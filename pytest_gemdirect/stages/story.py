@@ -13,6 +13,7 @@ import jsonschema
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.schemas_io import load_schema
+from pytest_gemdirect.settings import Settings
 from pytest_gemdirect.stages.context import StageContext
 from pytest_gemdirect.stages.llm import LLMHealth
 from pytest_gemdirect.stages.pipeline import NotReached, StageFailed, StageSkipped
@@ -26,7 +27,10 @@ class SceneScript:
     id: str
     title: str
     visual_prompt: str
-    keyframe: Path  # scene-NNN/keyframe.png (drawn later when ComfyUI draws keyframes)
+    keyframe: Path  # scene-NNN/keyframe.png (drawn later when ComfyUI draws keyframes); bookend: the start
+    end_keyframe: Path | None = None  # bookend mode: scene-NNN/keyframe-end.png, the scene's last frame
+    negative_prompt: str | None = None  # what the scene's video must not show (the app's negativePrompt)
+    motion: str | None = None  # the camera movement (the app's cameraMovement, the LLM's motion_prompt)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,15 @@ class Story:
     def fallback_reason(self) -> str | None:
         reason = self.document.get("metadata", {}).get("fallback_reason")
         return str(reason) if reason else None
+
+
+KEYFRAME_MODES: tuple[str, ...] = ("single", "bookend")
+
+
+def keyframe_mode(settings: Settings) -> str:
+    """``single`` (one keyframe a scene) or ``bookend`` (a start and an end keyframe a scene)."""
+    mode = settings.keyframes or "single"
+    return str(mode)
 
 
 def _llm_for_mode(mode: str, llm: Callable[[], LLMHealth]) -> tuple[LLMHealth | None, str | None]:
