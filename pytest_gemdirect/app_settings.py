@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_gemdirect.comfyui.roles import Place, RoleError, RolePlan, parse_mapping, plan_roles
 from pytest_gemdirect.comfyui.workflow import (
@@ -24,6 +24,9 @@ from pytest_gemdirect.comfyui.workflow import (
     load_workflow,
     parse_workflow,
 )
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.settings import Settings
 
 KEYFRAME_MODES = ("single", "bookend")
 APP_IMAGE_PROFILE = "app"
@@ -182,26 +185,26 @@ class RunGraphs:
     notes: tuple[str, ...]
 
 
-def app_settings_of(settings: Any) -> AppSettings | None:
+def app_settings_of(settings: Settings) -> AppSettings | None:
     """The run's app settings file, read (None without ``--app-settings``)."""
-    path = settings.values.get("app_settings")
+    path = settings.app_settings
     return load_app_settings(path) if path is not None else None
 
 
-def keyframe_mode(settings: Any) -> str:
+def keyframe_mode(settings: Settings) -> str:
     """``--keyframes``, else the app's ``keyframeMode``, else single."""
-    chosen = settings.values.get("keyframes")
+    chosen = settings.keyframes
     if chosen:
         return str(chosen)
     app = app_settings_of(settings)
     return app.keyframe_mode if app is not None and app.keyframe_mode else "single"
 
 
-def run_graphs(settings: Any) -> RunGraphs:
+def run_graphs(settings: Settings) -> RunGraphs:
     """Which graphs this run queues and where each role goes; raises AppSettingsError, WorkflowError."""
     app = app_settings_of(settings)
     for name in ("video_profile", "image_profile"):
-        if settings.values.get(name) and app is None:
+        if getattr(settings, name) and app is None:
             raise AppSettingsError(
                 f"{name} ({settings.sources[name]}) names a profile of the app's settings file,"
                 " but --app-settings is not set"
@@ -213,13 +216,13 @@ def run_graphs(settings: Any) -> RunGraphs:
     return RunGraphs(video, keyframe, mode, tuple(notes))
 
 
-def _video_graph(settings: Any, app: AppSettings | None, mode: str) -> Graph:
+def _video_graph(settings: Settings, app: AppSettings | None, mode: str) -> Graph:
     bookend = mode == "bookend"
-    path = settings.values.get("workflow")
+    path = settings.workflow
     if path is not None or app is None:
         path = Path(path or default_workflow_path())
         return _planned(load_workflow(path), {}, f"workflow {path}", bookend, path=path)
-    chosen = settings.values.get("video_profile")
+    chosen = settings.video_profile
     if chosen:
         by = f"video_profile ({settings.sources['video_profile']})"
     elif bookend and app.bookend_profile:
@@ -235,12 +238,12 @@ def _video_graph(settings: Any, app: AppSettings | None, mode: str) -> Graph:
     return _planned(profile.workflow, profile.mapping, profile.source, bookend, profile_id=profile.id)
 
 
-def _keyframe_graph(settings: Any, app: AppSettings | None) -> Graph | None:
-    path = settings.values.get("keyframe_workflow")
+def _keyframe_graph(settings: Settings, app: AppSettings | None) -> Graph | None:
+    path = settings.keyframe_workflow
     if path is not None:
         path = Path(path)
         return _planned(load_workflow(path), {}, f"keyframe workflow {path}", False, path=path, image=True)
-    chosen = settings.values.get("image_profile")
+    chosen = settings.image_profile
     if not chosen or app is None:
         return None
     by = f"image_profile ({settings.sources['image_profile']})"

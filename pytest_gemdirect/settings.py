@@ -540,12 +540,12 @@ def describe_targets(settings: Settings) -> dict[str, str]:
 
 def _app_url_not_used(settings: Settings) -> str:
     """The app's comfyUIUrl is never used silently: the embedded stack runs, and this is how to attach."""
-    if settings.values.get("app_settings") is None:
+    if settings.app_settings is None:
         return ""
     from pytest_gemdirect.app_settings import AppSettingsError, load_app_settings
 
     try:
-        url = load_app_settings(settings.values["app_settings"]).comfyui_url
+        url = load_app_settings(settings.app_settings).comfyui_url
     except AppSettingsError:
         return ""
     if not url:
@@ -643,7 +643,7 @@ def _check_workflows(settings: Settings) -> None:
 def _check_app_settings(settings: Settings) -> None:
     """The app's profiles the run uses: they exist, parse, and every role the run needs has a place."""
     names = ("app_settings", "video_profile", "image_profile", "keyframes")
-    if not any(settings.values.get(name) for name in names):
+    if not any(getattr(settings, name, None) for name in names):
         return
     from pytest_gemdirect.app_settings import AppSettingsError, run_graphs
     from pytest_gemdirect.comfyui.workflow import WorkflowError
@@ -651,7 +651,7 @@ def _check_app_settings(settings: Settings) -> None:
     try:
         run_graphs(settings)
     except (AppSettingsError, WorkflowError) as exc:
-        if settings.values.get("app_settings") is None:
+        if settings.app_settings is None:
             raise SettingError(str(exc)) from None
         raise SettingError(f"app_settings ({settings.sources['app_settings']}): {exc}") from None
 

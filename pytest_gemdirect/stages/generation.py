@@ -131,7 +131,7 @@ def _prepare(
                 seed=ctx.settings.llm_seed,
                 end_image_name=end_name,
                 prompt=scene.visual_prompt,
-                negative_prompt=getattr(scene, "negative_prompt", None),
+                negative_prompt=scene.negative_prompt,
             ),
             plan=graphs.video.plan if graphs is not None else None,
             source=graphs.video.source if graphs is not None else "workflow",

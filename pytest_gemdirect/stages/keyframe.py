@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 def end_keyframe_path(ctx: StageContext, scene: SceneScript) -> Path:
     """Where the scene's end keyframe (bookend mode) is: the story's, else scene-NNN/keyframe-end.png."""
-    end = getattr(scene, "end_keyframe", None)
-    return Path(end) if end is not None else ctx.run.scene_dir(scene.id) / "keyframe-end.png"
+    end = scene.end_keyframe
+    return end if end is not None else ctx.run.scene_dir(scene.id) / "keyframe-end.png"
 
 
 def draw_all(ctx: StageContext, generation: Generation, comfy: ComfyUIService, scene: SceneScript) -> None:
@@ -36,7 +36,7 @@ def draw_all(ctx: StageContext, generation: Generation, comfy: ComfyUIService, s
     graph = comfy.graphs.keyframe if comfy.graphs is not None else None
     source = graph.source if graph is not None else "keyframe workflow"
     plan = graph.plan if graph is not None else None
-    negative = getattr(scene, "negative_prompt", None)
+    negative = scene.negative_prompt
     draw(
         ctx,
         generation,
@@ -47,7 +47,7 @@ def draw_all(ctx: StageContext, generation: Generation, comfy: ComfyUIService, s
         plan=plan,
     )
     if comfy.graphs is not None and comfy.graphs.keyframe_mode == "bookend":
-        motion = getattr(scene, "motion", None)
+        motion = scene.motion
         text = (
             f"{scene.visual_prompt}, {motion}, the shot's last moment"
             if motion
