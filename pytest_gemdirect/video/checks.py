@@ -214,11 +214,16 @@ def check_frames(
     *,
     expected_frames: int | None = None,
     expected_size: tuple[int, int] | None = None,
+    expected_from: str | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> FrameChecks:
     """Run the checks over ``frames`` (any iterable, read once) and return the outcome."""
     checker = FrameChecker(
-        label, expected_frames=expected_frames, expected_size=expected_size, thresholds=thresholds
+        label,
+        expected_frames=expected_frames,
+        expected_size=expected_size,
+        expected_from=expected_from,
+        thresholds=thresholds,
     )
     for frame in frames:
         checker.add(frame)

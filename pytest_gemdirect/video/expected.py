@@ -10,7 +10,7 @@ video assembly…). Anything it cannot know is None: a None is "not checked", ne
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SAVE_CLASSES = frozenset(
@@ -71,7 +71,8 @@ class Expected:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
-    frames_from: str | None = None  # where the count comes from: "node 5 (WanImageToVideo) length 49"
+    frames_from: str | None = field(default=None, compare=False)
+    """Where the count comes from, for messages: "node 5 (WanImageToVideo) length 49"."""
 
     @property
     def size(self) -> tuple[int, int] | None:
