@@ -278,8 +278,8 @@ def preflight(workflow: Workflow, object_info: dict[str, Any], *, keyframe_input
         shown = ", ".join(f"{kind} (node {', '.join(ids)})" for kind, ids in missing.items())
         problems.insert(
             0,
-            f"the server has no node class {', '.join(missing)}: {shown} come from custom node packs"
-            " this ComfyUI lacks (install them, or use a profile of core nodes)",
+            f"the server has no node class {', '.join(missing)}: {shown}; a custom node pack (or a newer"
+            " ComfyUI) provides them: install it, or use a profile of core nodes",
         )
     return problems
 
