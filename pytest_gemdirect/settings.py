@@ -289,7 +289,26 @@ SPECS: tuple[SettingSpec, ...] = (
         "where the story comes from",
         metavar="auto|llm|fallback",
     ),
-    SettingSpec("scenes", _positive_int, 3, "number of scenes", metavar="N"),
+    SettingSpec(
+        "story",
+        _existing_file,
+        None,
+        "a story file to use instead of writing one: the app's story/story.json or the harness's"
+        " own shape (the scene count comes from it)",
+        metavar="FILE",
+    ),
+    SettingSpec(
+        "story_command",
+        str,
+        None,
+        "the app's story generator, run without a shell; {out} is the file it writes, e.g."
+        ' "npx tsx scripts/generate-story-scenes.ts --out {out}"',
+        metavar="COMMAND",
+    ),
+    SettingSpec(
+        "story_command_timeout", _positive_float, 300.0, "seconds the story command may take", metavar="S"
+    ),
+    SettingSpec("scenes", _positive_int, 3, "number of scenes (with --story: the file's)", metavar="N"),
     SettingSpec("keyframe_size", _size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH"),
     SettingSpec(
         "keyframes",
@@ -487,9 +506,29 @@ def resolve(
             continue
         values[spec.name] = _parse(spec, raw, source)
         sources[spec.name] = source
+    if values["story"] is not None:
+        _scenes_from_story_file(values, sources)
     settings = Settings(values, sources)
     _check_together(settings)
     return settings
+
+
+def _scenes_from_story_file(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """With ``--story`` the file says how many scenes there are (read now: the scenes are collected)."""
+    from pytest_gemdirect.story.story_file import StoryFileError, load_story_file
+
+    try:
+        count = load_story_file(values["story"]).scene_count
+    except StoryFileError as exc:
+        raise SettingError(f"invalid value for story ({sources['story']}): {exc}") from None
+    if sources["scenes"] != "default" and values["scenes"] != count:
+        sources["scenes"] = (
+            f"from the story file {values['story']} ({count} scenes;"
+            f" scenes = {values['scenes']} {sources['scenes']} is not used)"
+        )
+    else:
+        sources["scenes"] = f"from the story file {values['story']}"
+    values["scenes"] = count
 
 
 def _check_together(settings: Settings) -> None:
@@ -516,12 +555,33 @@ def _check_together(settings: Settings) -> None:
             f" comfyui_dir ({settings.sources['comfyui_dir']}) both say where ComfyUI comes from;"
             " set only one"
         )
+    _check_story_source(settings)
     if settings.history_poll_interval >= settings.scene_max_wait:
         raise SettingError(
             f"history_poll_interval ({settings.history_poll_interval:g} s,"
             f" {settings.sources['history_poll_interval']})"
             f" must be below scene_max_wait ({settings.scene_max_wait:g} s)"
         )
+
+
+def _check_story_source(settings: Settings) -> None:
+    """One place the story comes from: a file, a generator, or the story mode (LLM or fallback)."""
+    given = [name for name in ("story", "story_command") if settings.values[name] is not None]
+    if settings.sources["story_mode"] != "default" and given:
+        given.append("story_mode")
+    if len(given) > 1:
+        where = " and ".join(f"{name} ({settings.sources[name]})" for name in given)
+        raise SettingError(f"{where} each say where the story comes from; set only one")
+    if settings.story_command is not None:
+        from pytest_gemdirect.story.command import story_command_argv
+
+        try:
+            story_command_argv(settings.story_command, Path("story.json"))
+        except ValueError as exc:
+            raise SettingError(
+                f"invalid value {settings.story_command!r} for story_command"
+                f" ({settings.sources['story_command']}): {exc}"
+            ) from None
 
 
 def describe_targets(settings: Settings) -> dict[str, str]:
@@ -561,6 +621,7 @@ PATH_SETTINGS = (
     "workflow",
     "app_settings",
     "keyframe_workflow",
+    "story",
     "run_dir",
     "logs_dir",
     "baseline",

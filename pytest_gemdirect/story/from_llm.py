@@ -36,7 +36,9 @@ SYSTEM_PROMPT = (
 def request_schema(scene_count: int) -> dict[str, Any]:
     """The schema sent as ``response_format.json_schema.schema``: the story without metadata,
     exactly ``scene_count`` scenes, every property required (strict mode), no length limits
-    (large ``maxLength`` values blow up llama.cpp grammars; the answer is validated here anyway)."""
+    (large ``maxLength`` values blow up llama.cpp grammars; the answer is validated here anyway).
+    A scene offers only what the LLM writes: the optional fields a story file or the harness
+    fills in (negative prompt, keyframe files) are left out."""
     check_count(scene_count)
     schema = content_schema()
     for key in ("$schema", "$id", "title", "description"):
@@ -44,6 +46,8 @@ def request_schema(scene_count: int) -> dict[str, Any]:
     schema["required"] = ["title", "logline", "scenes"]
     scenes = schema["properties"]["scenes"]
     scenes["minItems"] = scenes["maxItems"] = scene_count
+    scene = scenes["items"]
+    scene["properties"] = {name: scene["properties"][name] for name in scene["required"]}
 
     def strip_lengths(node: Any) -> None:
         if isinstance(node, dict):

@@ -46,9 +46,18 @@ def content_schema() -> dict[str, Any]:
     return schema
 
 
+KEYFRAME_FIELDS = ("keyframe", "end_keyframe", "keyframe_source", "end_keyframe_source")
+"""Scene fields the harness adds once it has the keyframes: not the story's words."""
+
+
 def story_hash(story: dict[str, Any]) -> str:
-    """sha256 over the canonical JSON of the story without its metadata."""
+    """sha256 over the canonical JSON of the story's words: without metadata and keyframe files."""
     content = {k: v for k, v in story.items() if k != "metadata"}
+    if isinstance(story.get("scenes"), list):
+        content["scenes"] = [
+            {k: v for k, v in scene.items() if k not in KEYFRAME_FIELDS} if isinstance(scene, dict) else scene
+            for scene in story["scenes"]
+        ]
     text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
