@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pytest_gemdirect.video import read_info
 from tests.outside import REPO, run_e2e, scenes, stages, summary_of
 
 APP = REPO / "tests" / "data" / "gemdirect-app" / "localGenSettings.json"
@@ -83,6 +84,8 @@ def test_bookend_mode_runs_the_first_last_frame_profile_on_two_keyframes_drawn_b
     start_png, end_png = keyframes / "scene-001.png", keyframes / "scene-001-end.png"
     assert start_png.read_bytes() != end_png.read_bytes(), "the end keyframe is drawn on its own"
     assert (run_dir / "scene-001" / "keyframe-end.png").read_bytes() == end_png.read_bytes()
+    report = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'alt="end keyframe of scene-001"' in report and 'href="scene-001/keyframe-end.png"' in report
     notes = scenes(data)["scene-001"]["notes"]
     assert any(n.startswith("keyframe drawn by ComfyUI") for n in notes), notes
     assert any(n.startswith("end keyframe drawn by ComfyUI") for n in notes), notes
@@ -97,7 +100,8 @@ def test_the_apps_svd_file_with_placeholders_and_a_subfolder_checkpoint_passes(
     assert result.ret == 0, result.stdout.str()[-3000:]
     video = scenes(summary_of(run_dir))["scene-001"]["video"]
     assert (video["frame_count"], video["width"], video["height"]) == (25, 576, 1024), video
-    assert video["fps"] == pytest.approx(24.0)  # the clip's rate is SVD's fps
+    assert video["fps"] is None, "a SaveImage sequence has no rate of its own"
+    assert read_info(run_dir / video["clip"]).fps == pytest.approx(24.0)  # the gallery clip: SVD's fps
     graph = queued(run_dir, "scene-001")
     assert "__" not in json.dumps(graph), "every placeholder is replaced"
     assert graph["1"]["inputs"]["ckpt_name"].replace("\\", "/") == "SVD/svd_xt.safetensors"
