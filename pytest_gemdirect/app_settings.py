@@ -11,7 +11,7 @@ and the input.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -221,7 +221,7 @@ def _video_graph(settings: Settings, app: AppSettings | None, mode: str) -> Grap
     path = settings.workflow
     if path is not None or app is None:
         path = Path(path or default_workflow_path())
-        return _planned(load_workflow(path), {}, f"workflow {path}", bookend, path=path)
+        return _one_image_graph_in_bookend(load_workflow(path), f"workflow {path}", bookend, path)
     chosen = settings.video_profile
     if chosen:
         by = f"video_profile ({settings.sources['video_profile']})"
@@ -255,6 +255,27 @@ def _keyframe_graph(settings: Settings, app: AppSettings | None) -> Graph | None
     return _planned(
         profile.workflow, profile.mapping, profile.source, False, profile_id=profile.id, image=True
     )
+
+
+def _one_image_graph_in_bookend(workflow: Workflow, source: str, bookend: bool, path: Path) -> Graph:
+    """A plain workflow file that takes one keyframe still runs in bookend mode, on the start keyframe.
+
+    The end keyframes are drawn and shown; the note says they are not queued. (A profile of the app's
+    is held to its roles: one that cannot take both keyframes is an error.)
+    """
+    try:
+        return _planned(workflow, {}, source, bookend, path=path)
+    except AppSettingsError as exc:
+        if not bookend:
+            raise
+        single = _planned(workflow, {}, source, False, path=path)
+        note = (
+            f"{source}: bookend mode, but the graph takes one keyframe ({exc}); it gets the start"
+            " keyframe, the end keyframes are drawn and shown but not queued"
+        )
+        return Graph(
+            single.workflow, source, replace(single.plan, notes=(*single.plan.notes, note)), path=path
+        )
 
 
 def _planned(

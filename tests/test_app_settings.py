@@ -315,3 +315,12 @@ def test_a_short_clip_names_the_expected_count_and_where_it_came_from() -> None:
         "12 frames, expected 49 (from node 8 (Wan22ImageToVideoLatent) length 49)" in p.message
         for p in checks.problems
     ), checks.problems
+
+
+def test_a_plain_one_keyframe_workflow_runs_in_bookend_mode_on_the_start_keyframe() -> None:
+    graphs = run_graphs(resolve({"keyframes": "bookend", "workflow": "smoke"}, {}, environ={}))
+    assert graphs.keyframe_mode == "bookend"
+    assert graphs.video.plan.keyframe is not None and graphs.video.plan.end is None
+    assert any("the end keyframes are drawn and shown but not queued" in n for n in graphs.notes), (
+        graphs.notes
+    )

@@ -113,7 +113,7 @@ def _prepare(
     """
     scene_id = generation.scene_id
     graphs = comfy.graphs
-    bookend = graphs is not None and graphs.keyframe_mode == "bookend"
+    bookend = graphs is not None and graphs.video.plan.end is not None  # the graph takes an end keyframe
     base = f"gemdirect-{ctx.run.run_id}-{scene_id}"
     image_name = _upload(generation, scene.keyframe, f"{base}.png", "keyframe")
     end_name = None
