@@ -142,7 +142,7 @@ def _one(places: tuple[Place, ...], role: str, source: str) -> Place | None:
 
 def _detected(workflow: Mapping[str, Any], side: str) -> tuple[Place, ...]:
     """The encoders found by wiring, unless the graph marks its prompt with ``__SCENE_PROMPT__`` itself."""
-    return () if _marked(workflow) else _prompt_encoders(workflow, side)
+    return () if _marked(workflow) else prompt_encoders(workflow, side)
 
 
 def _marked(workflow: Mapping[str, Any]) -> bool:
@@ -150,7 +150,7 @@ def _marked(workflow: Mapping[str, Any]) -> bool:
     return any(PLACEHOLDER_PROMPT in value for _, _, value in _strings(workflow))
 
 
-def _prompt_encoders(workflow: Mapping[str, Any], side: str) -> tuple[Place, ...]:
+def prompt_encoders(workflow: Mapping[str, Any], side: str) -> tuple[Place, ...]:
     """The text encoders that reach a sampler's ``side`` input, through conditioning nodes.
 
     With ``positive``, a single encoder titled "Positive" (any case) wins over the wiring, as the

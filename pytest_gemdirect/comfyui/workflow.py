@@ -15,11 +15,11 @@ from pytest_gemdirect.comfyui.roles import (
     PLACEHOLDER_IMAGE,
     PLACEHOLDER_PREFIX,
     PLACEHOLDER_PROMPT,
-    SAMPLER_CLASSES,
     TEXT_ENCODE_CLASSES,
     RoleError,
     RolePlan,
     plan_roles,
+    prompt_encoders,
 )
 
 Workflow = dict[str, dict[str, Any]]
@@ -238,20 +238,10 @@ def _set_prefix_and_seed(workflow: Workflow, prefix: str, seed: int, source: str
 
 
 def _positive_encoder(workflow: Workflow, source: str) -> str:
+    found = prompt_encoders(workflow, "positive")
+    if len(found) == 1:
+        return found[0][0]
     encoders = nodes_of_class(workflow, TEXT_ENCODE_CLASSES)
-    titled = [n for n in encoders if str(workflow[n].get("_meta", {}).get("title", "")).lower() == "positive"]
-    if len(titled) == 1:
-        return titled[0]
-    wired = {
-        str(link[0])
-        for n in nodes_of_class(workflow, SAMPLER_CLASSES)
-        if isinstance(link := workflow[n].get("inputs", {}).get("positive"), list) and link
-    }
-    wired &= set(encoders)
-    if len(wired) == 1:
-        return wired.pop()
-    if len(encoders) == 1:
-        return encoders[0]
     raise WorkflowError(
         f"{source}: cannot tell which of {len(encoders)} text-encode nodes"
         f" ({', '.join(TEXT_ENCODE_CLASSES)}) takes the scene's prompt;"
