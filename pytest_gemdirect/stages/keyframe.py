@@ -34,7 +34,9 @@ def draw_all(ctx: StageContext, generation: Generation, comfy: ComfyUIService, s
     """The scene's keyframe, and in bookend mode its end keyframe, drawn by the keyframe graph."""
     assert comfy.keyframe_workflow is not None, "called only when ComfyUI draws the keyframes"
     graph = comfy.graphs.keyframe if comfy.graphs is not None else None
-    source = graph.source if graph is not None else "keyframe workflow"
+    source = "keyframe workflow" if graph is None else graph.source
+    if graph is not None and graph.path is not None:
+        source = f"--keyframe-workflow {graph.path}"
     plan = graph.plan if graph is not None else None
     negative = scene.negative_prompt
     draw(
