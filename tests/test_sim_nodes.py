@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -529,3 +531,65 @@ def test_missing_model_takes_the_first_model_away_and_the_prompt_is_refused(make
     bad = load_graph("svd_app.json", __KEYFRAME_IMAGE__="k.png", __SCENE_PREFIX__="x/scene-002")
     assert scene.queue(ok).status_code == 200
     assert scene.queue(bad).status_code == 400
+
+
+# ------------------------------------------------------------------ the embedded simulator is told the models
+def test_the_runner_offers_the_models_of_the_workflows_the_harness_names(tmp_path: Path) -> None:
+    from pytest_gemdirect.embedded import model_sources
+    from pytest_gemdirect.settings import Settings
+
+    settings = Settings(
+        {"workflow": GRAPHS / "wan22_i2v.json", "keyframe_workflow": GRAPHS / "flux_t2i.json"}, {}
+    )
+    sources = model_sources(settings)
+    assert sources == [GRAPHS / "wan22_i2v.json", GRAPHS / "flux_t2i.json"]
+    ready = tmp_path / "ready.json"
+    args = [
+        sys.executable,
+        "-m",
+        "pytest_gemdirect.sim",
+        "--root",
+        str(tmp_path / "root"),
+        "--ready-file",
+        str(ready),
+    ]
+    for path in sources:
+        args += ["--models-from", str(path)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=5)
+            time.sleep(0.02)
+        url = json.loads(ready.read_text(encoding="utf-8"))["comfyui_url"]
+        assert requests.get(url + "/models/diffusion_models", timeout=10).json() == [
+            "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+            "flux1-dev-fp8.safetensors",
+        ]
+        assert (
+            "t5\\t5xxl_fp8_e4m3fn.safetensors"
+            in requests.get(url + "/models/text_encoders", timeout=10).json()
+        )
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pytest_gemdirect.sim", "--models-from", str(tmp_path / "nope.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "nope.json" in bad.stderr
+
+
+def test_image_from_batch_keeps_its_frames_inside_the_batch(make_server) -> None:
+    server = make_server()
+    server.upload("k.png", png_bytes((40, 30)))
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "k.png"}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 10}},
+        "3": {"class_type": "ImageFromBatch", "inputs": {"image": ["2", 0], "batch_index": 8, "length": 5}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "last"}},
+    }
+    entry, _ = run_with_socket(server, graph)
+    assert [i["filename"] for i in entry["outputs"]["4"]["images"]] == ["last_00001_.png", "last_00002_.png"]

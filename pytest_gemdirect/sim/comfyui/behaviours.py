@@ -4,9 +4,10 @@ Which behaviour covers which classes (``python benchmarks/sim_cost.py`` prints t
 
 - **own implementation** (``nodes``, ``save``, ``video``, ``latents``): LoadImage (and LoadImageMask,
   LoadImageOutput, WebcamCapture), EmptyImage, ImageScale, ImageScaleBy, ImageCrop, ImageBatch,
-  RepeatImageBatch, ImageInvert; SaveImage, PreviewImage, MaskPreview, SaveAnimatedWEBP,
-  SaveAnimatedPNG, SaveImageWebsocket; CreateVideo, SaveVideo, SaveWEBM; the samplers (KSampler,
-  KSamplerAdvanced, SamplerCustom, SamplerCustomAdvanced: a progress tick per step); PreviewAny.
+  RepeatImageBatch, ImageFromBatch, ImageInvert, GetImageSize; SaveImage, PreviewImage, MaskPreview,
+  SaveAnimatedWEBP, SaveAnimatedPNG, SaveImageWebsocket; CreateVideo, SaveVideo, SaveWEBM; the
+  samplers (KSampler, KSamplerAdvanced, SamplerCustom, SamplerCustomAdvanced: a progress tick per
+  step); PreviewAny.
 - **by output type**, one output at a time, from the class's row of ``/object_info``:
 
   - the *n*-th output of a type passes the *n*-th input of that type through when there is one
@@ -34,15 +35,17 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from pytest_gemdirect.sim.comfyui import latents, nodes, save, video
+import pytest_gemdirect.sim.comfyui.nodes
+import pytest_gemdirect.sim.comfyui.save
+import pytest_gemdirect.sim.comfyui.video  # noqa: F401 - these three register their node classes
 from pytest_gemdirect.sim.comfyui.catalog import declared_inputs, model_inputs, recorded_object_info
 from pytest_gemdirect.sim.comfyui.errors import NodeFailure
+from pytest_gemdirect.sim.comfyui.latents import latent_from_image, latent_from_inputs, makes_latent_shape
 from pytest_gemdirect.sim.comfyui.registry import NODE_IMPLS, NodeImpl, NodeResult, register_node
 from pytest_gemdirect.sim.comfyui.registry import NodeRun as Run
 from pytest_gemdirect.sim.comfyui.render import render_text_image, render_video
 from pytest_gemdirect.sim.comfyui.values import Frames, Latent, Token
 
-OWN_MODULES = {module.__name__.rsplit(".", 1)[-1] for module in (nodes, save, video, latents)}
 PRIMITIVE_DEFAULTS: dict[str, Any] = {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}
 HANDLE_TYPE_NAMES = {
     "MODEL": "comfy.model_patcher.ModelPatcher",
@@ -72,7 +75,7 @@ def behaviour_of(class_type: str) -> str:
         return "output node, no files"
     if class_type in model_inputs():
         return "loader: handles, model files checked"
-    if "LATENT" in outputs and latents.makes_latent_shape(declared_inputs(info)):
+    if "LATENT" in outputs and makes_latent_shape(declared_inputs(info)):
         return "latent of the shape its inputs give"
     kinds = sorted({t if t in ("IMAGE", "MASK", "LATENT", "VIDEO") else "handle/value" for t in outputs})
     return "by output type: " + ", ".join(kinds)
@@ -150,8 +153,8 @@ class _Outputs:
         index = self.used.get(kind, 0)
         self.used[kind] = index + 1
         same = [v for v in self.of_type(kind) if not (kind == "LATENT" and not isinstance(v, Latent))]
-        if kind == "LATENT" and latents.makes_latent_shape(self.declared):
-            return latents.latent_from_inputs(self.class_type, self.values)
+        if kind == "LATENT" and makes_latent_shape(self.declared):
+            return latent_from_inputs(self.class_type, self.values)
         if same:
             return same[min(index, len(same) - 1)]
         maker: Callable[[], Any] | None = getattr(self, f"_make_{kind.lower()}", None)
@@ -164,7 +167,7 @@ class _Outputs:
     def _make_latent(self) -> Latent:
         images = [v for v in self.of_type("IMAGE") if isinstance(v, Frames)]
         if images:
-            return latents.latent_from_image(images[0])
+            return latent_from_image(images[0])
         width, height = self.size()
         return Latent(None, width, height, 1)
 

@@ -140,3 +140,20 @@ async def _load_image_mask(run: Run, node_id: str, inp: dict[str, Any]) -> tuple
         return (masks,), None
     band = {"red": 0, "green": 1, "blue": 2}.get(channel, 0)
     return (images.map(lambda f: f.getchannel(band), images.size),), None
+
+
+@register_node("ImageFromBatch")
+async def _image_from_batch(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    """``length`` frames from ``batch_index`` (both kept inside the batch, as ComfyUI does)."""
+    frames = frames_of(inp["image"])
+    start = min(int(inp["batch_index"]), max(0, len(frames) - 1))
+    count = min(len(frames) - start, int(inp["length"]))
+    picked = Frames(count, lambda i: frames[start + i], lambda i: frames.key(start + i), frames.size)
+    return (picked,), None
+
+
+@register_node("GetImageSize")
+async def _get_image_size(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    frames = frames_of(inp["image"])
+    width, height = frames.size
+    return (width, height, len(frames)), None

@@ -385,10 +385,6 @@ class ComfyUIState:
         self._counters[key] = max(self._counters.get(key, 1), next_counter)
 
     # ------------------------------------------------------------------ object_info
-    @property
-    def checkpoints(self) -> list[str]:
-        return self.models.offer("checkpoints")
-
     def object_info(self, *, withhold: Iterable[str] = (), spellings: Iterable[str] = ()) -> dict[str, Any]:
         """``/object_info``: the recorded table with this server's input files and model files.
 
