@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from bs4 import BeautifulSoup
 from PIL import Image
 
 from pytest_gemdirect.schemas_io import load_schema
@@ -291,9 +292,15 @@ def test_deselected_stages_say_why_their_rows_look_as_they_do(project: pytest.Py
 
 
 def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--scenes", "1")
-    result.assert_outcomes(passed=7, skipped=1)
-    devices = summary_of(run_dir)["comfyui"]["devices"]
-    assert devices and all(device["name"].endswith("(SIMULATED)") for device in devices)
+    result, run_dir, _ = run_e2e(project, "--scenes", "3")
+    result.assert_outcomes(passed=11, skipped=1)
+    comfyui = summary_of(run_dir)["comfyui"]
+    assert comfyui["devices"] and all(d["name"] == "simulated GPU, 24 GiB" for d in comfyui["devices"])
+    assert comfyui["pytorch"] == "none (simulated)"
+    page = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
+    text = page.get_text(" ")
+    assert "RTX" not in text and "cu130" not in text  # nothing reads like real hardware
+    assert "no GPU visible to this machine (ComfyUI's GPU is simulated)" in text
+    assert not [td for td in page.find_all("td") if re.match(r"\s*-\d", td.get_text())]  # no negative "taken"
     assert not (run_dir / "simulator").exists()
     assert (run_dir / "simulator.log").is_file()
