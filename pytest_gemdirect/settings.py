@@ -370,6 +370,29 @@ SPECS: tuple[SettingSpec, ...] = (
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
     ),
+    SettingSpec(
+        "app_settings",
+        _existing_file,
+        None,
+        "the app's settings file (localGenSettings.json): its workflow profiles give the graphs",
+        metavar="FILE",
+    ),
+    SettingSpec(
+        "video_profile",
+        str,
+        None,
+        "with --app-settings: the video profile to run (default: the file's videoWorkflowProfile,"
+        " or sceneBookendWorkflowProfile in bookend mode)",
+        metavar="ID",
+    ),
+    SettingSpec(
+        "image_profile",
+        str,
+        None,
+        "with --app-settings: draw the keyframes on ComfyUI with this profile ('app': the file's"
+        " imageWorkflowProfile)",
+        metavar="ID",
+    ),
     # video checks of each scene's frames (the defaults are the video library's: video/checks.py, drift.py)
     SettingSpec(
         "min_motion",
@@ -598,16 +621,35 @@ def describe_targets(settings: Settings) -> dict[str, str]:
     elif settings.comfyui_dir:
         comfy = f"launch {settings.comfyui_dir} (main.py)"
     else:
-        comfy = "embedded simulator (SIMULATED)"
+        comfy = "embedded simulator (SIMULATED)" + _app_url_not_used(settings)
     llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
     if settings.story_mode == "fallback" and not settings.llm_url:
         llm += ", story mode fallback"
     return {"comfyui": comfy, "llm": llm}
 
 
+def _app_url_not_used(settings: Settings) -> str:
+    """The app's comfyUIUrl is never used silently: the embedded stack runs, and this is how to attach."""
+    if settings.app_settings is None:
+        return ""
+    from pytest_gemdirect.app_settings import AppSettingsError, load_app_settings
+
+    try:
+        url = load_app_settings(settings.app_settings).comfyui_url
+    except AppSettingsError:
+        return ""
+    if not url:
+        return ""
+    return (
+        f"; the app settings' comfyUIUrl {url} is not used: the embedded stack runs;"
+        f" to attach to it, pass --comfyui-url={url}"
+    )
+
+
 PATH_SETTINGS = (
     "comfyui_dir",
     "workflow",
+    "app_settings",
     "keyframe_workflow",
     "story",
     "run_dir",
@@ -633,6 +675,7 @@ def check_startup(
     _check_path_flags_kept_their_root(args, rootpath, inipath, invocation_dir or Path.cwd())
     _check_run_dir_is_new(settings)
     _check_workflows(settings)
+    _check_app_settings(settings)
     _check_fault_scenes(settings)
     _check_comfyui_args(settings)
 
@@ -686,6 +729,22 @@ def _check_workflows(settings: Settings) -> None:
             load_workflow(path)
         except WorkflowError as exc:
             raise SettingError(f"invalid value for {name} ({settings.sources[name]}): {exc}") from None
+
+
+def _check_app_settings(settings: Settings) -> None:
+    """The app's profiles the run uses: they exist, parse, and every role the run needs has a place."""
+    names = ("app_settings", "video_profile", "image_profile", "keyframes")
+    if not any(getattr(settings, name, None) for name in names):
+        return
+    from pytest_gemdirect.app_settings import AppSettingsError, run_graphs
+    from pytest_gemdirect.comfyui.workflow import WorkflowError
+
+    try:
+        run_graphs(settings)
+    except (AppSettingsError, WorkflowError) as exc:
+        if settings.app_settings is None:
+            raise SettingError(str(exc)) from None
+        raise SettingError(f"app_settings ({settings.sources['app_settings']}): {exc}") from None
 
 
 def _check_fault_scenes(settings: Settings) -> None:

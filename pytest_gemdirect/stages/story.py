@@ -64,8 +64,9 @@ class Story:
 
 def keyframe_mode(settings: Settings) -> str:
     """``single`` (one keyframe a scene) or ``bookend`` (a start and an end keyframe a scene)."""
-    mode = settings.keyframes or "single"
-    return str(mode)
+    from pytest_gemdirect.app_settings import keyframe_mode as chosen_mode
+
+    return chosen_mode(settings)  # --keyframes, else the app settings' keyframeMode, else single
 
 
 def _llm_for_mode(mode: str, llm: Callable[[], LLMHealth]) -> tuple[LLMHealth | None, str | None]:
