@@ -159,7 +159,9 @@ def test_the_apps_generator_runs_and_its_story_is_loaded(project: pytest.Pyteste
     assert story["scenes"][1]["keyframe_source"].startswith("drawn by the built-in renderer")
 
 
-def test_a_failing_or_hanging_generator_fails_the_story_stage_naming_it(project: pytest.Pytester) -> None:
+def test_a_failing_hanging_or_miscounting_generator_fails_the_story_stage_naming_it(
+    project: pytest.Pytester,
+) -> None:
     failing = command_line(sys.executable, str(GENERATOR), "--out", "{out}", "--fail")
     result, run_dir, _ = story_only(project, f"--story-command={failing}")
     result.assert_outcomes(failed=1)
@@ -175,6 +177,15 @@ def test_a_failing_or_hanging_generator_fails_the_story_stage_naming_it(project:
     result.assert_outcomes(failed=1)
     timed_out = "timed out after 1 s (--story-command-timeout); its process tree was ended"
     result.stdout.fnmatch_lines([f"*story command {hanging} {timed_out}*"])
+
+    # the run was collected for --scenes; a generator that writes another count is named
+    three = command_line(sys.executable, str(GENERATOR), "--out", "{out}", "--scenes", "3")
+    (project.path / "run").rename(project.path / "run-hanging")
+    result, run_dir, _ = story_only(project, f"--story-command={three}", "--scenes=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*story has 3 scenes, the scenes setting asks for 2 (from --scenes); set --scenes=3*"]
+    )
 
 
 def test_a_story_file_that_fits_neither_shape_stops_the_run_at_start_up(
