@@ -34,6 +34,7 @@ SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them 
     "skipped": "[~]",
     "running": "[>]",
     "interrupted": "[!]",
+    "deselected": "[ ]",
 }
 
 
@@ -255,8 +256,10 @@ class RunSummary:
         """A stage whose tests were not selected says why its row looks as it does."""
         for stage in self.data["stages"]:
             if stage["name"] in selected or stage["message"]:
-                continue
-            if stage["status"] == "not_reached":
+                continue  # selected, or it has its own word to say (a failure, a skip reason)
+            stage["work_ran"] = stage["status"] != "not_reached"
+            stage["status"] = "deselected"
+            if not stage["work_ran"]:
                 stage["message"] = "its tests were not selected and no selected test needed its work"
             else:
                 stage["message"] = "its tests were not selected; its work ran for the stages that needed it"

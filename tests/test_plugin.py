@@ -282,13 +282,24 @@ def test_deselected_stages_say_why_their_rows_look_as_they_do(project: pytest.Py
     result.assert_outcomes(passed=1)
     by_stage = stages(summary_of(run_dir))
     assert by_stage["svd"]["message"] is None  # selected: its own outcome speaks
-    assert by_stage["story"]["status"] == "passed"
+    # a deselected stage has its own word, in the summary, the terminal, the text and the report
+    assert (by_stage["story"]["status"], by_stage["story"]["work_ran"]) == ("deselected", True)
     assert (
         by_stage["story"]["message"]
         == "its tests were not selected; its work ran for the stages that needed it"
     )
-    assert by_stage["frames"]["status"] == "not_reached"
+    assert (by_stage["frames"]["status"], by_stage["frames"]["work_ran"]) == ("deselected", False)
     assert by_stage["frames"]["message"] == "its tests were not selected and no selected test needed its work"
+    result.stdout.fnmatch_lines(["[[] ] story            deselected", "[[]+] generation       passed"])
+    assert "[+] story" not in result.stdout.str() and "not_reached" not in result.stdout.str()
+    text = (run_dir / "run-summary.txt").read_text(encoding="utf-8")
+    assert "[ ] story            deselected" in text and "[ ] frame retrieval  deselected" in text
+    page = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
+    rows = {
+        row.get_text(" ", strip=True).split(" deselected")[0]
+        for row in page.select("tr.gd-status-deselected")
+    }
+    assert any("story" in row for row in rows) and any("frame retrieval" in row for row in rows), rows
 
 
 def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(project: pytest.Pytester) -> None:

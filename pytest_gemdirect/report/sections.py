@@ -75,7 +75,10 @@ def backends(page: Page) -> Markup:
 
 
 def configuration(page: Page) -> Markup:
-    return render("config.html.j2", settings=list(page.view.settings.values()))
+    """The settings that differ from their defaults; the rest folded away behind a <details>."""
+    settings = list(page.view.settings.values())
+    changed = [s for s in settings if s.source and s.source != "default"]
+    return render("config.html.j2", changed=changed, defaults=[s for s in settings if s not in changed])
 
 
 @dataclass(frozen=True)
