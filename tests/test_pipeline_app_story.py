@@ -22,6 +22,8 @@ from pytest_gemdirect.story import render_keyframe
 from tests.outside import run_e2e, scenes, stages, summary_of
 
 APP_STORY = Path(__file__).parent / "data" / "app-story"
+FIRST_LAST_FRAME = Path(__file__).parent / "data" / "graphs" / "wan22_flf.json"
+"""A WAN 2.2 first-last-frame graph: two LoadImage (7 start, 8 end), positive text 5, negative text 6."""
 GENERATOR = APP_STORY / "generate_story.py"
 
 
@@ -30,16 +32,26 @@ def command_line(*argv: str) -> str:
     return subprocess.list2cmdline(argv) if sys.platform == "win32" else shlex.join(argv)
 
 
-def test_the_apps_story_drives_a_bookend_run(project: pytest.Pytester) -> None:
+def small_first_last_frame_graph(folder: Path) -> Path:
+    """The first-last-frame graph at 256x144 and 9 frames: the story is under test, not the size."""
+    graph = json.loads(FIRST_LAST_FRAME.read_text(encoding="utf-8"))
+    graph["9"]["inputs"].update(width=256, height=144, length=9)
+    path = folder / "flf-small.json"
+    path.write_text(json.dumps(graph), encoding="utf-8")
+    return path
+
+
+def test_the_apps_story_drives_a_bookend_run(project: pytest.Pytester, tmp_path: Path) -> None:
     story_file = APP_STORY / "story.json"
     result, run_dir, _ = run_e2e(
         project,
         f"--story={story_file}",
         "--scenes=2",  # the file has 3: the file wins, and the run says so
         "--keyframes=bookend",
-        "--workflow=smoke",
+        f"--workflow={small_first_last_frame_graph(tmp_path)}",
         "--keyframe-size=128x72",
         "--sim-keep-files=true",
+        "--sim-step-seconds=0",
     )
     result.assert_outcomes(passed=11, skipped=1)  # 3 scenes (the file's), no suites
     app = json.loads(story_file.read_text(encoding="utf-8"))
@@ -99,10 +111,13 @@ def test_the_apps_story_drives_a_bookend_run(project: pytest.Pytester) -> None:
             f"{scene_id}/keyframe-end.png",
         )
         assert files["workflow"] == f"{scene_id}/workflow.json", "the frames stage keeps the story's files"
-        # the app's keyframe is what ComfyUI was given
+        # the scene's words and both keyframes are what ComfyUI was given
         queued = json.loads((folder / "workflow.json").read_text(encoding="utf-8"))
-        image_name = next(n for n in queued.values() if n["class_type"] == "LoadImage")["inputs"]["image"]
-        assert (run_dir / "simulator" / "input" / image_name).read_bytes() == start
+        assert queued["5"]["inputs"]["text"] == scene["visual_prompt"]
+        assert queued["6"]["inputs"]["text"] == scene["negative_prompt"]
+        uploaded = run_dir / "simulator" / "input"
+        assert (uploaded / queued["7"]["inputs"]["image"]).read_bytes() == start
+        assert (uploaded / queued["8"]["inputs"]["image"]).read_bytes() == end
 
     # the gallery shows both keyframes of every scene, linked to their files
     page = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
@@ -144,7 +159,9 @@ def test_the_apps_generator_runs_and_its_story_is_loaded(project: pytest.Pyteste
     assert story["scenes"][1]["keyframe_source"].startswith("drawn by the built-in renderer")
 
 
-def test_a_failing_or_hanging_generator_fails_the_story_stage_naming_it(project: pytest.Pytester) -> None:
+def test_a_failing_hanging_or_miscounting_generator_fails_the_story_stage_naming_it(
+    project: pytest.Pytester,
+) -> None:
     failing = command_line(sys.executable, str(GENERATOR), "--out", "{out}", "--fail")
     result, run_dir, _ = story_only(project, f"--story-command={failing}")
     result.assert_outcomes(failed=1)
@@ -160,6 +177,15 @@ def test_a_failing_or_hanging_generator_fails_the_story_stage_naming_it(project:
     result.assert_outcomes(failed=1)
     timed_out = "timed out after 1 s (--story-command-timeout); its process tree was ended"
     result.stdout.fnmatch_lines([f"*story command {hanging} {timed_out}*"])
+
+    # the run was collected for --scenes; a generator that writes another count is named
+    three = command_line(sys.executable, str(GENERATOR), "--out", "{out}", "--scenes", "3")
+    (project.path / "run").rename(project.path / "run-hanging")
+    result, run_dir, _ = story_only(project, f"--story-command={three}", "--scenes=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*story has 3 scenes, the scenes setting asks for 2 (from --scenes); set --scenes=3*"]
+    )
 
 
 def test_a_story_file_that_fits_neither_shape_stops_the_run_at_start_up(

@@ -66,7 +66,7 @@ def scene_preview(
     """Thumbnails and the animated preview of one scene, made once and cached beside its frames."""
     preview = Preview()
     keyframe, preview.keyframe_rel = _keyframe_path(run_root, scene_id, keyframe_rel)
-    keyframe_end, preview.keyframe_end_rel = _end_keyframe_path(run_root, scene_id, keyframe_end_rel)
+    keyframe_end, preview.keyframe_end_rel = _keyframe_path(run_root, scene_id, keyframe_end_rel, end=True)
     folder = inside(run_root, frames_dir)
     frames = _frame_files(folder) if folder is not None and folder.is_dir() else []
     preview.frames_total = len(frames)
@@ -123,15 +123,19 @@ def _cached_manifest(
             manifest = None
     if manifest is None:
         manifest = _make_previews(cache, keyframe, frames)
-        _end_keyframe_preview(cache, keyframe_end, manifest)
+        _keyframe_preview(cache, keyframe_end, manifest, key="keyframe_end", label="end keyframe")
         manifest["source"] = fingerprint
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return manifest
 
 
-def _keyframe_path(run_root: Path, scene_id: str, rel: str | None) -> tuple[Path | None, str | None]:
+def _keyframe_path(
+    run_root: Path, scene_id: str, rel: str | None, *, end: bool = False
+) -> tuple[Path | None, str | None]:
+    """The keyframe the summary names, else where a run keeps it; the end keyframe (bookend mode)
+    only where the summary names it (none in single mode)."""
     candidates = [rel]
-    if SCENE_ID.match(scene_id):
+    if SCENE_ID.match(scene_id) and not end:
         candidates += [f"{scene_id}/keyframe.png", f"story/keyframes/{scene_id}.png"]
     for candidate in candidates:
         path = inside(run_root, candidate)
@@ -140,26 +144,19 @@ def _keyframe_path(run_root: Path, scene_id: str, rel: str | None) -> tuple[Path
     return None, None
 
 
-def _end_keyframe_path(run_root: Path, scene_id: str, rel: str | None) -> tuple[Path | None, str | None]:
-    """Bookend mode's end keyframe, where the summary names it (none in single mode)."""
-    if rel is None:
-        return None, None
-    path = inside(run_root, rel)
-    if path is not None and path.is_file():
-        return path, path.relative_to(run_root.resolve()).as_posix()
-    return None, None
-
-
-def _end_keyframe_preview(cache: Path, keyframe_end: Path | None, manifest: dict[str, Any]) -> None:
-    manifest["keyframe_end"] = None
-    if keyframe_end is None:
+def _keyframe_preview(
+    cache: Path, keyframe: Path | None, manifest: dict[str, Any], *, key: str, label: str
+) -> None:
+    """``manifest[key]``: the keyframe's thumbnail file in ``cache`` (``<key>.jpg``), or None."""
+    manifest[key] = None
+    if keyframe is None:
         return
     try:
-        with Image.open(keyframe_end) as image:
-            atomic_write_bytes(cache / "keyframe-end.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
-        manifest["keyframe_end"] = "keyframe-end.jpg"
+        with Image.open(keyframe) as image:
+            atomic_write_bytes(cache / f"{key}.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
+        manifest[key] = f"{key}.jpg"
     except Exception as exc:  # a bad file never stops the report
-        manifest["problems"].append(f"end keyframe {keyframe_end.name} could not be read: {exc}")
+        manifest["problems"].append(f"{label} {keyframe.name} could not be read: {exc}")
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -263,13 +260,7 @@ def _data_uri(path: Path, mime: str) -> str | None:
 
 def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> dict[str, Any]:
     manifest: dict[str, Any] = {"keyframe": None, "strip": [], "anim": None, "problems": []}
-    if keyframe is not None:
-        try:
-            with Image.open(keyframe) as image:
-                atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
-            manifest["keyframe"] = "keyframe.jpg"
-        except Exception as exc:  # a bad file never stops the report
-            manifest["problems"].append(f"keyframe {keyframe.name} could not be read: {exc}")
+    _keyframe_preview(cache, keyframe, manifest, key="keyframe", label="keyframe")
     if not frames:
         return manifest
     images = _decoded_frames(

@@ -2,8 +2,8 @@
 
 Per scene and moment (the start; in bookend mode the end too): the story file's own picture when it
 has one, else the built-in renderer's (an end keyframe whose start came as a picture is that picture
-later: :func:`later_keyframe`). With ``--keyframe-workflow`` ComfyUI draws the start keyframes in the
-generation stage instead. The story document records each file and where it came from.
+later: :func:`later_keyframe`). With ``--keyframe-workflow`` or ``--image-profile`` ComfyUI draws them in
+the generation stage instead. The story document records each file and where it came from.
 """
 
 from __future__ import annotations
@@ -33,10 +33,7 @@ def place_keyframes(
 ) -> None:
     """Every scene's keyframe files made, copied into its folder and named in ``document``."""
     folder = ctx.run.story_dir / "keyframes"
-    comfy, profile = ctx.settings.keyframe_workflow, ctx.settings.image_profile
-    comfy_note = f"drawn by ComfyUI (--keyframe-workflow {comfy})" if comfy is not None else None
-    if comfy is None and profile:
-        comfy_note = f"drawn by ComfyUI (--image-profile {profile})"
+    comfy_note = _comfy_draws(ctx)
     to_draw: dict[str, list[dict[str, Any]]] = {"start": [], "end": []}
     later: list[SceneScript] = []
     for index, (scene, script) in enumerate(zip(document["scenes"], scripts, strict=True)):
@@ -75,6 +72,16 @@ def place_keyframes(
             made = folder / keyframe_name(script.id, moment)
             if target is not None and made.is_file():
                 shutil.copyfile(made, target)
+
+
+def _comfy_draws(ctx: StageContext) -> str | None:
+    """How ComfyUI draws the keyframes in the generation stage, or None (they are made here)."""
+    settings = ctx.settings
+    if settings.keyframe_workflow is not None:
+        return f"drawn by ComfyUI (--keyframe-workflow {settings.keyframe_workflow})"
+    if settings.image_profile:
+        return f"drawn by ComfyUI (--image-profile {settings.image_profile})"
+    return None
 
 
 def copy_keyframe(source: Path, target: Path) -> None:
