@@ -73,6 +73,7 @@ class Run:
         self.failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
         self.selected_stages: set[str] = set()  # stages whose own tests were selected in this process
         self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
+        self.own_checks: dict[str, str | None] = {}  # the user's own checks among them: node id -> scene
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.report_problem: str | None = None  # the last rewrite of report.html failed: why
         self._reported: str | None = None  # the summary as report.html last showed it
@@ -199,6 +200,13 @@ class Run:
         on_run = report.nodeid in self.pipeline_tests or is_pipeline_test(report.nodeid)
         if report.failed and on_run and report.nodeid not in self.failed_tests:
             self.failed_tests.append(report.nodeid)
+        if report.nodeid in self.own_checks and self.summary is not None:
+            from pytest_gemdirect.checks import check_outcome
+
+            outcome = check_outcome(report)
+            if outcome is not None:
+                test = report.nodeid.rpartition("::")[2]
+                self.summary.record_check(test, self.own_checks[report.nodeid], *outcome)
 
     def pytest_runtest_logfinish(self) -> None:
         self.write_report(only_if_changed=True)

@@ -141,6 +141,16 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+def _trace_folder(text: str) -> Path:
+    """A run directory recorded earlier (its ``trace/``), or a trace folder."""
+    from pytest_gemdirect.replay.trace import TraceError, find_trace
+
+    try:
+        return find_trace(Path(text)).resolve()
+    except TraceError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not sep:
@@ -297,6 +307,28 @@ SPECS: tuple[SettingSpec, ...] = (
         False,
         "keep the simulator's own input and output files in the run directory (simulator/)",
         metavar="BOOL",
+    ),
+    # record and replay (replay/)
+    SettingSpec(
+        "record",
+        _bool,
+        True,
+        "record every exchange with ComfyUI and the LLM into trace/ in the run directory",
+        metavar="BOOL",
+    ),
+    SettingSpec(
+        "replay",
+        _trace_folder,
+        None,
+        "serve this recorded run (its run directory or trace folder) in place of ComfyUI and the LLM",
+        metavar="RUN_DIR",
+    ),
+    SettingSpec(
+        "replay_speed",
+        _non_negative_float,
+        1.0,
+        "with --replay: the recorded pace times this (0: as fast as possible)",
+        metavar="X",
     ),
     # story
     SettingSpec(
@@ -577,6 +609,8 @@ def _check_together(settings: Settings) -> None:
             f"sim_servers ({settings.sources['sim_servers']}) starts simulators, but ComfyUI comes from"
             " --comfyui-url or --comfyui-dir; set only one"
         )
+    if settings.replay is not None:
+        _check_replay_alone(settings)
     if len(set(settings.comfyui_url)) != len(settings.comfyui_url):
         raise SettingError(f"comfyui_url ({settings.sources['comfyui_url']}) names a server twice")
     if settings.comfyui_url and settings.comfyui_dir:
@@ -614,8 +648,26 @@ def _check_story_source(settings: Settings) -> None:
             ) from None
 
 
+def _check_replay_alone(settings: Settings) -> None:
+    """A replay is where both servers come from: another target for either is a contradiction."""
+    for name in ("comfyui_url", "comfyui_dir", "llm_url"):
+        if settings.values[name]:
+            raise SettingError(
+                f"replay ({settings.sources['replay']}) serves the recording in place of the servers,"
+                f" but {name} ({settings.sources[name]}) names one; set only one"
+            )
+
+
 def describe_targets(settings: Settings) -> dict[str, str]:
     """Each service's target in words, for the terminal header (nothing is booted)."""
+    if settings.replay is not None:
+        from pytest_gemdirect.replay.trace import TraceError, load_trace, origin
+
+        try:
+            label = origin(load_trace(settings.replay))["label"]
+        except TraceError as exc:
+            label = f"REPLAYED from an unreadable trace ({exc})"
+        return {"comfyui": f"{label}, trace {settings.replay}", "llm": "REPLAYED from the same trace"}
     if settings.comfyui_url:
         comfy = "attach " + ", ".join(settings.comfyui_url)
     elif settings.comfyui_dir:
@@ -648,6 +700,7 @@ def _app_url_not_used(settings: Settings) -> str:
 
 PATH_SETTINGS = (
     "comfyui_dir",
+    "replay",
     "workflow",
     "app_settings",
     "keyframe_workflow",
