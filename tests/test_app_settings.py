@@ -20,7 +20,8 @@ from pytest_gemdirect.comfyui.workflow import (
     patch_workflow,
     preflight,
 )
-from pytest_gemdirect.settings import SettingError, Settings, check_startup, resolve
+from pytest_gemdirect.settings import SettingError, Settings, resolve
+from pytest_gemdirect.startup_checks import check_startup
 from pytest_gemdirect.video import check_frames, expected_output
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -143,7 +144,7 @@ def test_a_role_the_run_needs_and_nothing_places_is_a_startup_error() -> None:
 
 
 def test_without_a_comfyui_url_the_header_says_the_app_url_is_not_used() -> None:
-    from pytest_gemdirect.settings import describe_targets
+    from pytest_gemdirect.terminal import describe_targets
 
     comfy = describe_targets(settings())["comfyui"]
     assert comfy.startswith("embedded simulator (SIMULATED)")

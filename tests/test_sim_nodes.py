@@ -536,10 +536,12 @@ def test_missing_model_takes_the_first_model_away_and_the_prompt_is_refused(make
 # ------------------------------------------------------------------ the embedded simulator is told the models
 def test_the_runner_offers_the_models_of_the_workflows_the_harness_names(tmp_path: Path) -> None:
     from pytest_gemdirect.embedded import model_sources
-    from pytest_gemdirect.settings import Settings
+    from pytest_gemdirect.settings import resolve
 
-    settings = Settings(
-        {"workflow": GRAPHS / "wan22_i2v.json", "keyframe_workflow": GRAPHS / "flux_t2i.json"}, {}
+    settings = resolve(
+        {"workflow": str(GRAPHS / "wan22_i2v.json"), "keyframe_workflow": str(GRAPHS / "flux_t2i.json")},
+        {},
+        environ={},
     )
     sources = model_sources(settings)
     assert sources == [GRAPHS / "wan22_i2v.json", GRAPHS / "flux_t2i.json"]

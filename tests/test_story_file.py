@@ -19,7 +19,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from pytest_gemdirect.settings import SettingError, resolve
+from pytest_gemdirect.settings import SettingError, Settings, resolve
+from pytest_gemdirect.startup_checks import check_startup, with_story_file
 from pytest_gemdirect.story import fallback_story, render_keyframe, render_keyframes, request_schema
 from pytest_gemdirect.story.command import StoryCommandError, run_story_command, story_command_argv
 from pytest_gemdirect.story.keyframes import later_keyframe
@@ -177,12 +178,19 @@ def test_a_story_file_with_a_bom_is_read(tmp_path: Path) -> None:
 # --- settings -----------------------------------------------------------------------------------
 
 
+def configured(flags: dict, environ: dict[str, str] | None = None) -> Settings:
+    """The settings as the plugin makes them at configure time: resolved, the story file read, checked."""
+    settings = with_story_file(resolve(flags, {}, environ=environ or {}))
+    check_startup(settings, rootpath=Path.cwd(), inipath=None)
+    return settings
+
+
 def test_the_story_file_says_how_many_scenes_there_are() -> None:
     path = str(APP_STORY / "story.json")
-    settings = resolve({"story": path}, {}, environ={})
+    settings = configured({"story": path})
     assert settings.scenes == 3
     assert settings.sources["scenes"] == f"from the story file {path}"
-    given = resolve({"story": path, "scenes": "5"}, {}, environ={})
+    given = configured({"story": path, "scenes": "5"})
     assert given.scenes == 3
     assert (
         given.sources["scenes"]
@@ -218,16 +226,16 @@ def test_the_story_file_says_how_many_scenes_there_are() -> None:
 def test_story_settings_that_cannot_work_are_refused(flags: dict, message: str) -> None:
     flags = {k: v.replace("STORY", str(APP_STORY / "story.json")) for k, v in flags.items()}
     with pytest.raises(SettingError) as caught:
-        resolve(flags, {}, environ={})
+        configured(flags)
     assert message in str(caught.value)
 
 
 def test_a_bad_story_file_is_a_setting_error_naming_the_field(tmp_path: Path) -> None:
     path = write(tmp_path / "story.json", {"storyId": "x", "scenes": [{"id": "scene-001"}]})
     with pytest.raises(SettingError, match=r"invalid value for story \(from GEMDIRECT_STORY\): story .*"):
-        resolve({}, {}, environ={"GEMDIRECT_STORY": str(path)})
+        configured({}, {"GEMDIRECT_STORY": str(path)})
     with pytest.raises(SettingError, match="field scenes/0/prompt is missing"):
-        resolve({"story": str(path)}, {}, environ={})
+        configured({"story": str(path)})
 
 
 # --- the generator ------------------------------------------------------------------------------
