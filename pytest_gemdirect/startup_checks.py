@@ -32,7 +32,6 @@ def check_startup(
     _check_comfyui_args(settings)
     _check_story_source(settings)
     _check_app_settings(settings)
-    _check_replay_trace(settings)
     from pytest_gemdirect.appcontract.startup import check_app_contract
 
     check_app_contract(settings)
@@ -110,23 +109,27 @@ def _check_comfyui_args(settings: Settings) -> None:
         ) from None
 
 
-def _check_replay_trace(settings: Settings) -> None:
-    """``--replay`` names a run directory, a trace folder or a folder of runs that holds a trace."""
+def with_files_read(settings: Settings) -> Settings:
+    """The settings once the files they name are read: ``--story``'s scene count, ``--replay``'s
+    trace folder. Done in every process at configure time (the scenes are collected from it).
+    """
+    return _with_trace_folder(_with_story_file(settings))
+
+
+def _with_trace_folder(settings: Settings) -> Settings:
+    """``--replay`` names a run directory, a trace folder or a folder of runs: its trace folder."""
     if settings.replay is None:
-        return
+        return settings
     from pytest_gemdirect.replay.trace import TraceError, find_trace
 
     try:
-        find_trace(settings.replay)
+        return dataclasses.replace(settings, replay=find_trace(settings.replay).resolve())
     except TraceError as exc:
         raise SettingError(f"invalid value for replay ({settings.sources['replay']}): {exc}") from None
 
 
-def with_story_file(settings: Settings) -> Settings:
-    """With ``--story`` the file says how many scenes there are: the settings with that count.
-
-    Read in every process at configure time (the scenes are collected from it), before any stage.
-    """
+def _with_story_file(settings: Settings) -> Settings:
+    """With ``--story`` the file says how many scenes there are: the settings with that count."""
     if settings.story is None:
         return settings
     from pytest_gemdirect.story.story_file import StoryFileError, load_story_file

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pytest_gemdirect.settings import SettingError, Settings, resolve
-from pytest_gemdirect.startup_checks import check_startup, with_story_file
+from pytest_gemdirect.startup_checks import check_startup, with_files_read
 from pytest_gemdirect.story import fallback_story, render_keyframe, render_keyframes, request_schema
 from pytest_gemdirect.story.command import StoryCommandError, run_story_command, story_command_argv
 from pytest_gemdirect.story.keyframes import later_keyframe
@@ -180,7 +180,7 @@ def test_a_story_file_with_a_bom_is_read(tmp_path: Path) -> None:
 
 def configured(flags: dict, environ: dict[str, str] | None = None) -> Settings:
     """The settings as the plugin makes them at configure time: resolved, the story file read, checked."""
-    settings = with_story_file(resolve(flags, {}, environ=environ or {}))
+    settings = with_files_read(resolve(flags, {}, environ=environ or {}))
     check_startup(settings, rootpath=Path.cwd(), inipath=None)
     return settings
 
