@@ -78,6 +78,6 @@ class ReportWriter:
                     continue
                 try:
                     self._render(json.loads(snapshot))
-                except Exception:  # a bug here shows in the run's final, synchronous render
+                except Exception:  # noqa: BLE001 - a bug here shows in the run's final, synchronous render
                     continue
                 self._rendered = snapshot
