@@ -91,6 +91,8 @@ def test_failed_early_stage_turns_later_ones_into_not_reached(project: pytest.Py
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+# The simulator offers every model a workflow names (as a user's ComfyUI with the models installed
+# would); the missing-model fault takes this one away.
 def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
     project: pytest.Pytester, tmp_path: Path
 ) -> None:
@@ -98,7 +100,9 @@ def test_missing_checkpoint_fails_comfyui_stage_and_generation_is_not_reached(
     workflow["1"]["inputs"]["ckpt_name"] = "no_such_model.safetensors"
     path = tmp_path / "wf.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    result, run_dir, _ = run_e2e(project, f"--workflow={path}", "--story-mode", "fallback")
+    result, run_dir, _ = run_e2e(
+        project, f"--workflow={path}", "--story-mode", "fallback", "--sim-fault", "missing-model"
+    )
     result.stdout.fnmatch_lines(["*checkpoint no_such_model.safetensors is not in models/checkpoints*"])
     by_stage = stages(summary_of(run_dir))
     assert by_stage["comfyui"]["status"] == "failed"
