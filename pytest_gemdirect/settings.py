@@ -229,6 +229,20 @@ SPECS: tuple[SettingSpec, ...] = (
         metavar="S",
     ),
     SettingSpec(
+        "max_server_restarts",
+        _non_negative_int,
+        1,
+        "relaunches of a launched ComfyUI that died mid-run (per server)",
+        metavar="N",
+    ),
+    SettingSpec(
+        "server_return_wait",
+        _positive_float,
+        60.0,
+        "seconds to wait for an attached ComfyUI that went away mid-run to answer again",
+        metavar="S",
+    ),
+    SettingSpec(
         "llm_url", _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
     ),
     SettingSpec(

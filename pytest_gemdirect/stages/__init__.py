@@ -67,7 +67,7 @@ class Stages:
                 "story": lambda key: story.write(ctx, self.llm),
                 "comfyui": lambda key: comfyui.start(ctx),
                 "svd": lambda key: self._scene_pool().result(_scene_of(key)),
-                "frames": lambda key: frames.retrieve(ctx, self.generation(_scene_of(key), need=True)),
+                "frames": lambda key: self._frames(_scene_of(key)),
                 "suites": self._suite,
                 "summary": self._summary,
             },
@@ -80,8 +80,16 @@ class Stages:
         if self._pool is None:
             story_result, comfy = self.story(need=True), self.comfyui(need=True)
             self._pool = ScenePool(self.ctx, comfy.servers, self.scene_ids())
-            self._pool.start(lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy))
+            self._pool.start(
+                lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy),
+                lambda ticket, done: frames.retrieve(self.ctx, cast(Generation, done), ticket),
+            )
         return self._pool
+
+    def _frames(self, scene_id: str) -> SceneFrames:
+        """The scene's frames: fetched and checked in the scene's own thread once its job ended."""
+        self.generation(scene_id, need=True)  # "not reached: svd[...] failed" first
+        return cast(SceneFrames, self._scene_pool().after_job(scene_id))
 
     def _get(self, key: str, need: bool) -> Any:
         return self.pipeline.require(key) if need else self.pipeline.run(key)

@@ -23,6 +23,7 @@ from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import NotReached, StageFailed
 from pytest_gemdirect.stages.pool import SceneTicket
 from pytest_gemdirect.stages.story import Story
+from pytest_gemdirect.text import visible
 
 
 @dataclass
@@ -82,9 +83,10 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
             record_scene(ctx, generation)
             raise StageFailed(f"{scene_id}: ComfyUI rejected the workflow: {exc}") from None
         except JobFailed as failure:
-            if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket) is Next.DEFER:
+            step = _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket)
+            if step is Next.DEFER:
                 return generation
-            if generation.server.url != attempt["server"]:  # the keyframe goes to the new server
+            if step is Next.SERVER_BACK:  # the keyframe goes to the new (or restarted) server
                 prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
             generation.deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
             continue
@@ -150,26 +152,48 @@ def _after_failed_attempt(
     if step is Next.DEFER:
         generation.deferred = failure
     elif step is Next.SERVER_GONE:
+        _record_death(ctx, generation, attempt)
         ctx.summary.warn(f"{scene_id}: {failure}")
-        other = ticket.replace_server()
+        gone = generation.server
+        other = ticket.server_lost(gone)
         if other is None:
-            ctx.server_gone = f"ComfyUI server died during {scene_id}"
-            raise StageFailed(f"{scene_id}: {failure}") from None
+            why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
+            ctx.server_gone = f"ComfyUI server died during {scene_id} ({why})"
+            raise StageFailed(f"{scene_id}: {failure}; {why}") from None
         if number >= max_attempts:
             tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
             raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
-        ctx.summary.warn(
-            f"{scene_id}: {generation.server.name} went away; attempt {number + 1} goes to {other.name}"
-        )
+        moved = f"went away; attempt {number + 1} goes to {other.name}"
+        ctx.summary.warn(f"{scene_id}: {gone.name} {'is back' if other.url == gone.url else moved}")
         generation.server, generation.client = other, other.client
         ctx.summary.update_scene(scene_id, server=other.url)
-        step = Next.RETRY
+        step = Next.SERVER_BACK
     elif step is Next.RETRY:
         ctx.summary.warn(f"{scene_id}: attempt {number} failed ({failure.kind}); re-queued")
     else:
         tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
         raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
     return step
+
+
+def _record_death(ctx: StageContext, generation: Generation, attempt: dict[str, Any]) -> None:
+    """The attempt a dead server cost names the death: exit code, its log's last lines, VRAM seen last."""
+    cause = ctx.services.death_cause(generation.server.url)
+    said = [f"exit code {cause['exit']}"] if cause.get("exit") else []
+    last = generation.gpu_samples[-1] if generation.gpu_samples else {}
+    if last.get("memory_used_mib") is not None:
+        cause["vram_last"] = {k: last.get(k) for k in ("t", "gpu", "memory_used_mib", "memory_total_mib")}
+        used, total = last["memory_used_mib"], last.get("memory_total_mib") or 0
+        said.append(f"VRAM last seen {used:g} of {total:g} MiB used")
+    elif generation.vram_free_before is not None:
+        cause["vram_last"] = {"vram_free": generation.vram_free_before}
+        said.append(f"VRAM free before the attempt {generation.vram_free_before / 2**20:.0f} MiB")
+    attempt["cause"] = cause
+    tail = (cause.get("log_tail") or "").strip().splitlines()
+    if tail:
+        said.append(f"its log ends: {visible(tail[-1], limit=200, one_line=True)}")
+    if said:
+        attempt["reason"] = f"{attempt['reason']} ({'; '.join(said)})"
 
 
 def _follow(

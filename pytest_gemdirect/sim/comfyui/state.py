@@ -74,6 +74,7 @@ class ComfyUIState:
         history_late_seconds: float = 3.0,
         checkpoints: Sequence[str] = DEFAULT_CHECKPOINTS,
         crash_exits_process: bool = False,
+        restart_exits_process: bool = False,
     ) -> None:
         self.root_dir = Path(os.path.abspath(root_dir))
         self.input_dir = self.root_dir / "input"
@@ -86,7 +87,8 @@ class ComfyUIState:
         self.history_late_seconds = max(0.0, float(history_late_seconds))
         self.checkpoints = list(checkpoints)
         self.crash_exits_process = crash_exits_process
-        self.on_crash: Callable[[], None] | None = None
+        self.restart_exits_process = restart_exits_process
+        self.on_crash: Callable[[float | None], None] | None = None
         self.base_object_info = _load_base_object_info()
 
         self.number = 0
@@ -215,9 +217,26 @@ class ComfyUIState:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().create_task(conn.ws.close())
 
-    async def crash(self) -> None:
-        if self.crash_exits_process:
-            sys.stderr.write("gemdirect simulator: fault 'crash': the ComfyUI process dies now (exit 3)\n")
+    def fire_once(self, spec: str) -> bool:
+        """True the first time a one-shot fault fires for this root folder (across restarts and
+        relaunched processes: the record is a file beside input/ and output/)."""
+        record = self.root_dir / "faults-fired.txt"
+        try:
+            fired = set(record.read_text(encoding="utf-8").split())
+        except OSError:
+            fired = set()
+        if spec in fired:
+            return False
+        with open(record, "a", encoding="utf-8") as handle:
+            handle.write(spec + "\n")
+        return True
+
+    async def crash(self, *, fault: str = "crash", restart_after: float | None = None) -> None:
+        """The server dies now: for good (``crash``), or to be started again ``restart_after``
+        seconds later by its supervisor (this process, unless ``restart_exits_process``: then the
+        process exits and whoever launched it starts it again)."""
+        if self.crash_exits_process and (restart_after is None or self.restart_exits_process):
+            sys.stderr.write(f"gemdirect simulator: fault {fault!r}: the ComfyUI process dies now (exit 3)\n")
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(3)
@@ -225,7 +244,7 @@ class ComfyUIState:
         for conn in list(self.conns):
             self._abort(conn)
         if self.on_crash is not None:
-            self.on_crash()
+            self.on_crash(restart_after)
         raise Crash()
 
     # ------------------------------------------------------------------ queue
