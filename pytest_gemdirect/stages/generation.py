@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
+from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected, ServerGone
 from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
 from pytest_gemdirect.comfyui.workflow import ScenePatch, patch_workflow
 from pytest_gemdirect.deadline import Deadline
@@ -59,7 +59,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
     ctx.summary.update_scene(scene_id, server=ticket.server.url)
     if comfy.keyframe_workflow is not None:
         keyframe.draw(ctx, generation, comfy.keyframe_workflow, story.scene(scene_id).visual_prompt)
-    prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
+    prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy, ticket)
     max_attempts = ctx.policy.max_attempts
     for number in range(1, max_attempts + 1):
         stop = ticket.cancelled()
@@ -87,7 +87,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
             if step is Next.DEFER:
                 return generation
             if step is Next.SERVER_BACK:  # the keyframe goes to the new (or restarted) server
-                prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
+                prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy, ticket)
             generation.deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
             continue
         attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
@@ -104,17 +104,33 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
 
 
 def _prepare(
-    ctx: StageContext, generation: Generation, keyframe_png: Any, comfy: ComfyUIService
+    ctx: StageContext, generation: Generation, keyframe_png: Any, comfy: ComfyUIService, ticket: SceneTicket
 ) -> dict[str, Any]:
-    """Upload the keyframe to the scene's server and patch the workflow (written to workflow.json)."""
-    scene_id, client = generation.scene_id, generation.client
-    try:
-        uploaded = client.upload_image(
-            keyframe_png, name=f"gemdirect-{ctx.run.run_id}-{scene_id}.png", deadline=generation.deadline
-        )
-        generation.vram_free_before = _vram_free(client, generation.deadline)
-    except ComfyError as exc:
-        raise StageFailed(f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}") from None
+    """Upload the keyframe to the scene's server and patch the workflow (written to workflow.json).
+
+    A server found gone here (it died under the scene before) is waited for like one that dies
+    during an attempt: the upload goes to it once it is back, or to another server of the pool."""
+    scene_id = generation.scene_id
+    while True:
+        try:
+            uploaded = generation.client.upload_image(
+                keyframe_png, name=f"gemdirect-{ctx.run.run_id}-{scene_id}.png", deadline=generation.deadline
+            )
+            generation.vram_free_before = _vram_free(generation.client, generation.deadline)
+            break
+        except ServerGone as exc:
+            gone = generation.server
+            other = ticket.server_lost(gone)
+            if other is None:
+                why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
+                ctx.server_gone = f"ComfyUI server died before {scene_id} started ({why})"
+                raise StageFailed(
+                    f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}; {why}"
+                ) from None
+            generation.server, generation.client = other, other.client
+            ctx.summary.update_scene(scene_id, server=other.url)
+        except ComfyError as exc:
+            raise StageFailed(f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}") from None
     image_name = (
         f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
     )

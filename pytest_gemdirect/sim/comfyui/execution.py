@@ -219,8 +219,10 @@ class Run:
         if self.fault("ws-drop"):
             await self.state.drop_client(self.client_id)
         if self.fault("crash"):
+            await self.state.earlier_outputs_fetched()
             await self.state.crash()
         if self.fault("crash-restart") and self.state.fire_once(f"crash-restart@{self.scene}"):
+            await self.state.earlier_outputs_fetched()
             await self.state.crash(fault="crash-restart", restart_after=CRASH_RESTART_S)
 
     def simulated_failure(self, node_id: str) -> NodeFailure:

@@ -120,6 +120,7 @@ class ComfyUIState:
         self.save_lock = threading.Lock()
         self._counters: dict[tuple[str, str], int] = {}
         self.crashed = False
+        self.served: set[str] = set()  # output files /view has served (normalised paths)
         self.requests = RequestStats()  # instrumentation only (GET /gemdirect/stats, log lines)
 
     # ------------------------------------------------------------------ lifecycle (aiohttp signals)
@@ -230,6 +231,22 @@ class ComfyUIState:
         with open(record, "a", encoding="utf-8") as handle:
             handle.write(spec + "\n")
         return True
+
+    async def earlier_outputs_fetched(self, limit_s: float = 10.0) -> None:
+        """Wait (at most ``limit_s``) until every output file of the finished prompts was served by
+        /view once: a crash mid-generation on a GPU comes minutes after the previous scene's
+        frames were fetched; at the simulator's speed it would come during that download."""
+        wanted = set()
+        for entry in self.history.values():
+            for output in (entry.get("outputs") or {}).values():
+                for item in output.get("images") or []:
+                    if isinstance(item, dict) and item.get("type", "output") == "output":
+                        path = self.output_dir / str(item.get("subfolder") or "") / str(item.get("filename"))
+                        wanted.add(os.path.normcase(os.path.abspath(path)))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + limit_s
+        while wanted - self.served and loop.time() < until:
+            await asyncio.sleep(0.05)
 
     async def crash(self, *, fault: str = "crash", restart_after: float | None = None) -> None:
         """The server dies now: for good (``crash``), or to be started again ``restart_after``
