@@ -243,8 +243,9 @@ class ScenePool:
         if lane.recovery is None or (again and lane.recovery.done()):
             recovery: Future[Recovery] = Future()
             lane.recovery = recovery
+            running = lane.scenes[0] if lane.scenes else scene_id  # the scene it died under
             threading.Thread(
-                target=self._recover, args=(lane, recovery, scene_id), name="gemdirect recovery", daemon=True
+                target=self._recover, args=(lane, recovery, running), name="gemdirect recovery", daemon=True
             ).start()
         return lane.recovery
 

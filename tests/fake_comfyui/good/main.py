@@ -18,6 +18,7 @@ parser.add_argument("--port", type=int, default=8188)
 parser.add_argument("--cpu", action="store_true")
 parser.add_argument("--cuda-device", type=int, default=None)
 parser.add_argument("--base-directory", default=None)  # ComfyUI's own: where input/ and output/ live
+parser.add_argument("--sim-step-seconds", default=None)  # the stand-in's sampler speed (tests only)
 args, _unknown = parser.parse_known_args()
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -54,6 +55,8 @@ from pytest_gemdirect.sim.__main__ import main  # noqa: E402
 argv = ["--host", args.listen, "--comfyui-port", str(args.port), "--restart-exits"]
 if args.base_directory:
     argv += ["--root", args.base_directory]
+if args.sim_step_seconds:
+    argv += ["--step-seconds", args.sim_step_seconds]
 for spec in filter(None, os.environ.get("GEMDIRECT_LAUNCHED_SIM_FAULTS", "").split(",")):
     argv += ["--fault", spec]
 sys.exit(main(argv))
