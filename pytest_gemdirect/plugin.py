@@ -146,6 +146,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ordered = sorted((items[index] for index in slots), key=_order_key)
     for slot, item in zip(slots, ordered, strict=True):
         items[slot] = item
+    if not hasattr(config, "workerinput"):  # the controller checked it for its workers
+        _check_run_place(config.stash[SETTINGS_KEY])
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
     run.selected_stages.update(
@@ -157,6 +159,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         support = TimeoutSupport(run)
         config.pluginmanager.register(support, "gemdirect-timeout")
         support.add_backstop(ordered)
+
+
+def _check_run_place(settings: Settings) -> None:
+    """A run directory that cannot be made or written is a usage error before any stage runs."""
+    from pytest_gemdirect.rundir import RunPlaceError, check_run_place
+
+    name = "run_dir" if settings.run_dir is not None else "logs_dir"
+    try:
+        check_run_place(settings.values[name], is_run_dir=name == "run_dir")
+    except RunPlaceError as exc:
+        raise pytest.UsageError(f"pytest-gemdirect: {name} ({settings.sources[name]}): {exc}") from None
 
 
 def _order_key(item: pytest.Item) -> tuple[int, int, int]:
