@@ -105,9 +105,21 @@ def retrieve(ctx: StageContext, generation: Generation, ticket: SceneTicket | No
         **extra,
     )
     _scene_details(ctx, generation, files)
+    _warm_previews(ctx, scene_id, scene_files["keyframe"], frames_dir=ctx.run.relative(frames.frames_dir))
     if failure:
         raise StageFailed(failure)
     return frames
+
+
+def _warm_previews(ctx: StageContext, scene_id: str, keyframe: str | None, *, frames_dir: str | None) -> None:
+    """The report's thumbnails and animated preview, made here in the scene's thread (they are
+    cached beside the frames), so that rendering the report does not decode the frames again."""
+    from pytest_gemdirect.report.previews import scene_preview
+
+    try:
+        scene_preview(ctx.run.root, scene_id, keyframe, frames_dir)
+    except Exception:  # noqa: BLE001 - the report makes them itself and names what went wrong
+        return
 
 
 def _download(ctx: StageContext, generation: Generation, ticket: SceneTicket | None) -> list[DownloadedFile]:
