@@ -148,6 +148,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[slot] = item
     if not hasattr(config, "workerinput"):  # the controller checked it for its workers
         _check_run_place(config.stash[SETTINGS_KEY])
+    _probe_servers(config, ordered)
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
     run.selected_stages.update(
@@ -170,6 +171,29 @@ def _check_run_place(settings: Settings) -> None:
         check_run_place(settings.values[name], is_run_dir=name == "run_dir")
     except RunPlaceError as exc:
         raise pytest.UsageError(f"pytest-gemdirect: {name} ({settings.sources[name]}): {exc}") from None
+
+
+_NEED_COMFYUI = {"comfyui", "svd", "frames", "summary"}
+
+
+def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An unreachable ``--comfyui-url`` stops the run before its first stage (exit 4).
+
+    Only where the selected tests need ComfyUI, and not on an xdist worker (the controller boots
+    the services there and hands their state over).
+    """
+    urls = config.stash[SETTINGS_KEY].comfyui_url
+    if not urls or hasattr(config, "workerinput"):
+        return
+    stages = {m.name for item in items for m in item.iter_markers() if m.name in _STAGE_RANK}
+    own_checks = any(not any(m.name in _STAGE_RANK for m in item.iter_markers()) for item in items)
+    if not (stages & _NEED_COMFYUI or own_checks):
+        return
+    from pytest_gemdirect.probe import startup_problem
+
+    problem = startup_problem(urls)
+    if problem is not None:
+        raise pytest.UsageError(f"pytest-gemdirect: {problem}")
 
 
 def _order_key(item: pytest.Item) -> tuple[int, int, int]:
