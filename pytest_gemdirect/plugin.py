@@ -151,6 +151,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _probe_servers(config, ordered)
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
+    run.own_checks.update((item.nodeid, _scene_of(item)) for item in ordered if _stage_of(item) is None)
     run.selected_stages.update(
         m.name for item in ordered for m in item.iter_markers() if m.name in _STAGE_RANK
     )
@@ -196,10 +197,20 @@ def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
         raise pytest.UsageError(f"pytest-gemdirect: {problem}")
 
 
-def _order_key(item: pytest.Item) -> tuple[int, int, int]:
-    stage = next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), None)
+def _stage_of(item: pytest.Item) -> str | None:
+    """The stage a pipeline test is the check of; None for a user's own check."""
+    return next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), None)
+
+
+def _scene_of(item: pytest.Item) -> str | None:
     params = getattr(item, "callspec", None)
     scene = params.params.get("gemdirect_scene") if params else None
+    return str(scene) if scene else None
+
+
+def _order_key(item: pytest.Item) -> tuple[int, int, int]:
+    stage = _stage_of(item)
+    scene = _scene_of(item)
     if stage is None:  # a user's own check over the stages' results: after the stages it needs
         return (_STAGE_RANK["frames"], int(scene.split("-")[1]) if scene else 10**6, len(STAGES))
     if stage in ("svd", "frames") and scene:

@@ -381,6 +381,14 @@ def run_captured(args: Sequence[str], *, timeout_s: float) -> CapturedRun:
     return CapturedRun(code, texts[0], texts[1])
 
 
+def pid_alive(pid: int) -> bool:
+    """The process ``pid`` still runs (a zombie does not): a child's check that its parent is there."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _gone(proc: psutil.Process) -> bool:
     try:
         return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE

@@ -75,6 +75,7 @@ class Run:
         self.failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
         self.selected_stages: set[str] = set()  # stages whose own tests were selected in this process
         self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
+        self.own_checks: dict[str, str | None] = {}  # the user's own checks among them: node id -> scene
         self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
         self.report_problem: str | None = None  # the last rewrite of report.html failed: why
         self._reported: str | None = None  # the summary as report.html last showed it
@@ -202,6 +203,13 @@ class Run:
         on_run = report.nodeid in self.pipeline_tests or is_pipeline_test(report.nodeid)
         if report.failed and on_run and report.nodeid not in self.failed_tests:
             self.failed_tests.append(report.nodeid)
+        if report.nodeid in self.own_checks and self.summary is not None:
+            from pytest_gemdirect.checks import check_outcome
+
+            outcome = check_outcome(report)
+            if outcome is not None:
+                test = report.nodeid.rpartition("::")[2]
+                self.summary.record_check(test, self.own_checks[report.nodeid], *outcome)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -228,6 +236,10 @@ class Run:
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
             if interrupted and self._stages is not None:  # scenes at work in their threads stop too
                 self._stages.interrupt_running("the run was interrupted")
+            from pytest_gemdirect.appcontract import warnings_for
+
+            for warning in warnings_for(self.summary.data):
+                self.summary.warn(warning)
             self.summary.finish(
                 "interrupted" if interrupted else "passed",
                 "cut short by Ctrl-C or a signal" if interrupted else None,
@@ -245,10 +257,24 @@ class Run:
         self.close_services()
         data = self.summary_data()
         if data is not None and not self.is_worker and self.directory is not None:
+            self._publish_latest(self.directory)
             from pytest_gemdirect.step_summary import append_step_summary
 
             report = self.directory.report_html
             append_step_summary(data, report if report.is_file() else None)
+
+    def _publish_latest(self, directory: RunDirectory) -> None:
+        """``--publish-latest=APP_DIR``: the app's viewer shows this run (the terminal says so)."""
+        if self.settings.publish_latest is None:
+            return
+        from pytest_gemdirect.appcontract import publish_latest
+
+        try:
+            target = publish_latest(directory.root, self.settings.publish_latest)
+        except OSError as exc:
+            self.notes.append(f"gemdirect: --publish-latest: artifact-metadata.json was not published: {exc}")
+        else:
+            self.notes.append(f"gemdirect published: {target}")
 
     def _interrupted_before_any_stage(self, directory: RunDirectory) -> None:
         """xdist controller, Ctrl-C while it booted the services: the run directory says interrupted."""

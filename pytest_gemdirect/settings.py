@@ -141,6 +141,16 @@ def _existing_dir(text: str) -> Path:
     return path
 
 
+def _trace_folder(text: str) -> Path:
+    """A run directory recorded earlier (its ``trace/``), or a trace folder."""
+    from pytest_gemdirect.replay.trace import TraceError, find_trace
+
+    try:
+        return find_trace(Path(text)).resolve()
+    except TraceError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not sep:
@@ -312,6 +322,28 @@ SPECS: tuple[SettingSpec, ...] = (
         "keep the simulator's own input and output files in the run directory (simulator/)",
         metavar="BOOL",
     ),
+    # record and replay (replay/)
+    SettingSpec(
+        "record",
+        _bool,
+        True,
+        "record every exchange with ComfyUI and the LLM into trace/ in the run directory",
+        metavar="BOOL",
+    ),
+    SettingSpec(
+        "replay",
+        _trace_folder,
+        None,
+        "serve this recorded run (its run directory or trace folder) in place of ComfyUI and the LLM",
+        metavar="RUN_DIR",
+    ),
+    SettingSpec(
+        "replay_speed",
+        _non_negative_float,
+        1.0,
+        "with --replay: the recorded pace times this (0: as fast as possible)",
+        metavar="X",
+    ),
     # story
     SettingSpec(
         "story_mode",
@@ -414,6 +446,22 @@ SPECS: tuple[SettingSpec, ...] = (
         "suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)", metavar="DIR"
     ),
     SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
+    # the app's run contract (appcontract/): artifact-metadata.json, its lines in run-summary.txt
+    SettingSpec(
+        "app_contract",
+        _bool,
+        True,
+        "also write the app's run contract (artifact-metadata.json, its run-summary.txt lines,"
+        " vitest-results.json)",
+        metavar="BOOL",
+    ),
+    SettingSpec(
+        "publish_latest",
+        _existing_dir,
+        None,
+        "at the end of the run copy artifact-metadata.json to APP_DIR/public/artifacts/latest-run.json",
+        metavar="APP_DIR",
+    ),
 )
 
 SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
@@ -521,6 +569,8 @@ def _check_together(settings: Settings) -> None:
             f"sim_servers ({settings.sources['sim_servers']}) starts simulators, but ComfyUI comes from"
             " --comfyui-url or --comfyui-dir; set only one"
         )
+    if settings.replay is not None:
+        _check_replay_alone(settings)
     if len(set(settings.comfyui_url)) != len(settings.comfyui_url):
         raise SettingError(f"comfyui_url ({settings.sources['comfyui_url']}) names a server twice")
     if settings.comfyui_url and settings.comfyui_dir:
@@ -537,8 +587,26 @@ def _check_together(settings: Settings) -> None:
         )
 
 
+def _check_replay_alone(settings: Settings) -> None:
+    """A replay is where both servers come from: another target for either is a contradiction."""
+    for name in ("comfyui_url", "comfyui_dir", "llm_url"):
+        if settings.values[name]:
+            raise SettingError(
+                f"replay ({settings.sources['replay']}) serves the recording in place of the servers,"
+                f" but {name} ({settings.sources[name]}) names one; set only one"
+            )
+
+
 def describe_targets(settings: Settings) -> dict[str, str]:
     """Each service's target in words, for the terminal header (nothing is booted)."""
+    if settings.replay is not None:
+        from pytest_gemdirect.replay.trace import TraceError, load_trace, origin
+
+        try:
+            label = origin(load_trace(settings.replay))["label"]
+        except TraceError as exc:
+            label = f"REPLAYED from an unreadable trace ({exc})"
+        return {"comfyui": f"{label}, trace {settings.replay}", "llm": "REPLAYED from the same trace"}
     if settings.comfyui_url:
         comfy = "attach " + ", ".join(settings.comfyui_url)
     elif settings.comfyui_dir:
@@ -553,12 +621,14 @@ def describe_targets(settings: Settings) -> dict[str, str]:
 
 PATH_SETTINGS = (
     "comfyui_dir",
+    "replay",
     "workflow",
     "keyframe_workflow",
     "run_dir",
     "logs_dir",
     "baseline",
     "suite_cwd",
+    "publish_latest",
 )
 """Settings whose value is a path: written ``--flag PATH``, pytest may take PATH for a test path."""
 
@@ -580,6 +650,9 @@ def check_startup(
     _check_workflows(settings)
     _check_fault_scenes(settings)
     _check_comfyui_args(settings)
+    from pytest_gemdirect.appcontract.startup import check_app_contract
+
+    check_app_contract(settings)
 
 
 def _check_path_flags_kept_their_root(

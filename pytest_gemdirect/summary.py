@@ -38,6 +38,9 @@ SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them 
 }
 
 
+CHECK_RANK = {"passed": 0, "skipped": 1, "failed": 2}  # a check's worst outcome over its phases
+
+
 def scene_ids(count: int) -> list[str]:
     """``scene-001`` … for a story of ``count`` scenes."""
     return [f"scene-{n:03d}" for n in range(1, count + 1)]
@@ -117,6 +120,8 @@ class RunSummary:
         with self._lock:
             self.data["backends"][name] = info
             self.data["simulated"] = any(b.get("simulated") for b in self.data["backends"].values())
+            if info.get("replayed"):  # --replay: the label says from which recorded run
+                self.data["replayed"] = info["replayed"]
             self.write()
 
     def set_section(self, name: str, value: Any) -> None:
@@ -157,6 +162,20 @@ class RunSummary:
         """
         with self._lock:
             self._scene_details[scene_id] = details
+            self.write()
+
+    def record_check(self, test: str, scene: str | None, status: str, message: str | None) -> None:
+        """A user's own check over a stage's result: its row, its outcome and (failed) its message.
+
+        A test reports up to three times (setup, call, teardown): a failure or skip stays.
+        """
+        with self._lock:
+            checks: list[dict[str, Any]] = self.data.setdefault("checks", [])
+            row = next((c for c in checks if c["test"] == test), None)
+            if row is None:
+                checks.append({"test": test, "scene": scene, "status": status, "message": message})
+            elif CHECK_RANK[status] > CHECK_RANK[row["status"]]:
+                row.update(status=status, message=message)
             self.write()
 
     def start_scene(self, scene_id: str) -> None:
@@ -311,9 +330,11 @@ class RunSummary:
 
 
 def write_summary_files(run: RunDirectory, data: dict[str, Any]) -> None:
-    """run-summary.json and run-summary.txt, each atomically."""
+    """run-summary.json and run-summary.txt, each atomically; the app's contract after them."""
     atomic_write_json(run.summary_json, data)
-    atomic_write_text(run.summary_txt, render_text(data))
+    from pytest_gemdirect.appcontract import export  # the app's run contract, read by its own tools
+
+    atomic_write_text(run.summary_txt, render_text(data) + export(run.root, data))
 
 
 def tests_failed_reason(failed_tests: Sequence[str]) -> str:
@@ -347,6 +368,8 @@ def verdict(data: dict[str, Any]) -> str:
     """One line: did it pass, and if not, which step."""
     status = data["status"]
     sim = " on the SIMULATED backend (not a GPU run)" if data.get("simulated") else ""
+    if data.get("replayed"):
+        sim = f" — {data['replayed']['label']}"
     if status == "passed":
         return f"PASSED{sim}"
     if status == "running":
@@ -361,7 +384,9 @@ def render_text(data: dict[str, Any]) -> str:
     """The summary for people: verdict, step table, scenes, failures, artifacts."""
     lines = [f"gemdirect run {data['run_id']}: {verdict(data)}", f"run directory: {data['run_dir']}", ""]
     for name, backend in sorted(data["backends"].items()):
-        flag = " (SIMULATED)" if backend.get("simulated") else ""
+        flag = (
+            " (REPLAYED)" if backend.get("replayed") else " (SIMULATED)" if backend.get("simulated") else ""
+        )
         lines.append(f"{name}: {backend['target']} {backend.get('url') or ''}{flag}")
     lines += ["", "steps:"]
     for number, stage in enumerate(data["stages"], start=1):
@@ -401,8 +426,23 @@ def render_text(data: dict[str, Any]) -> str:
         lines += ["", "what went wrong:"]
         for item in wrong:
             lines.append(f"  {item['key']}: {visible(item.get('message') or '(no message)')}")
+    if data.get("checks"):
+        lines += ["", "your checks:"] + check_lines(data["checks"])
     if data["warnings"]:
         lines += ["", "warnings:"] + [f"  - {visible(w)}" for w in data["warnings"]]
     if data["artifacts"]:
         lines += ["", "artifacts:"] + [f"  {k}: {v}" for k, v in sorted(data["artifacts"].items())]
     return "\n".join(lines) + "\n"
+
+
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The user's own checks, one line each: mark, test, outcome, and a failure's message."""
+    lines = []
+    for check in checks:
+        said = (
+            f": {visible(check['message'])}" if check.get("message") and check["status"] != "passed" else ""
+        )
+        lines.append(
+            f"  {SYMBOLS.get(check['status'], '?')} {visible(check['test'])} {check['status']}{said}"
+        )
+    return lines

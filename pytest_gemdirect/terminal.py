@@ -15,7 +15,7 @@ import pytest
 from pytest_gemdirect.policy import HEADER_NAMES
 from pytest_gemdirect.run import Run
 from pytest_gemdirect.settings import SPECS, describe_targets
-from pytest_gemdirect.summary import STAGE_TITLES, SYMBOLS, failures, verdict
+from pytest_gemdirect.summary import STAGE_TITLES, SYMBOLS, check_lines, failures, verdict
 from pytest_gemdirect.text import visible
 
 PLAIN_LINE_EVERY_S = 10.0
@@ -179,6 +179,10 @@ class Terminal:
             write(f"{SYMBOLS.get(stage['status'], '?')} {STAGE_TITLES[stage['name']]:<16} {stage['status']}")
         for failure in failures(data):
             write(f"  {failure['key']}: {visible(failure['message'] or '')}")
+        if data.get("checks"):
+            write("your checks:")
+            for line in check_lines(data["checks"]):
+                write(line)
         write(f"gemdirect verdict: {visible(verdict(data))}")
         write(f"gemdirect run directory: {run.directory.root}")
         if run.report_problem:

@@ -240,7 +240,7 @@ class _Job:
         self.is_server_alive = is_server_alive
         self.state = JobState(prompt_id=str(uuid.uuid4()), client_id=client_id or str(uuid.uuid4()))
         self.events = JobEvents(self.state, on_event)
-        self.feed = WebSocketFeed()
+        self.feed = WebSocketFeed(client.recorder)
         self.poller = Poller(client, self.state, self.events.emit)
         self.end = Ending(client, self.state, policy, self.events, self.feed, self.poller)
         self.deadline = Deadline(policy.scene_max_wait_s, setting="scene_max_wait")

@@ -15,6 +15,7 @@ from pytest_gemdirect.report.format import mark
 from pytest_gemdirect.report.links import SCENE_ID, FileLink, Links
 from pytest_gemdirect.report.view import Attempt, Node, RunView, SceneView
 from pytest_gemdirect.summary import STAGE_TITLES, STAGES, WRONG
+from pytest_gemdirect.text import visible
 
 # What each stage checks, said as the expectation a failure did not meet (design §2).
 EXPECTED = {
@@ -193,6 +194,10 @@ def nothing_wrong(view: RunView) -> str:
     reason = view.status_reason or "no reason recorded"
     if view.status == "interrupted":
         return f"The run was interrupted: {reason}."
+    failed_checks = [c for c in view.checks if c.status == "failed"]
+    if view.status == "failed" and failed_checks:
+        said = "; ".join(f"{c.test}: {visible(c.message)}" for c in failed_checks)
+        return f"Every step passed, but your own checks failed: {said}."
     if view.status == "failed":
         return f"The run failed without a failed step: {reason}."
     if view.status == "running":

@@ -32,6 +32,7 @@ class Header:
     mark: str
     verdict: str
     simulated: str | None  # the simulated backends, named
+    replayed: str  # "REPLAYED from run …" when the servers were a recording
     first_failure: FirstFailure | None
     progress: str | None  # while the run goes
     meta: str
@@ -75,6 +76,7 @@ def header(view: RunView, links: Links) -> Header:
         mark=mark({"passed": "passed", "failed": "failed", "interrupted": "failed"}.get(status, "running")),
         verdict=view.verdict,
         simulated=(", ".join(simulated) or "a backend") if view.simulated or simulated else None,
+        replayed=view.replayed,
         first_failure=first,
         progress=f"Running: {done} of {len(view.nodes)} steps have a result so far."
         if not wrong and status == "running"

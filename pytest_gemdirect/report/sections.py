@@ -41,7 +41,7 @@ class Page:
 
 
 def steps(page: Page) -> Markup:
-    return render("steps.html.j2", rows=overview.step_rows(page.view))
+    return render("steps.html.j2", rows=overview.step_rows(page.view), checks=page.view.checks)
 
 
 def what_went_wrong(page: Page) -> Markup:

@@ -213,6 +213,16 @@ class SuiteView:
 
 
 @dataclass(frozen=True)
+class CheckView:
+    """A user's own check over a stage's result (a test asking for a stage fixture)."""
+
+    test: str
+    scene: str | None
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
 class RunView:
     run_id: str
     status: str  # "running" when the summary does not say
@@ -223,6 +233,7 @@ class RunView:
     duration_s: float | None
     run_dir: str
     simulated: bool
+    replayed: str  # --replay: "REPLAYED from run …" (empty for any other run)
     harness_version: str
     nodes: tuple[Node, ...]
     scenes: tuple[SceneView, ...]
@@ -236,6 +247,7 @@ class RunView:
     warnings: tuple[WarningView, ...]
     artifacts: tuple[tuple[str, str], ...]
     server_incidents: tuple[ServerIncidentView, ...] = ()
+    checks: tuple[CheckView, ...] = ()
 
     def scene(self, scene_id: str | None) -> SceneView | None:
         return next((s for s in self.scenes if s.id == scene_id), None)
@@ -284,6 +296,9 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
         duration_s=as_num(data.get("duration_s")),
         run_dir=as_text(data.get("run_dir")),
         simulated=bool(data.get("simulated")),
+        replayed=as_text((data.get("replayed") or {}).get("label"))
+        if isinstance(data.get("replayed"), Mapping)
+        else "",
         harness_version=as_text(data.get("harness_version")),
         nodes=_nodes(data.get("stages")),
         scenes=tuple(_scene(raw, run_root) for raw in as_dicts(data.get("scenes"))),
@@ -301,6 +316,15 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
             if (path := as_path(raw))
         ),
         server_incidents=tuple(_incident(raw) for raw in as_dicts(data.get("server_incidents"))),
+        checks=tuple(
+            CheckView(
+                as_text(raw.get("test")),
+                as_text(raw.get("scene")) or None,
+                as_text(raw.get("status")) or "passed",
+                as_text(raw.get("message")),
+            )
+            for raw in as_dicts(data.get("checks"))
+        ),
     )
 
 

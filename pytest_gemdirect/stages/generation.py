@@ -269,6 +269,7 @@ def record_scene(
         "steps": result.progress[-1][2] if result and result.progress else None,
         "vram_free_before": generation.vram_free_before,
         "vram_free_after": generation.vram_free_after,
+        "history_polls": result.poll_attempts if result else None,  # the app contract's HistoryAttempts
     }
     fields: dict[str, Any] = {"attempts": generation.attempts}
     if result:
