@@ -151,13 +151,15 @@ class Stages:
         Called when the process is about to end from another thread (pytest-timeout's thread
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
-        if self._pool is not None:
-            at_work = self._pool.at_work()
-            self._pool.stop(message)
-            for scene_id in at_work:
-                self.pipeline.mark_interrupted(f"svd[{scene_id}]", message)
-        self.ctx.active_jobs.stop_all(message)
+        # Recorded first: a job stopped below fails its scene's thread at once, and that failure
+        # must not be recorded before the interruption that caused it.
+        at_work = self._pool.at_work() if self._pool is not None else []
         self.pipeline.interrupt_running(message)
+        for scene_id in at_work:
+            self.pipeline.mark_interrupted(f"svd[{scene_id}]", message)
+        if self._pool is not None:
+            self._pool.stop(message)
+        self.ctx.active_jobs.stop_all(message)
 
     def _suite(self, key: str) -> SuiteResult:
         if "[" not in key:
