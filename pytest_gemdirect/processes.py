@@ -313,7 +313,7 @@ def _start(
     else:
         kwargs["start_new_session"] = True
         kwargs["preexec_fn"] = parent_death_signal()
-    popen = subprocess.Popen(  # noqa: S603 - no shell
+    popen = subprocess.Popen(  # no shell
         command,
         cwd=os.fspath(cwd) if cwd is not None else None,
         env=env,

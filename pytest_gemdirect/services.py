@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +43,13 @@ class Backend:
     log: str | None = None
     version: str | None = None
     replayed: dict[str, Any] | None = None  # a replay: the recorded run it comes from (replay.trace.origin)
+    # False as soon as a process the harness started for it has died; attached (or handed over by
+    # the xdist controller): only the server can tell, so it counts as alive
+    alive: Callable[[], bool] = field(default=lambda: True, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What a worker is handed (everything but the liveness check, which is this process's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "alive"}
 
 
 RESTARTS_SETTING = "--max-server-restarts"
@@ -154,15 +158,6 @@ class Services:
             self._recorder_note(self._llm)
         return self._llm
 
-    def alive(self, url: str) -> bool:
-        """False as soon as a ComfyUI process the harness started for ``url`` has died."""
-        if url in self._launches:
-            return self._launches[url].alive()
-        for sim in self._sims:
-            if sim.urls.get("comfyui_url") == url:
-                return sim.alive()
-        return True  # attached, or handed over by the xdist controller: only the server can tell
-
     def death_cause(self, url: str) -> dict[str, Any]:
         """What is known of why the server at ``url`` went away: a process the harness started
         has an exit code and a log; an attached one only its silence."""
@@ -255,7 +250,13 @@ class Services:
         sims = self._simulators("comfyui")
         return [
             Backend(
-                "comfyui", "embedded", sim.urls["comfyui_url"], True, sim.urls.get("pid"), sim.urls.get("log")
+                "comfyui",
+                "embedded",
+                sim.urls["comfyui_url"],
+                True,
+                sim.urls.get("pid"),
+                sim.urls.get("log"),
+                alive=sim.alive,
             )
             for sim in sims
         ]
@@ -273,6 +274,7 @@ class Services:
             from pytest_gemdirect.replay.target import start_replay
 
             try:
+                assert self.settings.replay is not None
                 found = origin(load_trace(self.settings.replay))
                 self._replay = start_replay(self.settings, self.run_root)
             except (SimulatorFailed, TraceError) as exc:
@@ -317,6 +319,7 @@ class Services:
 
     def _new_launch(self, gpu: int | None, index: int) -> ComfyLaunch:
         s = self.settings
+        assert s.comfyui_dir is not None, "launches happen only with --comfyui-dir"
         extra = split_args(s.comfyui_args, what="--comfyui-args")
         if gpu is not None:
             extra += ["--cuda-device", str(gpu)]
@@ -339,9 +342,15 @@ class Services:
             return None, f"{where} was left out: {exc}"
         self._launches[url] = launch
         if launch.attached:
-            return Backend("comfyui", "attached", url, simulated=False), None
+            return Backend("comfyui", "attached", url, simulated=False, alive=launch.alive), None
         return Backend(
-            "comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(launch.log_path)
+            "comfyui",
+            "launched",
+            url,
+            simulated=False,
+            pid=launch.pid,
+            log=str(launch.log_path),
+            alive=launch.alive,
         ), None
 
     def _relaunch(self, url: str, launch: ComfyLaunch, cause: dict[str, Any], started: float) -> Recovery:

@@ -48,7 +48,7 @@ class WebSocketFeed:
         self.client_id = ""
         self.ws: websocket.WebSocket | None = None
         self.status = "not connected"
-        self.silent = False  # open but quiet for ws_idle_timeout_s: the follower polls meanwhile
+        self.silent = False  # open but quiet for ws_idle_timeout: the follower polls meanwhile
         self.last_activity = time.monotonic()
 
     @property

@@ -96,7 +96,7 @@ class Recorder:
             {"kind": "backend", **{k: info.get(k) for k in ("name", "target", "simulated", "version")}}
         )
 
-    def http(
+    def http(  # noqa: PLR0913 - one exchange, keyword-only after the service: what a transport has at hand
         self,
         service: str,
         base_url: str,

@@ -20,7 +20,7 @@ def trace_settings(settings: Settings) -> dict[str, Any]:
     """The settings as a trace keeps them (paths by file name), with each workflow's sha256."""
     kept = portable_settings(settings.public(), PATH_SETTINGS)
     for name in ("workflow", "keyframe_workflow"):
-        path = settings.values.get(name)
+        path = getattr(settings, name)
         kept[f"{name}_sha256"] = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
     return kept
 

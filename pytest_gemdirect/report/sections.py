@@ -13,6 +13,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from pytest_gemdirect.catalogue import GENERATION, RETRIEVAL, SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report import charts, failures, overview
 from pytest_gemdirect.report.baseline import CHANGE_THRESHOLD, MEASURES, compare
 from pytest_gemdirect.report.format import Fact, facts, first_line, secs, size, word
@@ -28,7 +29,6 @@ from pytest_gemdirect.report.previews import (
 from pytest_gemdirect.report.templating import render
 from pytest_gemdirect.report.video_view import DriftView, VideoView
 from pytest_gemdirect.report.view import RunView, SceneView, SuiteView, WarningView
-from pytest_gemdirect.summary import STAGE_TITLES
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def timings(page: Page) -> Markup:
     for scene in view.scenes:
         durations = {
             stage: next((i.duration_s for i in by_stage[stage].items if i.scene == scene.id), None)
-            for stage in ("svd", "frames")
+            for stage in SCENE_STAGES
             if stage in by_stage
         }
         tele = scene.telemetry
@@ -106,8 +106,8 @@ def timings(page: Page) -> Markup:
             secs(tele.retrieval_s),
             f"{spp:.3f} s" if spp is not None else "",
             str(tele.steps) if tele.steps is not None else "",
-            secs(durations.get("svd")),
-            secs(durations.get("frames")),
+            secs(durations.get(GENERATION)),
+            secs(durations.get(RETRIEVAL)),
             str(len(scene.attempts)),
             str(scene.frame_count),
         )
@@ -197,6 +197,7 @@ class SceneCard:
     drift: DriftView | None = None
     drift_text: str = ""
     server: str | None = None  # the ComfyUI server that ran it
+    keyframe_end_href: str | None = None  # bookend mode: the end keyframe
 
 
 class _ClipBudget:
@@ -282,9 +283,13 @@ def gallery(page: Page) -> Markup:
     for scene in page.view.scenes:
         try:
             preview = scene_preview(
-                page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
+                page.links.run_root,
+                scene.id,
+                scene.files.get("keyframe"),
+                scene.frames_dir,
+                keyframe_end_rel=scene.files.get("keyframe_end"),
             )
-        except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only run directory: the report goes on without previews
             preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
         story_scene = page.view.story_scene(scene.id)
         if scene.status in ("failed", "not_reached"):
@@ -299,6 +304,7 @@ def gallery(page: Page) -> Markup:
                 preview=preview,
                 anim_frames=min(preview.frames_total, ANIM_FRAMES),
                 keyframe_href=page.links.href(preview.keyframe_rel),
+                keyframe_end_href=page.links.href(preview.keyframe_end_rel),
                 strip_hrefs=tuple(page.links.href(t.rel) or "" for t in preview.strip),
                 frames=page.links.file(scene.frames_dir),
                 no_frames=no_frames,

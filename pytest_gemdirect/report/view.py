@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.catalogue import STAGE_NAMES, StageKey
 from pytest_gemdirect.report.coerce import as_dict, as_dicts, as_int, as_list, as_num, as_path, as_text
 from pytest_gemdirect.report.evidence import Evidence, read_evidence
 from pytest_gemdirect.report.format import compact, redact, secret_safe, setting_value
 from pytest_gemdirect.report.links import SCENE_ID
 from pytest_gemdirect.report.samples import GpuSample, SceneRecord, read_scene_record, run_gpu_samples
 from pytest_gemdirect.report.video_view import DriftView, VideoView, read_drift, read_video
-from pytest_gemdirect.summary import STAGES, verdict
+from pytest_gemdirect.summary import verdict
 
 
 @dataclass(frozen=True)
@@ -354,15 +355,14 @@ def _node(raw: dict[str, Any], stage: str, key: str, scene: str | None = None) -
 def _nodes(raw: Any) -> tuple[Node, ...]:
     stages = as_dicts(raw)
     if not stages:
-        return tuple(Node(name, name, "not_reached", None, None) for name in STAGES)
+        return tuple(Node(name, name, "not_reached", None, None) for name in STAGE_NAMES)
     nodes = []
     for stage in stages:
         name = as_text(stage.get("name")) or "?"
         items = []
         for item in as_dicts(stage.get("items")):
             key = as_text(item.get("key")) or name
-            scene = key[key.index("[") + 1 : -1] if "[" in key and key.endswith("]") else None
-            items.append(_node(item, name, key, scene))
+            items.append(_node(item, name, key, _item_of(key)))
         node = _node(stage, name, name)
         nodes.append(Node(node.key, name, node.status, node.duration_s, node.message, items=tuple(items)))
     return tuple(nodes)
@@ -556,3 +556,11 @@ def _suite(raw: dict[str, Any]) -> SuiteView:
         log=as_path(raw.get("log")),
         junit=as_path(raw.get("junit")),
     )
+
+
+def _item_of(key: str) -> str | None:
+    """The scene (or suite) of a node key as the summary wrote it; None for a stage or a strange key."""
+    try:
+        return StageKey.parse(key).item
+    except ValueError:
+        return None

@@ -26,6 +26,10 @@ KNOWN_FAULTS: dict[str, str] = {
         "the ComfyUI server restarts before the scene's job starts: a new session, an empty queue and"
         " history, old outputs still on disk"
     ),
+    "missing-model": (
+        "the server lacks one model file the workflow names (the first; per scene: that scene's first):"
+        " not listed, and a prompt asking for it is refused"
+    ),
     "view-trickle": "/view sends file bodies at about 1 KB/s (small chunks, the server stays responsive)",
     "history-huge": "/history entries and /object_info carry about 50 MB of extra junk fields",
     "names-hostile": (
