@@ -117,14 +117,9 @@ def _prepare(
         try:
             return _prepare_on_server(ctx, generation, scene, comfy)
         except ServerGone as exc:
-            gone = generation.server
-            other = ticket.server_lost(gone)
-            if other is None:
-                why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
-                ctx.server_gone = f"ComfyUI server died before {scene_id} started ({why})"
-                raise StageFailed(f"{scene_id}: uploading to ComfyUI failed: {exc}; {why}") from None
-            generation.server, generation.client = other, other.client
-            ctx.summary.update_scene(scene_id, server=other.url)
+            _server_after_loss(
+                ctx, generation, ticket, f"before {scene_id} started", f"uploading to ComfyUI failed: {exc}"
+            )
 
 
 def _prepare_on_server(
@@ -206,18 +201,12 @@ def _after_failed_attempt(
         _record_death(ctx, generation, attempt)
         ctx.summary.warn(f"{scene_id}: {failure}")
         gone = generation.server
-        other = ticket.server_lost(gone)
-        if other is None:
-            why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
-            ctx.server_gone = f"ComfyUI server died during {scene_id} ({why})"
-            raise StageFailed(f"{scene_id}: {failure}; {why}") from None
+        other = _server_after_loss(ctx, generation, ticket, f"during {scene_id}", str(failure))
         if number >= max_attempts:
             tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
             raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
         moved = f"went away; attempt {number + 1} goes to {other.name}"
         ctx.summary.warn(f"{scene_id}: {gone.name} {'is back' if other.url == gone.url else moved}")
-        generation.server, generation.client = other, other.client
-        ctx.summary.update_scene(scene_id, server=other.url)
         step = Next.SERVER_BACK
     elif step is Next.RETRY:
         ctx.summary.warn(f"{scene_id}: attempt {number} failed ({failure.kind}); re-queued")
@@ -225,6 +214,22 @@ def _after_failed_attempt(
         tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
         raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
     return step
+
+
+def _server_after_loss(
+    ctx: StageContext, generation: Generation, ticket: SceneTicket, when: str, what: str
+) -> ComfyServer:
+    """The scene's server went away: the one it goes on with (the same once back, or another of the
+    pool), made the generation's; when none is left, the scene fails naming the server and the wait."""
+    gone, scene_id = generation.server, generation.scene_id
+    other = ticket.server_lost(gone)
+    if other is None:
+        why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
+        ctx.server_gone = f"ComfyUI server died {when} ({why})"
+        raise StageFailed(f"{scene_id}: {what}; {why}") from None
+    generation.server, generation.client = other, other.client
+    ctx.summary.update_scene(scene_id, server=other.url)
+    return other
 
 
 def _record_death(ctx: StageContext, generation: Generation, attempt: dict[str, Any]) -> None:
