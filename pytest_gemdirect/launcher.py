@@ -44,7 +44,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -230,8 +230,11 @@ class ComfyLaunch:
         extra_args: Sequence[str] = (),
         log_path: Path,
         boot_timeout_s: float = 120.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.comfyui_dir = Path(comfyui_dir)
+        self.env = dict(env or {})
+        self.launches = 0  # processes started (a relaunch after a death adds one)
         self.requested_port = port
         self.extra_args = [str(a) for a in extra_args]
         self.log_path = Path(log_path)
@@ -301,7 +304,12 @@ class ComfyLaunch:
             self.popen = launch_logged(
                 self.command,
                 cwd=workdir,
-                env_overrides={"PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"},
+                env_overrides={
+                    **self.env,
+                    "PYTHONUTF8": "1",
+                    "PYTHONIOENCODING": "utf-8",
+                    "PYTHONUNBUFFERED": "1",
+                },
                 log_path=self.log_path,
             )
         except OSError as exc:
@@ -309,6 +317,7 @@ class ComfyLaunch:
                 f"could not start ComfyUI with {self.python!r} in {workdir}: {exc}", port=port
             ) from exc
         self._stopped = False
+        self.launches += 1
         try:
             self.system_stats = self._wait_ready(url, deadline)
         except BaseException:
@@ -328,6 +337,19 @@ class ComfyLaunch:
             raise LaunchError(f"could not start ComfyUI: its Python {exc}", port=port) from None
         command = python_argv(python, *(["-s"] if self.portable else []), "main.py")
         return [*command, "--listen", HOST, "--port", str(port), *self.extra_args]
+
+    def relaunch(self, log_path: Path) -> str:
+        """Start the same install and command again after the process died, on the same port
+        (``--comfyui-port`` or the one it had), its output in ``log_path``; the base URL.
+
+        Raises LaunchError like ``start()`` (a port another program took meanwhile is named)."""
+        self.stop(grace_s=1.0)  # whatever the dead process left running
+        self.requested_port = self.port
+        self.log_path = Path(log_path)
+        self.url = None
+        self.popen = None
+        self.attached = False
+        return self.start()
 
     def alive(self) -> bool:
         """Launched: the process still runs. Attached: the server still answers ``/system_stats``."""
@@ -417,7 +439,7 @@ class ComfyLaunch:
         self.stop(grace_s=1.0)  # whatever it left running
         tail = self.log_tail()
         raise LaunchError(
-            f"ComfyUI exited during start-up with exit code {_describe_exit(code)} after"
+            f"ComfyUI exited during start-up with exit code {describe_exit(code)} after"
             f" {deadline.elapsed():.1f} s. Command: {_quote(self.command)} in {self.comfyui_dir}."
             f" Last {LOG_TAIL_LINES} lines of {self.log_path}:\n{tail}",
             exit_code=code,
@@ -427,7 +449,7 @@ class ComfyLaunch:
         )
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
     if code < 0:
         return f"{code} (ended by signal {-code})"
     if sys.platform == "win32" and code >= 0xC0000000:
@@ -441,6 +463,7 @@ def _quote(args: Sequence[str]) -> str:
 
 __all__ = [
     "BOOT_TIMEOUT_SETTING",
+    "describe_exit",
     "ComfyLaunch",
     "LaunchError",
     "PORT_SETTING",

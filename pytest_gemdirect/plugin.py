@@ -154,6 +154,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ordered = sorted((items[index] for index in slots), key=_order_key)
     for slot, item in zip(slots, ordered, strict=True):
         items[slot] = item
+    if not hasattr(config, "workerinput"):  # the controller checked it for its workers
+        _check_run_place(config.stash[SETTINGS_KEY])
     _probe_servers(config, ordered)
     run = activate(config)
     run.collected(
@@ -167,6 +169,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         support = TimeoutSupport(run)
         config.pluginmanager.register(support, "gemdirect-timeout")
         support.add_backstop(ordered)
+
+
+def _check_run_place(settings: Settings) -> None:
+    """A run directory that cannot be made or written is a usage error before any stage runs."""
+    from pytest_gemdirect.rundir import RunPlaceError, check_run_place
+
+    name = "run_dir" if settings.run_dir is not None else "logs_dir"
+    try:
+        check_run_place(settings.run_dir or settings.logs_dir, is_run_dir=name == "run_dir")
+    except RunPlaceError as exc:
+        raise pytest.UsageError(f"pytest-gemdirect: {name} ({settings.source(name)}): {exc}") from None
 
 
 _NEED_COMFYUI = {"comfyui", "svd", "frames", "summary"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,6 +22,8 @@ import pytest
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.settings import Settings
 from pytest_gemdirect.summary import RunSummary, scene_ids, settle_workers_summary
+
+TIMEOUT_MARK = "from pytest-timeout"  # in the failure pytest-timeout's signal method raises
 
 if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads only when a stage runs
     from pytest_gemdirect.report_writer import ReportWriter
@@ -94,6 +96,7 @@ class Run:
         self._report_problem: str | None = None  # the last rewrite of report.html failed: why
         self._report_writer: ReportWriter | None = None  # renders report.html, made on first use
         self._notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
+        self._late_timeouts: list[str] = []  # a user's --timeout that fired after its test's outcome
         self._previous_handlers: dict[int, Any] = {}
 
     # --- what others read and tell -------------------------------------------------------------
@@ -273,8 +276,24 @@ class Run:
                 test = report.nodeid.rpartition("::")[2]
                 self._summary.record_check(test, self._own_checks[report.nodeid], *outcome)
 
-    def pytest_runtest_logfinish(self) -> None:
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
+        """report.html after each test, outside every test's timer: this wrapper is outermost, so
+        pytest-timeout (signal method) has cancelled the user's ``--timeout`` before it writes.
+
+        A timeout that fired in the test's bookkeeping (its report hooks) after its outcome was
+        logged is recorded instead of ending the session in an INTERNALERROR."""
+        try:
+            outcome = yield
+        except pytest.fail.Exception as exc:
+            if TIMEOUT_MARK not in str(exc):
+                raise
+            self._late_timeouts.append(f"{item.nodeid}: {exc} (it fired after the test had ended)")
+            if self._summary is not None:
+                self._summary.warn(f"pytest-timeout: {self._late_timeouts[-1]}")
+            outcome = True
         self.write_report(only_if_changed=True)
+        return outcome
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

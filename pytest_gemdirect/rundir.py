@@ -7,8 +7,10 @@ seconds, and report rewrites can ask for a best effort that never raises.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -157,6 +159,66 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with _append_lock, open(path, "a", encoding="utf-8", newline="\n") as handle:
         handle.write(line)
         handle.flush()
+
+
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space a run needs where its directory goes: frames, clips and logs of a few scenes."""
+PROBE_BYTES = 2**20
+"""What the start-up check writes (and removes) to prove the folder takes a file."""
+
+
+class RunPlaceError(Exception):
+    """The run directory cannot go where the settings put it; the message names the path and why."""
+
+
+def _write_probe(path: Path, data: bytes) -> None:
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def check_run_place(
+    target: Path,
+    *,
+    is_run_dir: bool,
+    min_free: int = MIN_FREE_BYTES,
+    write: Callable[[Path, bytes], None] = _write_probe,
+) -> None:
+    """The run directory ``target`` (or, ``is_run_dir`` False, the folder that holds run directories)
+    can be made and written, before any stage runs: an error names the path and the reason.
+
+    Nothing is left behind: the folders are not made here, and the probe file written in the
+    nearest folder that exists is removed. ``write`` is for tests (a full disk, a read-only one).
+    """
+    path = Path(target).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise RunPlaceError(
+            f"{path} is a file, not a folder" + ("" if is_run_dir else " to hold run directories")
+        )
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunPlaceError(f"{path} cannot be created: {existing} is a file, not a folder")
+    probe = existing / f".gemdirect-probe-{os.getpid()}-{threading.get_ident()}.tmp"
+    try:
+        write(probe, b"\0" * PROBE_BYTES)
+    except OSError as exc:
+        why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or type(exc).__name__
+        made = "written in" if existing == path else f"created ({existing} cannot be written)"
+        raise RunPlaceError(f"{path} cannot be {made}: {why}") from None
+    finally:
+        _discard(probe)
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if free < min_free:
+        raise RunPlaceError(
+            f"{path} is on a disk with {free / 2**20:.0f} MB free; a run needs at least"
+            f" {min_free / 2**20:.0f} MB (frames, clips, logs)"
+        )
 
 
 class RunDirectory:

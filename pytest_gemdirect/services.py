@@ -7,15 +7,19 @@ cannot be started is left out with a warning while others remain.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_gemdirect.cmdline import split_args
+from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
-from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
+from pytest_gemdirect.launcher import ComfyLaunch, LaunchError, describe_exit, probe_system_stats
+from pytest_gemdirect.processes import log_tail
 from pytest_gemdirect.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,6 +52,36 @@ class Backend:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "alive"}
 
 
+RESTARTS_SETTING = "--max-server-restarts"
+RETURN_WAIT_SETTING = "--server-return-wait"
+CAUSE_LOG_LINES = 15  # lines of a dead server's log kept as the cause of the attempt it cost
+_RETURN_PROBE_S = 0.5  # between looks at a server that went away
+
+
+@dataclass
+class Recovery:
+    """What became of a ComfyUI server that went away mid-run.
+
+    ``how``: ``relaunched`` (the harness started it again), ``returned`` (it answered again within
+    ``--server-return-wait``) or ``lost``; ``cause``: what is known of its death (exit code, the
+    last lines of its log); ``detail``: the outcome in words, naming the setting that bounded it.
+    """
+
+    url: str
+    how: str
+    seconds: float
+    detail: str
+    cause: dict[str, Any]
+    log: str | None = None  # a relaunched server's new log
+
+    @property
+    def back(self) -> bool:
+        return self.how != "lost"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 class Services:
     """Boots or attaches each service on first use, and ends what it started at close()."""
 
@@ -68,6 +102,10 @@ class Services:
         self._recorder: Recorder | None = None
         self._recording = settings.record and settings.replay is None
         self.left_out: list[str] = []  # servers left out at start-up, in words
+        self._relaunches: dict[str, int] = {}  # by URL
+        self._launcher: ThreadPoolExecutor | None = None  # one long-lived thread starts relaunches
+        self._launch_lock = threading.Lock()
+        self._closing = threading.Event()
         # Under xdist the controller owns the services and hands each worker the backends it booted.
         handed = handed or {}
         self._llm: Backend | None = Backend(**handed["llm"]) if handed.get("llm") else None
@@ -120,6 +158,34 @@ class Services:
             self._recorder_note(self._llm)
         return self._llm
 
+    def death_cause(self, url: str) -> dict[str, Any]:
+        """What is known of why the server at ``url`` went away: a process the harness started
+        has an exit code and a log; an attached one only its silence."""
+        launch = self._launches.get(url)
+        sim = next((x for x in self._sims if x.urls.get("comfyui_url") == url), None)
+        popen = launch.popen if launch is not None and not launch.attached else sim.popen if sim else None
+        log = launch.log_path if launch is not None else sim.log_path if sim else None
+        code = popen.poll() if popen is not None else None
+        return {
+            "exit_code": code,
+            "exit": describe_exit(code) if code is not None else None,
+            "log": str(log) if log is not None else None,
+            "log_tail": log_tail(log, CAUSE_LOG_LINES) if log is not None and log.is_file() else None,
+        }
+
+    def recover(self, url: str, *, stopped: Callable[[], str | None]) -> Recovery:
+        """Bring the server at ``url`` back: a launched ComfyUI is relaunched (up to
+        ``--max-server-restarts``), any other is waited for (``--server-return-wait``).
+
+        Blocks; call it from a thread that lives as long as the run (a relaunch is started from the
+        launcher thread, so the new process is not tied to a thread that ends)."""
+        started = time.monotonic()
+        cause = self.death_cause(url)
+        launch = self._launches.get(url)
+        if launch is not None and not launch.attached:
+            return self._relaunch(url, launch, cause, started)
+        return self._await_return(url, cause, started, stopped)
+
     def comfyui_launched_locally(self) -> bool:
         return any(not launch.attached for launch in self._launches.values())
 
@@ -132,7 +198,12 @@ class Services:
 
     def close(self) -> None:
         """End what the harness started, whole process trees (also after Ctrl-C)."""
+        self._closing.set()
         for launch in self._launches.values():
+            launch.stop()
+        if self._launcher is not None:
+            self._launcher.shutdown(wait=False, cancel_futures=True)
+        for launch in self._launches.values():  # one relaunched while the first stop ran
             launch.stop()
         self._launches.clear()
         if len(self._sims) > 1:  # side by side: each may take its grace to end
@@ -259,6 +330,8 @@ class Services:
             extra_args=extra,
             log_path=self.run_root / ("comfyui.log" if gpu is None else f"comfyui-gpu{gpu}.log"),
             boot_timeout_s=s.comfyui_boot_timeout,
+            # a stand-in install (tests/fake_comfyui) runs the simulator: --sim-fault reaches it here
+            env={"GEMDIRECT_LAUNCHED_SIM_FAULTS": ",".join(s.faults.specs())} if s.faults else None,
         )
 
     def _start(self, launch: ComfyLaunch, gpu: int | None) -> tuple[Backend | None, str | None]:
@@ -279,3 +352,63 @@ class Services:
             log=str(launch.log_path),
             alive=launch.alive,
         ), None
+
+    def _relaunch(self, url: str, launch: ComfyLaunch, cause: dict[str, Any], started: float) -> Recovery:
+        used = self._relaunches.get(url, 0)
+        allowed = int(self.settings.max_server_restarts)
+        died = f"the ComfyUI launched from {launch.comfyui_dir} at {url} died" + (
+            f" (exit code {cause['exit']})" if cause.get("exit") else ""
+        )
+        if used >= allowed or self._closing.is_set():
+            detail = f"{died}; not relaunched: {used} relaunch(es) so far ({RESTARTS_SETTING} = {allowed})"
+            return Recovery(url, "lost", _since(started), detail, cause)
+        self._relaunches[url] = used + 1
+        log_path = _numbered_log(launch.log_path, used + 2)
+        with self._launch_lock:
+            if self._launcher is None:
+                self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemdirect-launcher")
+            launcher = self._launcher
+        try:
+            launcher.submit(launch.relaunch, log_path).result()
+        except LaunchError as exc:
+            detail = f"{died}; relaunch {used + 1} of {allowed} failed: {exc}"
+            return Recovery(url, "lost", _since(started), detail, cause, str(log_path))
+        except RuntimeError as exc:  # the launcher was shut down: the run is ending
+            return Recovery(url, "lost", _since(started), f"{died}; not relaunched: {exc}", cause)
+        seconds = _since(started)
+        detail = (
+            f"{died}; relaunched ({used + 1} of {RESTARTS_SETTING} = {allowed}) in {seconds:.1f} s,"
+            f" pid {launch.pid}, its log {log_path.name}"
+        )
+        return Recovery(url, "relaunched", seconds, detail, cause, str(log_path))
+
+    def _await_return(
+        self, url: str, cause: dict[str, Any], started: float, stopped: Callable[[], str | None]
+    ) -> Recovery:
+        wait = float(self.settings.server_return_wait)
+        deadline = Deadline(wait, setting=RETURN_WAIT_SETTING)
+        while not deadline.expired():
+            why = stopped() or ("the run is ending" if self._closing.is_set() else None)
+            if why is not None:
+                detail = f"the ComfyUI server at {url} went away; no longer waited for: {why}"
+                return Recovery(url, "lost", _since(started), detail, cause)
+            state, _ = probe_system_stats(url, read_timeout=max(0.1, deadline.timeout(2.0)))
+            if state == "comfyui":
+                seconds = _since(started)
+                detail = f"the ComfyUI server at {url} went away and answered again after {seconds:.1f} s"
+                return Recovery(url, "returned", seconds, detail, cause)
+            self._closing.wait(deadline.timeout(_RETURN_PROBE_S))
+        detail = (
+            f"the ComfyUI server at {url} went away and did not answer again within"
+            f" {wait:g} s ({RETURN_WAIT_SETTING} = {wait:g})"
+        )
+        return Recovery(url, "lost", _since(started), detail, cause)
+
+
+def _numbered_log(path: Path, number: int) -> Path:
+    """``comfyui.log`` -> ``comfyui-2.log`` (the log of the second process on that server)."""
+    return path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)

@@ -269,6 +269,15 @@ class Settings:
     comfyui_boot_timeout: float = setting(
         _positive_float, 120.0, "seconds a launched ComfyUI may take to answer", metavar="S"
     )
+    max_server_restarts: int = setting(
+        _non_negative_int, 1, "relaunches of a launched ComfyUI that died mid-run (per server)", metavar="N"
+    )
+    server_return_wait: float = setting(
+        _positive_float,
+        60.0,
+        "seconds to wait for an attached ComfyUI that went away mid-run to answer again",
+        metavar="S",
+    )
     llm_url: str | None = setting(
         _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
     )

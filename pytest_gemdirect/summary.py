@@ -411,6 +411,13 @@ def render_text(data: dict[str, Any]) -> str:
                 f"  {SYMBOLS.get(scene['status'], '?')} {scene['id']} {scene['status']:<11}"
                 f" frames {scene['frame_count']:<3} attempts {len(scene['attempts'])}  {timing}".rstrip()
             )
+    if data.get("server_incidents"):
+        lines += ["", "servers that went away:"]
+        for incident in data["server_incidents"]:
+            lines.append(
+                f"  {incident['server']} during {incident['scene']}: {incident['how']}"
+                f" ({incident['seconds']:.1f} s): {visible(incident['detail'])}"
+            )
     wrong = failures(data)
     if wrong:
         lines += ["", "what went wrong:"]

@@ -38,6 +38,8 @@ def backstop_seconds(run: Run) -> float:
         + 6 * s.llm_timeout
         + s.scenes * (1 + s.max_scene_retries) * (s.scene_max_wait + s.completion_grace)
         + len(s.suites) * s.suite_timeout
+        + s.server_return_wait
+        + s.max_server_restarts * s.comfyui_boot_timeout  # a server that died is waited for or relaunched
     )
 
 

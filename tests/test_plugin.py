@@ -160,7 +160,12 @@ def test_scenes_setting_precedence_flag_env_ini(
             "gemdirect_story_mode = maybe\n",
             "*story_mode (from ini gemdirect_story_mode)*auto, llm, fallback*",
         ),
-        (["--sim-fault", "nope"], {}, "", "*unknown fault 'nope'; known faults: *crash, execution-error*"),
+        (
+            ["--sim-fault", "nope"],
+            {},
+            "",
+            "*unknown fault 'nope'; known faults: *crash, crash-restart, execution-error*",
+        ),
         (["--comfyui-url", "localhost:8188"], {}, "", "*comfyui_url*http:// or https:// URL*"),
     ],
 )

@@ -553,6 +553,12 @@ class _Job:
             s.queue_where = where
             if where == "running" and s.started_s is None:
                 s.started_s = s.s()
+            elif where == "absent" and any(i.kind == "dropped" for i in s.incidents):
+                # The socket dropped and the server no longer knows our prompt: it was restarted.
+                raise self.end.gone(
+                    f"after the WebSocket dropped, prompt {s.prompt_id} is neither queued, running nor"
+                    " in /history: the server was restarted and lost it"
+                )
             elif where == "absent":
                 # Gone since the last sign of life: the grace counts from then, not from this poll.
                 self.completed("left /queue without a /history entry", since=s.last_alive)

@@ -337,16 +337,19 @@ def download_outputs(
     dest_dir: Path | str,
     *,
     deadline: Deadline | None,
+    already: Iterable[DownloadedFile] = (),
 ) -> list[DownloadedFile]:
     """Fetch every output through /view into ``dest_dir`` (flat), check each decodes, record sha256.
 
     Every problem is collected and the error names all the files concerned, not just the
     first; files that did arrive stay on disk and are listed in the error's ``downloaded``.
     A server that goes away or a spent deadline stops the loop; the files not fetched are named.
+    ``already``: files an earlier call saved (its error's ``downloaded``): kept, not fetched again.
     """
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
     wanted = [OutputFile.coerce(o) for o in outputs]
+    have = {(f.node_id, f.source): f for f in already}
     files: list[DownloadedFile] = []
     problems = _Problems()
     used: set[str] = set()
@@ -357,6 +360,10 @@ def download_outputs(
         except UnsafeOutputName as exc:
             problems.failed.append((where, str(exc)))
             continue
+        saved = have.get((output.node_id, where))
+        if saved is not None and Path(saved.path) == path:
+            files.append(saved)
+            continue
         try:
             data = client.view(output.filename, output.subfolder, output.type, deadline=deadline)
         except OutputMissing:
@@ -365,7 +372,9 @@ def download_outputs(
         except (ServerGone, ComfyTimeout) as exc:
             problems.server_gone = isinstance(exc, ServerGone)
             problems.stopped = str(exc)
-            problems.not_fetched = [o.where() for o in wanted[index:]]
+            rest = [(o.node_id, o.where()) for o in wanted[index:]]
+            problems.not_fetched = [key[1] for key in rest if key not in have]
+            files += [have[key] for key in rest if key in have]  # saved by an earlier call: kept
             break
         except ComfyError as exc:
             problems.failed.append((where, str(exc)))

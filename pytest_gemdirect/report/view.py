@@ -170,6 +170,20 @@ class ComfyView:
 
 
 @dataclass(frozen=True)
+class ServerIncidentView:
+    """A ComfyUI server that went away mid-run, and what became of it."""
+
+    server: str
+    scene: str  # the scene it went away under
+    how: str  # relaunched | returned | lost
+    seconds: float | None  # what bringing it back (or giving up) cost
+    detail: str
+    exit: str
+    log_tail: str
+    log: str | None  # a relaunched server's new log
+
+
+@dataclass(frozen=True)
 class LlmView:
     model: str
     latency_s: float | None
@@ -233,6 +247,7 @@ class RunView:
     suites: tuple[SuiteView, ...]
     warnings: tuple[WarningView, ...]
     artifacts: tuple[tuple[str, str], ...]
+    server_incidents: tuple[ServerIncidentView, ...] = ()
     checks: tuple[CheckView, ...] = ()
 
     def scene(self, scene_id: str | None) -> SceneView | None:
@@ -301,6 +316,7 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
             for name, raw in sorted(as_dict(data.get("artifacts")).items())
             if (path := as_path(raw))
         ),
+        server_incidents=tuple(_incident(raw) for raw in as_dicts(data.get("server_incidents"))),
         checks=tuple(
             CheckView(
                 as_text(raw.get("test")),
@@ -310,6 +326,20 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
             )
             for raw in as_dicts(data.get("checks"))
         ),
+    )
+
+
+def _incident(raw: dict[str, Any]) -> ServerIncidentView:
+    cause = as_dict(raw.get("cause"))
+    return ServerIncidentView(
+        server=as_text(raw.get("server")),
+        scene=as_text(raw.get("scene")),
+        how=as_text(raw.get("how")),
+        seconds=as_num(raw.get("seconds")),
+        detail=as_text(raw.get("detail")),
+        exit=as_text(cause.get("exit")),
+        log_tail=as_text(cause.get("log_tail")),
+        log=as_path(raw.get("log")),
     )
 
 

@@ -3,7 +3,10 @@
 The harness launches this as a subprocess (the embedded default). Once both servers listen it
 writes ``{"comfyui_url", "llm_url", "pid"}`` to ``--ready-file`` atomically and prints one line
 ``gemdirect simulator: comfyui <url> llm <url>``. It serves until SIGINT/SIGTERM (Ctrl-C or
-Ctrl-Break on Windows). The ``crash`` fault makes this process exit with code 3 mid-generation.
+Ctrl-Break on Windows). The ``crash`` fault makes this process exit with code 3 mid-generation;
+``crash-restart`` and ``restart-between`` restart the ComfyUI server in this process on the same
+port and folders (its supervisor), or, with ``--restart-exits``, exit with code 3 for a launcher
+to start it again.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="a workflow (or app settings) JSON file whose model names the server has (repeatable)",
+    )
+    parser.add_argument(
+        "--restart-exits",
+        action="store_true",
+        help="crash-restart and restart-between end the process (its launcher starts it again)"
+        " instead of restarting the server in this process",
     )
     parser.add_argument("--ready-file", type=Path, default=None, help="write the URLs here (JSON) when ready")
     parser.add_argument(
@@ -111,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             history_late_seconds=args.history_late_seconds,
             models_from=args.models_from,
             crash_exits_process=True,
+            restart_exits_process=args.restart_exits,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -17,7 +17,15 @@ KNOWN_FAULTS: dict[str, str] = {
     "execution-error": "fails every attempt with execution_error as recorded",
     "flaky": "fails the first attempt with execution_error, succeeds on the next",
     "view-404": "lists outputs in history that /view answers with 404",
-    "crash": "the simulator process dies mid-generation",
+    "crash": "the simulator process dies mid-generation (for good)",
+    "crash-restart": (
+        "the ComfyUI server dies mid-generation and is started again about 2 s later on the same port"
+        " and folders (its outputs still served); a launched stand-in exits and is relaunched instead"
+    ),
+    "restart-between": (
+        "the ComfyUI server restarts before the scene's job starts: a new session, an empty queue and"
+        " history, old outputs still on disk"
+    ),
     "missing-model": (
         "the server lacks one model file the workflow names (the first; per scene: that scene's first):"
         " not listed, and a prompt asking for it is refused"

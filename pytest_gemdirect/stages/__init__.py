@@ -67,7 +67,7 @@ class Stages:
                 "story": lambda key: story.write(ctx, self.llm),
                 "comfyui": lambda key: comfyui.start(ctx),
                 GENERATION: lambda key: self._scene_pool().result(_item(key)),
-                RETRIEVAL: lambda key: frames.retrieve(ctx, self.generation(_item(key), need=True)),
+                RETRIEVAL: lambda key: self._frames(_item(key)),
                 "suites": self._suite,
                 "summary": self._summary,
             },
@@ -80,8 +80,19 @@ class Stages:
         if self._pool is None:
             story_result, comfy = self.story(need=True), self.comfyui(need=True)
             self._pool = ScenePool(self.ctx, comfy.servers, self.scene_ids())
-            self._pool.start(lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy))
+            self._pool.start(
+                lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy),
+                lambda ticket, done: frames.retrieve(self.ctx, _generation(done), ticket),
+            )
         return self._pool
+
+    def _frames(self, scene_id: str) -> SceneFrames:
+        """The scene's frames: fetched and checked in the scene's own thread once its job ended."""
+        self.generation(scene_id, need=True)  # "not reached: svd[...] failed" first
+        done = self._scene_pool().after_job(scene_id)
+        if not isinstance(done, SceneFrames):
+            raise TypeError(f"{scene_id}'s post-job work gave a {type(done).__name__}, not SceneFrames")
+        return done
 
     def _get(self, key: StageKey, need: bool, kind: type[T]) -> T:
         value = self.pipeline.require(key) if need else self.pipeline.run(key)
@@ -151,13 +162,15 @@ class Stages:
         Called when the process is about to end from another thread (pytest-timeout's thread
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
-        if self._pool is not None:
-            at_work = self._pool.at_work()
-            self._pool.stop(message)
-            for scene_id in at_work:
-                self.pipeline.mark_interrupted(StageKey(GENERATION, scene_id), message)
-        self.ctx.active_jobs.stop_all(message)
+        # Recorded first: a job stopped below fails its scene's thread at once, and that failure
+        # must not be recorded before the interruption that caused it.
+        at_work = self._pool.at_work() if self._pool is not None else []
         self.pipeline.interrupt_running(message)
+        for scene_id in at_work:
+            self.pipeline.mark_interrupted(StageKey(GENERATION, scene_id), message)
+        if self._pool is not None:
+            self._pool.stop(message)
+        self.ctx.active_jobs.stop_all(message)
 
     def _suite(self, key: StageKey) -> SuiteResult:
         if key.item is None:
@@ -174,3 +187,9 @@ def _item(key: StageKey) -> str:
     if key.item is None:
         raise ValueError(f"stage {key} needs an item: {key.stage}[...]")
     return key.item
+
+
+def _generation(value: object) -> Generation:
+    if not isinstance(value, Generation):
+        raise TypeError(f"a scene's job gave a {type(value).__name__}, not a Generation")
+    return value

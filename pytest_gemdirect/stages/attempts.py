@@ -16,7 +16,8 @@ FRAMES_KINDS = ("completion_grace", "history_max_attempts")
 class Next(Enum):
     RETRY = "retry"  # queue the scene again
     DEFER = "defer"  # generation passed; frame retrieval reports the failure
-    SERVER_GONE = "server_gone"  # fail, and later scenes are not reached
+    SERVER_GONE = "server_gone"  # its server went away: it is brought back, or another takes the scene
+    SERVER_BACK = "server_back"  # queue the scene again on the server that is back (or another one)
     FAIL = "fail"
 
 

@@ -10,14 +10,22 @@ from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyError
 from pytest_gemdirect.comfyui.history import trim_history
-from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
+from pytest_gemdirect.comfyui.outputs import (
+    DownloadedFile,
+    OutputDownloadError,
+    OutputFile,
+    download_outputs,
+)
+from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.policy import POLICY_NAMES
 from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.stages import video_checks
 from pytest_gemdirect.stages.context import StageContext, as_json
 from pytest_gemdirect.stages.generation import Generation
 from pytest_gemdirect.stages.pipeline import StageFailed
+from pytest_gemdirect.stages.pool import SceneTicket
 from pytest_gemdirect.stages.video_checks import VideoCheck
+from pytest_gemdirect.text import visible
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,9 @@ class SceneFrames:
         return [Path(f.path) for f in self.files]
 
 
-def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
+def retrieve(ctx: StageContext, generation: Generation, ticket: SceneTicket | None = None) -> SceneFrames:
+    """The scene's frames downloaded, decoded and checked: in the scene's own thread, the moment
+    its job ended (``ticket`` lets a download wait for a server that went away meanwhile)."""
     scene_id = generation.scene_id
     scene_dir = ctx.run.scene_dir(scene_id)
     if generation.deferred is not None:
@@ -60,9 +70,7 @@ def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
         _scene_details(ctx, generation, [])
         raise StageFailed(f"{scene_id}: /history/{result.prompt_id} lists no output files")
     try:
-        files = download_outputs(
-            generation.client, result.outputs, ctx.run.frames_dir(scene_id), deadline=generation.deadline
-        )
+        files = _download(ctx, generation, ticket)
     except ComfyError as exc:
         _scene_details(ctx, generation, [])
         raise StageFailed(f"{scene_id} frame retrieval: {exc}") from None
@@ -97,9 +105,57 @@ def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
         **extra,
     )
     _scene_details(ctx, generation, files)
+    _warm_previews(ctx, scene_id, scene_files["keyframe"], frames_dir=ctx.run.relative(frames.frames_dir))
     if failure:
         raise StageFailed(failure)
     return frames
+
+
+def _warm_previews(ctx: StageContext, scene_id: str, keyframe: str | None, *, frames_dir: str | None) -> None:
+    """The report's thumbnails and animated preview, made here in the scene's thread (they are
+    cached beside the frames), so that rendering the report does not decode the frames again."""
+    from pytest_gemdirect.report.previews import scene_preview
+
+    try:
+        scene_preview(ctx.run.root, scene_id, keyframe, frames_dir)
+    except Exception:  # noqa: BLE001 - the report makes them itself and names what went wrong
+        return
+
+
+def _download(ctx: StageContext, generation: Generation, ticket: SceneTicket | None) -> list[DownloadedFile]:
+    """Every output file; when the server goes away part-way (a later scene's crash), the rest are
+    fetched once it is back, into the same folder, or the scene fails naming each file lost."""
+    assert generation.result is not None
+    scene_id, server, outputs = generation.scene_id, generation.server, generation.result.outputs
+    dest = ctx.run.frames_dir(scene_id)
+    try:
+        return download_outputs(generation.client, outputs, dest, deadline=generation.deadline)
+    except OutputDownloadError as exc:
+        if not exc.server_gone or ticket is None:
+            raise
+        kept = exc.downloaded
+    ctx.summary.warn(
+        f"{scene_id}: {server.name} went away while the scene's frames were fetched after its job"
+        f" had ended; {len(kept)} of {len(outputs)} saved, the rest wait for the server to be back"
+    )
+    back = ticket.server_back(server)
+    if back is None or not back.back:
+        saved = {(f.node_id, f.source) for f in kept}
+        lost = [o.where() for o in map(OutputFile.coerce, outputs) if (o.node_id, o.where()) not in saved]
+        why = back.detail if back is not None else ticket.cancelled() or "the run was stopped"
+        raise StageFailed(
+            visible(
+                f"{scene_id} frame retrieval: its job had ended, then {server.name} at {server.url} went"
+                f" away ({why}); {len(lost)} of {len(outputs)} files lost: {', '.join(lost)};"
+                f" {len(kept)} saved in {dest}"
+            )
+        )
+    deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
+    files = download_outputs(generation.client, outputs, dest, deadline=deadline, already=kept)
+    ctx.summary.warn(
+        f"{scene_id}: the rest of its frames were fetched after {server.name} was back ({back.how})"
+    )
+    return files
 
 
 def _check_video(

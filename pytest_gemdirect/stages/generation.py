@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
+from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected, ServerGone
 from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
 from pytest_gemdirect.comfyui.workflow import ScenePatch, WorkflowError, patch_workflow
 from pytest_gemdirect.deadline import Deadline
@@ -24,6 +24,7 @@ from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import NotReached, StageFailed
 from pytest_gemdirect.stages.pool import SceneTicket
 from pytest_gemdirect.stages.story import SceneScript, Story
+from pytest_gemdirect.text import visible
 
 
 @dataclass
@@ -60,7 +61,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
     scene = story.scene(scene_id)
     if comfy.keyframe_workflow is not None:
         keyframe.draw_all(ctx, generation, comfy, scene)
-    prompt = _prepare(ctx, generation, scene, comfy)
+    prompt = _prepare(ctx, generation, scene, comfy, ticket)
     max_attempts = ctx.policy.max_attempts
     for number in range(1, max_attempts + 1):
         stop = ticket.cancelled()
@@ -84,10 +85,11 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
             record_scene(ctx, generation)
             raise StageFailed(f"{scene_id}: ComfyUI rejected the workflow: {exc}") from None
         except JobFailed as failure:
-            if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket) is Next.DEFER:
+            step = _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket)
+            if step is Next.DEFER:
                 return generation
-            if generation.server.url != attempt["server"]:  # the keyframe goes to the new server
-                prompt = _prepare(ctx, generation, scene, comfy)
+            if step is Next.SERVER_BACK:  # the keyframe goes to the new (or restarted) server
+                prompt = _prepare(ctx, generation, scene, comfy, ticket)
             generation.deadline = ctx.policy.scene_deadline()
             continue
         attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
@@ -104,6 +106,23 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
 
 
 def _prepare(
+    ctx: StageContext, generation: Generation, scene: SceneScript, comfy: ComfyUIService, ticket: SceneTicket
+) -> dict[str, Any]:
+    """The scene's keyframe(s) uploaded and its workflow filled in, on a server that answers.
+
+    A server found gone here (it died under the scene before) is waited for like one that dies
+    during an attempt: the upload goes to it once it is back, or to another server of the pool."""
+    scene_id = generation.scene_id
+    while True:
+        try:
+            return _prepare_on_server(ctx, generation, scene, comfy)
+        except ServerGone as exc:
+            _server_after_loss(
+                ctx, generation, ticket, f"before {scene_id} started", f"uploading to ComfyUI failed: {exc}"
+            )
+
+
+def _prepare_on_server(
     ctx: StageContext, generation: Generation, scene: SceneScript, comfy: ComfyUIService
 ) -> dict[str, Any]:
     """Upload the keyframe(s) to the scene's server and fill in the workflow (written to workflow.json).
@@ -148,6 +167,8 @@ def _upload(generation: Generation, png: Path, name: str, what: str) -> str:
         raise StageFailed(f"{generation.scene_id}: the {what} {png} is missing: nothing to upload")
     try:
         uploaded = generation.client.upload_image(png, name=name, deadline=generation.deadline)
+    except ServerGone:
+        raise  # waited for (or moved off) by _prepare
     except ComfyError as exc:
         raise StageFailed(f"{generation.scene_id}: uploading the {what} to ComfyUI failed: {exc}") from None
     return (
@@ -177,26 +198,58 @@ def _after_failed_attempt(
     if step is Next.DEFER:
         generation.deferred = failure
     elif step is Next.SERVER_GONE:
+        _record_death(ctx, generation, attempt)
         ctx.summary.warn(f"{scene_id}: {failure}")
-        other = ticket.replace_server()
-        if other is None:
-            ctx.server_gone = f"ComfyUI server died during {scene_id}"
-            raise StageFailed(f"{scene_id}: {failure}") from None
+        gone = generation.server
+        other = _server_after_loss(ctx, generation, ticket, f"during {scene_id}", str(failure))
         if number >= max_attempts:
             tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
             raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
-        ctx.summary.warn(
-            f"{scene_id}: {generation.server.name} went away; attempt {number + 1} goes to {other.name}"
-        )
-        generation.server, generation.client = other, other.client
-        ctx.summary.update_scene(scene_id, server=other.url)
-        step = Next.RETRY
+        moved = f"went away; attempt {number + 1} goes to {other.name}"
+        ctx.summary.warn(f"{scene_id}: {gone.name} {'is back' if other.url == gone.url else moved}")
+        step = Next.SERVER_BACK
     elif step is Next.RETRY:
         ctx.summary.warn(f"{scene_id}: attempt {number} failed ({failure.kind}); re-queued")
     else:
         tried = f" (attempt {number} of {max_attempts}, --max-scene-retries = {max_attempts - 1})"
         raise StageFailed(f"{scene_id} generation: {failure}{tried}") from None
     return step
+
+
+def _server_after_loss(
+    ctx: StageContext, generation: Generation, ticket: SceneTicket, when: str, what: str
+) -> ComfyServer:
+    """The scene's server went away: the one it goes on with (the same once back, or another of the
+    pool), made the generation's; when none is left, the scene fails naming the server and the wait."""
+    gone, scene_id = generation.server, generation.scene_id
+    other = ticket.server_lost(gone)
+    if other is None:
+        why = ticket.cancelled() or ticket.lost_servers() or f"{gone.name} at {gone.url} is gone"
+        ctx.server_gone = f"ComfyUI server died {when} ({why})"
+        raise StageFailed(f"{scene_id}: {what}; {why}") from None
+    generation.server, generation.client = other, other.client
+    ctx.summary.update_scene(scene_id, server=other.url)
+    return other
+
+
+def _record_death(ctx: StageContext, generation: Generation, attempt: dict[str, Any]) -> None:
+    """The attempt a dead server cost names the death: exit code, its log's last lines, VRAM seen last."""
+    cause = ctx.services.death_cause(generation.server.url)
+    said = [f"exit code {cause['exit']}"] if cause.get("exit") else []
+    last = generation.gpu_samples[-1] if generation.gpu_samples else {}
+    if last.get("memory_used_mib") is not None:
+        cause["vram_last"] = {k: last.get(k) for k in ("t", "gpu", "memory_used_mib", "memory_total_mib")}
+        used, total = last["memory_used_mib"], last.get("memory_total_mib") or 0
+        said.append(f"VRAM last seen {used:g} of {total:g} MiB used")
+    elif generation.vram_free_before is not None:
+        cause["vram_last"] = {"vram_free": generation.vram_free_before}
+        said.append(f"VRAM free before the attempt {generation.vram_free_before / 2**20:.0f} MiB")
+    attempt["cause"] = cause
+    tail = (cause.get("log_tail") or "").strip().splitlines()
+    if tail:
+        said.append(f"its log ends: {visible(tail[-1], limit=200, one_line=True)}")
+    if said:
+        attempt["reason"] = f"{attempt['reason']} ({'; '.join(said)})"
 
 
 def _follow(

@@ -31,6 +31,8 @@ from pytest_gemdirect.sim.comfyui.stats import said_execution
 from pytest_gemdirect.sim.comfyui.values import describe
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
+CRASH_RESTART_S = 2.0  # crash-restart: the server is down this long, then its supervisor starts it again
+RESTART_BETWEEN_S = 1.0  # restart-between: a quick restart between two scenes
 
 
 def now_ms() -> int:
@@ -217,7 +219,11 @@ class Run:
         if self.fault("ws-drop"):
             await self.state.drop_client(self.client_id)
         if self.fault("crash"):
+            await self.state.earlier_outputs_fetched()
             await self.state.crash()
+        if self.fault("crash-restart") and self.state.fire_once(f"crash-restart@{self.scene}"):
+            await self.state.earlier_outputs_fetched()
+            await self.state.crash(fault="crash-restart", restart_after=CRASH_RESTART_S)
 
     def simulated_failure(self, node_id: str) -> NodeFailure:
         name = "execution-error" if self.fault("execution-error") else "flaky"
@@ -234,6 +240,8 @@ class Run:
     async def execute(self) -> str:
         state = self.state
         key = self.scene
+        if self.fault("restart-between") and state.fire_once(f"restart-between@{key}"):
+            await state.crash(fault="restart-between", restart_after=RESTART_BETWEEN_S)
         state.attempts[key] = state.attempts.get(key, 0) + 1
         self.fail_this = self.fault("execution-error") or (self.fault("flaky") and state.attempts[key] == 1)
         await self.add_message("execution_start", {"prompt_id": self.prompt_id}, broadcast=False)

@@ -321,6 +321,7 @@ class _Handlers:
         file, filename = found
         if not os.path.isfile(file):
             return web.Response(status=404)
+        self.state.served.add(os.path.normcase(os.path.abspath(file)))
         disposition = {"Content-Disposition": f'filename="{filename}"'}
         preview = query.get("preview")
         channel = query.get("channel", "rgba")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
+import sys
 import tempfile
 import threading
 import weakref
@@ -36,14 +38,15 @@ class ComfyUISimulator:
         models: Mapping[str, Iterable[str]] | None = None,
         models_from: Iterable[Path | str] = (),
         crash_exits_process: bool = False,
+        restart_exits_process: bool = False,
     ) -> None:
         """``models``: ``{folder: names}`` the server has besides ``checkpoints``; ``models_from``:
         JSON files (workflows, an app settings file) whose graphs' model names it has too. Any
         prompt's model names are added as it is queued, so these matter for a check made before."""
         self._own_root = root_dir is None
         root = Path(tempfile.mkdtemp(prefix="gemdirect-comfyui-")) if root_dir is None else Path(root_dir)
-        self.state = ComfyUIState(
-            root,
+        self._make_state = functools.partial(
+            ComfyUIState,
             step_seconds=step_seconds,
             faults=faults,
             history_late_seconds=history_late_seconds,
@@ -51,14 +54,24 @@ class ComfyUISimulator:
             models=models,
             models_from=models_from,
             crash_exits_process=crash_exits_process,
+            restart_exits_process=restart_exits_process,
         )
+        self._host = host
+        self.state = self._new_state(root)
         self.crashed = threading.Event()
-        self.state.on_crash = self._on_crash
-        state = self.state
-        self._server = ServerThread(
-            lambda: create_comfyui_app(state), host, port, name="gemdirect-comfyui-sim"
-        )
+        self.restarts = 0  # times the supervisor started the server again (crash-restart, restart-between)
+        self._stopping = threading.Event()
+        self._server = self._new_server(port)
         self._finalizer = weakref.finalize(self, _cleanup_root, root, self._own_root)
+
+    def _new_state(self, root: Path) -> ComfyUIState:
+        state = self._make_state(root)
+        state.on_crash = self._on_crash
+        return state
+
+    def _new_server(self, port: int) -> ServerThread:
+        state = self.state
+        return ServerThread(lambda: create_comfyui_app(state), self._host, port, name="gemdirect-comfyui-sim")
 
     @property
     def url(self) -> str:
@@ -93,6 +106,7 @@ class ComfyUISimulator:
         return self
 
     def stop(self, timeout: float = 3.0) -> None:
+        self._stopping.set()
         self._server.stop(timeout)
         if self._own_root:
             self._finalizer()
@@ -101,9 +115,33 @@ class ComfyUISimulator:
         """True once the server thread has ended (after stop() or a simulated crash)."""
         return self._server.wait_stopped(timeout)
 
-    def _on_crash(self) -> None:
+    def _on_crash(self, restart_after: float | None = None) -> None:
         self.crashed.set()
         self._server.stop()
+        if restart_after is not None:
+            sys.stderr.write(f"gemdirect simulator: ComfyUI goes down now, back in {restart_after:g} s\n")
+            sys.stderr.flush()
+        if restart_after is not None and not self._stopping.is_set():
+            threading.Thread(
+                target=self._restart, args=(restart_after,), name="gemdirect-comfyui-supervisor", daemon=True
+            ).start()
+
+    def _restart(self, delay: float) -> None:
+        """The supervisor: the same port and folders after ``delay`` s, a fresh server (an empty
+        queue and history, new sessions), the outputs on disk still served."""
+        old, port = self._server, self._server.port or 0
+        old.wait_stopped(10.0)
+        if self._stopping.wait(delay):
+            return
+        requests = self.state.requests
+        self.state = self._new_state(self.state.root_dir)
+        self.state.requests = requests  # the counts cover the whole run
+        self._server = self._new_server(port)
+        self._server.start()
+        self.restarts += 1
+        self.crashed.clear()
+        sys.stderr.write(f"gemdirect simulator: ComfyUI started again on port {port} ({self.restarts})\n")
+        sys.stderr.flush()
 
     def __enter__(self) -> ComfyUISimulator:
         return self.start()

@@ -67,7 +67,7 @@ class Conn:
 class ComfyUIState:
     """Everything one simulated ComfyUI server holds: folders, queue, history, sockets, cache."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the server's knobs, each with a default (pace, faults, models…)
         self,
         root_dir: Path | str,
         *,
@@ -78,6 +78,7 @@ class ComfyUIState:
         models: Mapping[str, Iterable[str]] | None = None,
         models_from: Iterable[Path | str] = (),
         crash_exits_process: bool = False,
+        restart_exits_process: bool = False,
     ) -> None:
         self.root_dir = Path(os.path.abspath(root_dir))
         self.input_dir = self.root_dir / "input"
@@ -98,7 +99,8 @@ class ComfyUIState:
         for path in models_from:
             self.models.learn(model_names_in_file(Path(path)))
         self.crash_exits_process = crash_exits_process
-        self.on_crash: Callable[[], None] | None = None
+        self.restart_exits_process = restart_exits_process
+        self.on_crash: Callable[[float | None], None] | None = None
 
         self.number = 0
         self.queue: list[tuple[float, int, tuple[Any, ...]]] = []
@@ -129,6 +131,7 @@ class ComfyUIState:
         self.save_lock = threading.Lock()
         self._counters: dict[tuple[str, str], int] = {}
         self.crashed = False
+        self.served: set[str] = set()  # output files /view has served (normalised paths)
         self.requests = RequestStats()  # instrumentation only (GET /gemdirect/stats, log lines)
 
     # ------------------------------------------------------------------ lifecycle (aiohttp signals)
@@ -226,9 +229,42 @@ class ComfyUIState:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().create_task(conn.ws.close())
 
-    async def crash(self) -> None:
-        if self.crash_exits_process:
-            sys.stderr.write("gemdirect simulator: fault 'crash': the ComfyUI process dies now (exit 3)\n")
+    def fire_once(self, spec: str) -> bool:
+        """True the first time a one-shot fault fires for this root folder (across restarts and
+        relaunched processes: the record is a file beside input/ and output/)."""
+        record = self.root_dir / "faults-fired.txt"
+        try:
+            fired = set(record.read_text(encoding="utf-8").split())
+        except OSError:
+            fired = set()
+        if spec in fired:
+            return False
+        with open(record, "a", encoding="utf-8") as handle:
+            handle.write(spec + "\n")
+        return True
+
+    async def earlier_outputs_fetched(self, limit_s: float = 10.0) -> None:
+        """Wait (at most ``limit_s``) until every output file of the finished prompts was served by
+        /view once: a crash mid-generation on a GPU comes minutes after the previous scene's
+        frames were fetched; at the simulator's speed it would come during that download."""
+        wanted = set()
+        for entry in self.history.values():
+            for output in (entry.get("outputs") or {}).values():
+                for item in output.get("images") or []:
+                    if isinstance(item, dict) and item.get("type", "output") == "output":
+                        path = self.output_dir / str(item.get("subfolder") or "") / str(item.get("filename"))
+                        wanted.add(os.path.normcase(os.path.abspath(path)))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + limit_s
+        while wanted - self.served and loop.time() < until:
+            await asyncio.sleep(0.05)
+
+    async def crash(self, *, fault: str = "crash", restart_after: float | None = None) -> None:
+        """The server dies now: for good (``crash``), or to be started again ``restart_after``
+        seconds later by its supervisor (this process, unless ``restart_exits_process``: then the
+        process exits and whoever launched it starts it again)."""
+        if self.crash_exits_process and (restart_after is None or self.restart_exits_process):
+            sys.stderr.write(f"gemdirect simulator: fault {fault!r}: the ComfyUI process dies now (exit 3)\n")
             sys.stderr.flush()
             sys.stdout.flush()
             os._exit(3)
@@ -236,7 +272,7 @@ class ComfyUIState:
         for conn in list(self.conns):
             self._abort(conn)
         if self.on_crash is not None:
-            self.on_crash()
+            self.on_crash(restart_after)
         raise Crash()
 
     # ------------------------------------------------------------------ queue

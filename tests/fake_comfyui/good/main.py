@@ -3,7 +3,9 @@
 Parses the options like ComfyUI's ``main.py`` (unknown ones are ignored), prints the start-up lines
 a real ComfyUI 0.3.x prints (one custom node fails to import, so the log parser has something to
 find), then runs ``python -m pytest_gemdirect.sim --host <listen> --comfyui-port <port>`` in this
-process, so the launcher's process is the server.
+process, so the launcher's process is the server. ``--base-directory`` (ComfyUI's own option) keeps
+its input/ and output/ folders across relaunches; ``GEMDIRECT_LAUNCHED_SIM_FAULTS`` (set by the
+harness from ``--sim-fault``) switches simulator faults on.
 """
 
 import argparse
@@ -15,6 +17,8 @@ parser.add_argument("--listen", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8188)
 parser.add_argument("--cpu", action="store_true")
 parser.add_argument("--cuda-device", type=int, default=None)
+parser.add_argument("--base-directory", default=None)  # ComfyUI's own: where input/ and output/ live
+parser.add_argument("--sim-step-seconds", default=None)  # the stand-in's sampler speed (tests only)
 args, _unknown = parser.parse_known_args()
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -46,4 +50,13 @@ print(f"To see the GUI go to: http://{args.listen}:{args.port}", flush=True)
 
 from pytest_gemdirect.sim.__main__ import main  # noqa: E402
 
-sys.exit(main(["--host", args.listen, "--comfyui-port", str(args.port)]))
+# The harness hands a launched stand-in the run's --sim-fault specs; a fault that restarts the
+# server ends this process instead (the harness relaunches it, on the same --base-directory).
+argv = ["--host", args.listen, "--comfyui-port", str(args.port), "--restart-exits"]
+if args.base_directory:
+    argv += ["--root", args.base_directory]
+if args.sim_step_seconds:
+    argv += ["--step-seconds", args.sim_step_seconds]
+for spec in filter(None, os.environ.get("GEMDIRECT_LAUNCHED_SIM_FAULTS", "").split(",")):
+    argv += ["--fault", spec]
+sys.exit(main(argv))
