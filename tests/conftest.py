@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.outside import PIPELINE_MODULE, REPO
+from tests.runs import SharedRuns
 
 VITEST_DIR = REPO / "fixtures" / "suites" / "vitest"
 """The sample vitest project that stands in for the app's own suites."""
@@ -19,6 +20,12 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     """A user project that collects the pipeline's stages."""
     pytester.makepyfile(test_pipeline=PIPELINE_MODULE)
     return pytester
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> SharedRuns:
+    """The shared pipeline runs of tests/runs.py, each started once when a test first reads it."""
+    return SharedRuns(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

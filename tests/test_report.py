@@ -26,7 +26,7 @@ from pytest_gemdirect.report import (
 )
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.summary import RunSummary, validate_summary
-from tests.outside import run_e2e
+from tests.runs import FAILED_SCENE, SharedRuns
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -1122,13 +1122,13 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def real_failed_run(project: pytest.Pytester) -> Path:
-    """A real run on the embedded stack whose scene-002 fails in generation (no re-queue)."""
-    result, run_dir, _ = run_e2e(
-        project, "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
-    )
-    result.assert_outcomes(failed=1, passed=9, skipped=2)
-    return run_dir
+def real_failed_run(shared_runs: SharedRuns, tmp_path: Path) -> Path:
+    """A real run on the embedded stack whose scene-002 fails in generation (no re-queue): a copy of
+    the shared FAILED_SCENE run, since the test writes a report into it."""
+    run = shared_runs.get(FAILED_SCENE)
+    # the stages (scene-002's frames not reached, no suites) and the README's check, not reached there too
+    run.result.assert_outcomes(failed=1, passed=9 + 2, skipped=2 + 1)
+    return run.copy_to(tmp_path)
 
 
 def chromium() -> Path | None:

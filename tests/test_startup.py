@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.outside import run_e2e, summary_of
+from tests.outside import summary_of
+from tests.runs import PASSING, SMOKE, SharedRuns
 
 
 def usage_error(project: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -75,15 +76,17 @@ def test_unbalanced_comfyui_args_are_refused(project: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*invalid value*for comfyui_args (from --comfyui-args)*"])
 
 
-def test_a_shipped_workflow_is_named_without_a_folder(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--workflow", "smoke", "--scenes", "1")
-    result.assert_outcomes(passed=7, skipped=1)
+def test_a_shipped_workflow_is_named_without_a_folder(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(SMOKE)  # "--workflow", "smoke": 3 scenes, fallback story (no LLM health)
+    result, run_dir = run.result, run.run_dir
+    result.assert_outcomes(passed=10, skipped=2)
     assert summary_of(run_dir)["comfyui"]["workflow"].endswith("smoke.json")
 
 
-def test_every_file_of_a_passed_run_agrees_with_the_summary(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--scenes", "2")
-    result.assert_outcomes(passed=9, skipped=1)
+def test_every_file_of_a_passed_run_agrees_with_the_summary(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # 3 scenes and the README's check; this test ran 2 scenes before
+    result, run_dir = run.result, run.run_dir
+    result.assert_outcomes(passed=11 + 3, skipped=1)
     for scene in summary_of(run_dir)["scenes"]:
         on_disk = json.loads((run_dir / scene["id"] / "scene.json").read_text(encoding="utf-8"))
         assert on_disk["status"] == scene["status"] == "passed"
