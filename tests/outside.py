@@ -35,15 +35,26 @@ SMOKE = REPO / "fixtures" / "workflows" / "smoke.json"
 
 FAST = (
     "--completion-grace",
-    "2",
+    "10",
     "--scene-max-wait",
-    "6",
+    "60",
     "--ws-idle-timeout",
-    "1",
+    "5",
     "--history-poll-interval",
     "0.3",
 )
-"""Small policy values that keep a faulted run to a few seconds."""
+"""Policy values for a run whose deadlines must not fire: a simulator scene takes one or two seconds
+on an idle machine and a few times that on a busy 2-core one, so each bound here is far above what
+a healthy scene needs, yet a hang still ends within a minute. A test that needs one of them to fire
+adds the matching value below after FAST (a later flag wins)."""
+
+GRACE_THAT_FIRES = ("--completion-grace", "2")
+"""For a fault whose grace must run out (history-never): the other scenes' entries are in /history
+when they complete, so the grace never bounds them."""
+
+SCENE_WAIT_THAT_FIRES = ("--scene-max-wait", "15")
+"""For a fault only the scene deadline can end (stall, view-trickle): short, yet some times what a
+healthy scene beside it takes on a busy machine, since the same deadline bounds every scene."""
 
 
 class PipelineRun(NamedTuple):

@@ -20,6 +20,8 @@ import pytest
 from pytest_gemdirect.schemas_io import load_schema
 from tests.outside import (
     FAST,
+    GRACE_THAT_FIRES,
+    SCENE_WAIT_THAT_FIRES,
     PipelineRun,
     events,
     gpu_requests,
@@ -54,7 +56,7 @@ def scene_fault_run(project: pytest.Pytester, fault: str, *extra: str, n: int = 
 
 
 def test_history_never_fails_frames_of_that_scene_after_the_grace(project: pytest.Pytester) -> None:
-    result, run_dir, _ = scene_fault_run(project, "history-never")
+    result, run_dir, _ = scene_fault_run(project, "history-never", *GRACE_THAT_FIRES)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = summary_of(run_dir)
     assert data["status"] == "failed"
@@ -122,7 +124,7 @@ def test_websocket_faults_pass_by_polling_with_a_note(
 
 
 def test_stall_fails_generation_at_scene_max_wait_naming_last_progress(project: pytest.Pytester) -> None:
-    result, run_dir, _ = scene_fault_run(project, "stall", "--max-scene-retries", "0")
+    result, run_dir, _ = scene_fault_run(project, "stall", *SCENE_WAIT_THAT_FIRES, "--max-scene-retries", "0")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = summary_of(run_dir)
     svd = items(data, "svd")["svd[scene-002]"]
@@ -135,11 +137,26 @@ def test_stall_fails_generation_at_scene_max_wait_naming_last_progress(project: 
     assert scenes(data)["scene-001"]["status"] == scenes(data)["scene-003"]["status"] == "passed"
 
 
+SCENE_002_TIMEOUT = """
+import pytest
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.name == "test_generation[scene-002]":
+            item.add_marker(pytest.mark.timeout(4))
+"""
+"""The user's own timeout on scene-002's generation alone: the stages before it may take any time
+a busy machine needs (a --timeout 4 for every test fired in test_environment under load)."""
+
+
 def _stalled_under_user_timeout(project: pytest.Pytester, *extra: str) -> PipelineRun:
-    """scene-002 stalls under a long scene-max-wait; the user's --timeout 4 ends its test first."""
+    """scene-002 stalls under a long scene-max-wait; the user's timeout of 4 s on its generation test
+    ends that test first (``--timeout 600``: the user set one, so the harness adds no backstop)."""
+    project.makeconftest(SCENE_002_TIMEOUT)
     return run_e2e(
         project, "--story-mode", "fallback", "--scenes", "2", "--scene-max-wait", "300",
-        "--sim-fault", "stall@scene-002", "--timeout", "4", *extra,
+        "--sim-fault", "stall@scene-002", "--timeout", "600", *extra,
     )  # fmt: skip
 
 

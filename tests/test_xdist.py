@@ -15,6 +15,7 @@ from bs4 import BeautifulSoup
 from tests.outside import (
     FAKES,
     FAST,
+    GRACE_THAT_FIRES,
     SMOKE,
     PipelineRun,
     interrupt,
@@ -85,7 +86,13 @@ def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report
     project: pytest.Pytester,
 ) -> None:
     result, run_dir, _ = run_xdist(
-        project, "--story-mode", "fallback", *FAST, "--sim-fault", "history-never@scene-002"
+        project,
+        "--story-mode",
+        "fallback",
+        *FAST,
+        *GRACE_THAT_FIRES,
+        "--sim-fault",
+        "history-never@scene-002",
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*frames*"])

@@ -143,13 +143,16 @@ class Stages:
         Called when the process is about to end from another thread (pytest-timeout's thread
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
+        # Recorded before the jobs are stopped: stopping a job ends the stage waiting on it in the
+        # main thread, which would otherwise record it as failed first, or (between leaving the
+        # running stages and recording) not at all, leaving the closed summary without the item.
         if self._pool is not None:
-            at_work = self._pool.at_work()
-            self._pool.stop(message)
-            for scene_id in at_work:
+            for scene_id in self._pool.at_work():
                 self.pipeline.mark_interrupted(f"svd[{scene_id}]", message)
-        self.ctx.active_jobs.stop_all(message)
         self.pipeline.interrupt_running(message)
+        if self._pool is not None:
+            self._pool.stop(message)
+        self.ctx.active_jobs.stop_all(message)
 
     def _suite(self, key: str) -> SuiteResult:
         if "[" not in key:
