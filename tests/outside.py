@@ -8,6 +8,7 @@ A plain module (its name does not start with ``test_``), so pytest does not coll
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +102,14 @@ def events(run_dir: Path, scene_id: str) -> list[dict]:
     """The events a scene wrote to ``<scene_id>/events.jsonl``, blank lines passed over."""
     lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def own_install(name: str, folder: Path) -> Path:
+    """A copy of the fake install ``name`` in ``folder``, one test's own: its processes are that
+    test's alone, so "none is alive afterwards" holds while other xdist workers launch theirs."""
+    target = folder / f"fake-comfyui-{name}"
+    shutil.copytree(FAKES / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
 
 
 def processes_from(install: Path) -> list[psutil.Process]:

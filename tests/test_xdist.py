@@ -20,6 +20,7 @@ from tests.outside import (
     PipelineRun,
     interrupt,
     items,
+    own_install,
     processes_from,
     run_e2e,
     scenes,
@@ -104,9 +105,9 @@ def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report
 
 
 def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
-    project: pytest.Pytester,
+    project: pytest.Pytester, tmp_path: Path
 ) -> None:
-    install = FAKES / "good"
+    install = own_install("good", tmp_path)
     result, run_dir, _ = run_xdist(
         project,
         "--story-mode",
