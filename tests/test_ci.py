@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 import xml.etree.ElementTree as ET
 
+import pytest
 import yaml
 
 from tests.outside import REPO
@@ -65,3 +68,19 @@ def test_the_example_ci_workflow_runs_the_readmes_commands_on_windows_and_linux(
         assert upload and upload[0]["if"] == "always()", name
     for command in ('pip install -e ".[dev]"', 'pytest -m "not e2e"', "pytest -m e2e"):
         assert command in readme
+
+
+def test_ci_and_the_suite_benchmark_run_the_readmes_test_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_benchmark", REPO / "benchmarks" / "test_suite.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclasses look their module up
+    spec.loader.exec_module(benchmark)
+    command = benchmark.readme_test_command()
+    assert command[:3] == ["pytest", "-m", "not e2e"] and "-n" in command  # on xdist's workers
+    ci_lines = [
+        " ".join(line.split()) for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ]
+    assert shlex.join(command).replace("'", '"') in ci_lines
