@@ -139,11 +139,34 @@ SPOILT_VIDEO = RunSpec(
 """Every video fault in one run, one a scene. Read by test_pipeline_video (a spoilt video fails that
 scene's frames naming its figure)."""
 
+RECOVERED_FAULTS = {
+    "scene-002": "ws-drop",
+    "scene-003": "ws-silent",
+    "scene-004": "flaky",
+    "scene-005": "history-garbage",
+}
+"""One fault a scene that the harness recovers from; scene-001 stays clean."""
+
+RECOVERED = RunSpec(
+    "recovered",
+    (
+        "--story-mode",
+        "fallback",
+        "--scenes",
+        str(1 + len(RECOVERED_FAULTS)),
+        *FAST,
+        *(arg for scene, fault in RECOVERED_FAULTS.items() for arg in ("--sim-fault", f"{fault}@{scene}")),
+    ),
+)
+"""Every fault a run should pass through, one a scene. Read by test_pipeline_faults (the WebSocket
+faults pass by polling; flaky passes on its second attempt) and test_pipeline_hostile (non-JSON
+history answers are polled past)."""
+
 GENERATION_ONLY = RunSpec("generation-only", markexpr="svd")
 """``pytest -m svd``: generation selected, frame retrieval not. Read by test_plugin (no scene is left
 running; the deselected stages say why)."""
 
-CATALOGUE = (PASSING, FAILED_SCENE, SMOKE, SPOILT_VIDEO, GENERATION_ONLY)
+CATALOGUE = (PASSING, FAILED_SCENE, SMOKE, SPOILT_VIDEO, RECOVERED, GENERATION_ONLY)
 assert len({spec.name for spec in CATALOGUE}) == len(CATALOGUE), "each shared run is named once"
 
 

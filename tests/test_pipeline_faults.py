@@ -36,6 +36,7 @@ from tests.outside import (
     summary_of,
     wait_for_scene_002_attempt,
 )
+from tests.runs import RECOVERED, RECOVERED_FAULTS, SharedRuns
 
 
 def scene_fault_run(project: pytest.Pytester, fault: str, *extra: str, n: int = 3) -> PipelineRun:
@@ -111,14 +112,13 @@ def test_history_late_within_the_grace_passes_with_a_warning(project: pytest.Pyt
 @pytest.mark.parametrize(
     ("fault", "note"), [("ws-drop", "websocket dropped"), ("ws-silent", "websocket silent")]
 )
-def test_websocket_faults_pass_by_polling_with_a_note(
-    project: pytest.Pytester, fault: str, note: str
-) -> None:
-    result, run_dir, _ = scene_fault_run(project, fault, n=2)
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    data = summary_of(run_dir)
+def test_websocket_faults_pass_by_polling_with_a_note(shared_runs: SharedRuns, fault: str, note: str) -> None:
+    run = shared_runs.get(RECOVERED)  # one recovered fault a scene; scene-001 clean
+    (scene_id,) = [scene for scene, recovered in RECOVERED_FAULTS.items() if recovered == fault]
+    assert run.result.ret == pytest.ExitCode.OK, run.result.stdout.str()
+    data = summary_of(run.run_dir)
     assert data["status"] == "passed"
-    notes = scenes(data)["scene-002"]["notes"]
+    notes = scenes(data)[scene_id]["notes"]
     assert any(note in n and "polling" in n for n in notes), notes
     assert scenes(data)["scene-001"]["notes"] == []
 
@@ -237,11 +237,12 @@ def test_execution_error_is_retried_then_fails_naming_the_node(project: pytest.P
     assert scenes(data)["scene-001"]["status"] == "passed"
 
 
-def test_flaky_passes_on_the_second_attempt(project: pytest.Pytester) -> None:
-    result, run_dir, _ = scene_fault_run(project, "flaky", n=2)
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
-    data = summary_of(run_dir)
-    scene = scenes(data)["scene-002"]
+def test_flaky_passes_on_the_second_attempt(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(RECOVERED)  # flaky@scene-004
+    assert RECOVERED_FAULTS["scene-004"] == "flaky"
+    assert run.result.ret == pytest.ExitCode.OK, run.result.stdout.str()
+    data = summary_of(run.run_dir)
+    scene = scenes(data)["scene-004"]
     assert scene["status"] == "passed"
     assert [(a["number"], a["outcome"]) for a in scene["attempts"]] == [
         (1, "execution_error"),

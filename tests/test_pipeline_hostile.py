@@ -20,6 +20,7 @@ import pytest
 
 from pytest_gemdirect.comfyui.long_strings import LONG_STRING_KEEP, LongStringCut
 from tests.outside import FAST, SCENE_WAIT_THAT_FIRES, PipelineRun, events, items, run_e2e, scenes, summary_of
+from tests.runs import RECOVERED, RECOVERED_FAULTS, SharedRuns
 
 CONTROL_OR_BIDI = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 """What must never reach a terminal or a file name raw: C0 controls but tab and newline, DEL, C1
@@ -203,13 +204,15 @@ def test_hostile_output_names_stay_in_the_run_directory_and_reach_no_terminal_ra
 # --- history-garbage ------------------------------------------------------------------------------
 
 
-def test_non_json_history_answers_are_polled_past_and_the_run_passes(project: pytest.Pytester) -> None:
-    result, run_dir, _ = fault_run(project, "--sim-fault", "history-garbage@scene-002")
+def test_non_json_history_answers_are_polled_past_and_the_run_passes(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(RECOVERED)  # history-garbage@scene-005, other recovered faults beside it
+    assert RECOVERED_FAULTS["scene-005"] == "history-garbage"
+    result, run_dir = run.result, run.run_dir
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
     assert data["status"] == "passed"
-    assert [attempt["outcome"] for attempt in scenes(data)["scene-002"]["attempts"]] == ["success"]
-    polls = [e for e in events(run_dir, "scene-002") if e.get("event") == "poll"]
+    assert [attempt["outcome"] for attempt in scenes(data)["scene-005"]["attempts"]] == ["success"]
+    polls = [e for e in events(run_dir, "scene-005") if e.get("event") == "poll"]
     garbage = [p for p in polls if "that is not JSON" in str(p.get("history"))]
     assert len(garbage) == 3, polls  # the simulator's three garbage answers, each seen
     assert "502 Bad Gateway" in garbage[0]["history"]
