@@ -280,6 +280,10 @@ def test_crash_fails_that_scene_quickly_and_later_scenes_are_not_reached(project
         "1",
         "--history-poll-interval",
         "0.3",
+        # steps of 0.25 s: the crash comes seconds into scene-002's generation, after scene-003 is
+        # queued behind it even on a busy machine (at 0.01 s it came before that under load)
+        "--sim-step-seconds",
+        "0.25",
         "--sim-fault",
         "crash@scene-002",
     )
