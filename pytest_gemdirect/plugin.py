@@ -146,6 +146,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ordered = sorted((items[index] for index in slots), key=_order_key)
     for slot, item in zip(slots, ordered, strict=True):
         items[slot] = item
+    _probe_servers(config, ordered)
     run = activate(config)
     run.pipeline_tests.update(item.nodeid for item in ordered)
     run.selected_stages.update(
@@ -157,6 +158,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         support = TimeoutSupport(run)
         config.pluginmanager.register(support, "gemdirect-timeout")
         support.add_backstop(ordered)
+
+
+_NEED_COMFYUI = {"comfyui", "svd", "frames", "summary"}
+
+
+def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An unreachable ``--comfyui-url`` stops the run before its first stage (exit 4).
+
+    Only where the selected tests need ComfyUI, and not on an xdist worker (the controller boots
+    the services there and hands their state over).
+    """
+    urls = config.stash[SETTINGS_KEY].comfyui_url
+    if not urls or hasattr(config, "workerinput"):
+        return
+    stages = {m.name for item in items for m in item.iter_markers() if m.name in _STAGE_RANK}
+    own_checks = any(not any(m.name in _STAGE_RANK for m in item.iter_markers()) for item in items)
+    if not (stages & _NEED_COMFYUI or own_checks):
+        return
+    from pytest_gemdirect.probe import startup_problem
+
+    problem = startup_problem(urls)
+    if problem is not None:
+        raise pytest.UsageError(f"pytest-gemdirect: {problem}")
 
 
 def _order_key(item: pytest.Item) -> tuple[int, int, int]:

@@ -91,6 +91,10 @@ class Run:
                 self.directory = RunDirectory.create(
                     logs_dir=self.settings.logs_dir, run_dir=self.settings.run_dir
                 )
+                if self.settings.run_dir is None:
+                    from pytest_gemdirect.retention import prune_runs
+
+                    prune_runs(self.directory.root.parent, self.settings.keep_runs, self.directory.root)
         return self.directory
 
     def ensure_services(self) -> Services:
@@ -128,9 +132,15 @@ class Run:
             )
             self._stages = Stages(context)
             self.treat_signals_as_interrupt()
-            for started in self.on_start:
-                started(self)
+            self.announce_start()
         return self._stages
+
+    def announce_start(self) -> None:
+        """Call the ``on_start`` hooks once: when the first stage starts, or (xdist controller)
+        once the services are booted for the workers."""
+        hooks, self.on_start = self.on_start, []
+        for started in hooks:
+            started(self)
 
     # --- what the run has recorded -------------------------------------------------------------
 
@@ -201,7 +211,7 @@ class Run:
                 self._stages.interrupt_running("the run was interrupted")
             self.summary.finish(
                 "interrupted" if interrupted else "passed",
-                "interrupted" if interrupted else None,
+                "cut short by Ctrl-C or a signal" if interrupted else None,
                 failed_tests=self.failed_tests,
                 selected_stages=self.selected_stages,
             )

@@ -22,43 +22,57 @@ class SettingError(ValueError):
     """An invalid setting value; the message names the setting and its source."""
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number, e.g. 3") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number, e.g. 2.5") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise ValueError("must be a whole number of at least 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise ValueError("must be a whole number of at least 0")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ValueError("must be a number above 0")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if value < 0:
         raise ValueError("must be a number of at least 0")
     return value
 
 
 def _grey_level(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 0 <= value <= 255:
         raise ValueError("must be a grey level from 0 to 255")
     return value
 
 
 def _share(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0 < value <= 1:
         raise ValueError("must be a share above 0 and at most 1 (0.99 is 99 %)")
     return value
@@ -67,12 +81,12 @@ def _share(text: str) -> float:
 def _url(text: str) -> str:
     parsed = urlparse(text)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("must be an http:// or https:// URL")
+        raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8188")
     return text.rstrip("/")
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 65535:
         raise ValueError("must be a port number from 1 to 65535")
     return value
@@ -131,7 +145,10 @@ def _size(text: str) -> tuple[int, int]:
     width, sep, height = text.lower().partition("x")
     if not sep:
         raise ValueError("must look like 1024x576")
-    w, h = int(width), int(height)
+    try:
+        w, h = int(width), int(height)
+    except ValueError:
+        raise ValueError("must look like 1024x576") from None
     if not (16 <= w <= 8192 and 16 <= h <= 8192):
         raise ValueError("width and height must be between 16 and 8192")
     return (w, h)
@@ -250,7 +267,7 @@ SPECS: tuple[SettingSpec, ...] = (
         metavar="MB",
     ),
     SettingSpec("llm_timeout", _positive_float, 120.0, "seconds an LLM request may take", metavar="S"),
-    SettingSpec("llm_seed", int, 42, "seed sent to the LLM and used by the fallback story", metavar="N"),
+    SettingSpec("llm_seed", _whole, 42, "seed sent to the LLM and used by the fallback story", metavar="N"),
     SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM", metavar="T"),
     SettingSpec(
         "require_real_backends",
@@ -296,6 +313,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"
     ),
     SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)", metavar="DIR"),
+    SettingSpec(
+        "keep_runs",
+        _non_negative_int,
+        20,
+        "run directories the harness made under --logs-dir to keep, this one included; older ones are"
+        " removed (0: keep all)",
+        metavar="N",
+    ),
     SettingSpec(
         "baseline",
         _existing_dir,
@@ -415,17 +440,22 @@ class Settings:
 
 
 def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
+    if spec.multi:
+        items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
+        if spec.commas_in_flag:
+            items = [part for item in items for part in str(item).split(",")]
+        return tuple(_parse_one(spec, str(item).strip(), source) for item in items if str(item).strip())
+    if raw is None:
+        return None
+    return _parse_one(spec, raw, source) if isinstance(raw, str) else raw
+
+
+def _parse_one(spec: SettingSpec, text: str, source: str) -> Any:
+    """One value as the user typed it; the error quotes that value, never a Python list."""
     try:
-        if spec.multi:
-            items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
-            if spec.commas_in_flag:
-                items = [part for item in items for part in str(item).split(",")]
-            return tuple(spec.parse(str(item).strip()) for item in items if str(item).strip())
-        if raw is None:
-            return None
-        return spec.parse(raw) if isinstance(raw, str) else raw
+        return spec.parse(text)
     except (ValueError, TypeError) as exc:
-        shown = "***" if spec.secret else repr(raw)
+        shown = "***" if spec.secret else repr(text)
         raise SettingError(f"invalid value {shown} for {spec.name} ({source}): {exc}") from None
 
 

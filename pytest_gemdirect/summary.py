@@ -34,6 +34,7 @@ SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them 
     "skipped": "[~]",
     "running": "[>]",
     "interrupted": "[!]",
+    "deselected": "[ ]",
 }
 
 
@@ -255,8 +256,10 @@ class RunSummary:
         """A stage whose tests were not selected says why its row looks as it does."""
         for stage in self.data["stages"]:
             if stage["name"] in selected or stage["message"]:
-                continue
-            if stage["status"] == "not_reached":
+                continue  # selected, or it has its own word to say (a failure, a skip reason)
+            stage["work_ran"] = stage["status"] != "not_reached"
+            stage["status"] = "deselected"
+            if not stage["work_ran"]:
                 stage["message"] = "its tests were not selected and no selected test needed its work"
             else:
                 stage["message"] = "its tests were not selected; its work ran for the stages that needed it"
@@ -289,7 +292,10 @@ class RunSummary:
                 return
             self.data["duration_s"] = round(time.monotonic() - self._started, 3)
             write_summary_files(self.run, self.data)
-            for scene_id, details in self._scene_details.items():
+            # Every scene that started has its scene.json, a failed one too (with what the record
+            # says; the frames stage adds its details).
+            for scene_id in sorted(self._started_scenes | set(self._scene_details)):
+                details = self._scene_details.get(scene_id, {})
                 # Only a scene whose record changed is rewritten: with 8 scenes every update would
                 # otherwise rewrite (and fsync) eight scene.json files that say what they said.
                 text = json.dumps(
@@ -346,6 +352,8 @@ def verdict(data: dict[str, Any]) -> str:
     if status == "running":
         return f"RUNNING{sim}"
     reason = data.get("status_reason") or ""
+    if reason.strip().lower() == status:  # "INTERRUPTED — interrupted" says it twice
+        reason = ""
     return f"{status.upper()}{sim}" + (f" — {reason}" if reason else "")
 
 

@@ -148,10 +148,12 @@ class Terminal:
     def settings_lines(self) -> list[str]:
         settings = self.run.settings
         public = settings.public()
-        shown = ", ".join(f"{name}={public[name]}" for name in ("scenes", "story_mode", *HEADER_NAMES))
+        shown = ", ".join(
+            f"{name}={_as_typed(public[name])}" for name in ("scenes", "story_mode", *HEADER_NAMES)
+        )
         lines = [f"gemdirect settings: {shown}"]
         changed = [
-            f"{spec.name}={public[spec.name]} ({settings.sources[spec.name]})"
+            f"{spec.name}={_as_typed(public[spec.name])} ({settings.sources[spec.name]})"
             for spec in SPECS
             if settings.sources[spec.name] != "default"
         ]
@@ -183,3 +185,12 @@ class Terminal:
             write(f"gemdirect: {run.report_problem}")
         elif run.directory.report_html.is_file():
             write(f"gemdirect report: {run.directory.report_html}")
+
+
+def _as_typed(value: Any) -> str:
+    """A setting's value as a user would type it (``a,b`` rather than a Python list)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

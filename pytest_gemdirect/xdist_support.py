@@ -99,6 +99,7 @@ class XdistController:
             self._handoff_path, Handoff(directory.root, directory.run_id, backends, error).to_dict()
         )
         run.treat_signals_as_interrupt()
+        run.announce_start()  # the SIMULATED and run-directory lines, as without xdist
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:

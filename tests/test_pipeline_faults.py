@@ -370,6 +370,11 @@ def test_ctrl_c_mid_scene_leaves_an_interrupted_summary_and_no_simulator(project
     assert scene_002["status"] == "interrupted"
     assert [a["outcome"] for a in scene_002["attempts"]] == ["interrupted"]
     assert items(data, "svd")["svd[scene-002]"]["status"] == "interrupted"
+    # what people read says each thing once: no "svd[scene-002]: svd[scene-002]: …", no
+    # "INTERRUPTED — interrupted"
+    text = (run_dir / "run-summary.txt").read_text(encoding="utf-8")
+    assert "svd[scene-002]: svd[scene-002]" not in text and "svd[scene-002]: the run was" in text
+    assert "— interrupted" not in output + text and "— cut short by Ctrl-C or a signal" in text
     # the GPU job stopped too: our own running prompt interrupted and dequeued, nobody else's
     _assert_own_prompt_stopped(run_dir, data, "scene-002")
     gone_by = time.monotonic() + 10

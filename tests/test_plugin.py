@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from bs4 import BeautifulSoup
 from PIL import Image
 
 from pytest_gemdirect.schemas_io import load_schema
@@ -286,20 +287,37 @@ def test_deselected_stages_say_why_their_rows_look_as_they_do(shared_runs: Share
     result.assert_outcomes(passed=3)
     by_stage = stages(summary_of(run_dir))
     assert by_stage["svd"]["message"] is None  # selected: its own outcome speaks
-    assert by_stage["story"]["status"] == "passed"
+    # a deselected stage has its own word, in the summary, the terminal, the text and the report
+    assert (by_stage["story"]["status"], by_stage["story"]["work_ran"]) == ("deselected", True)
     assert (
         by_stage["story"]["message"]
         == "its tests were not selected; its work ran for the stages that needed it"
     )
-    assert by_stage["frames"]["status"] == "not_reached"
+    assert (by_stage["frames"]["status"], by_stage["frames"]["work_ran"]) == ("deselected", False)
     assert by_stage["frames"]["message"] == "its tests were not selected and no selected test needed its work"
+    result.stdout.fnmatch_lines(["[[] ] story            deselected", "[[]+] generation       passed"])
+    assert "[+] story" not in result.stdout.str() and "not_reached" not in result.stdout.str()
+    text = (run_dir / "run-summary.txt").read_text(encoding="utf-8")
+    assert "[ ] story            deselected" in text and "[ ] frame retrieval  deselected" in text
+    page = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
+    rows = {
+        row.get_text(" ", strip=True).split(" deselected")[0]
+        for row in page.select("tr.gd-status-deselected")
+    }
+    assert any("story" in row for row in rows) and any("frame retrieval" in row for row in rows), rows
 
 
 def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(shared_runs: SharedRuns) -> None:
-    run = shared_runs.get(PASSING)  # 3 scenes and the README's check; this test ran one scene before
+    run = shared_runs.get(PASSING)  # 3 scenes and the README's check beside the stages
     result, run_dir = run.result, run.run_dir
     result.assert_outcomes(passed=11 + 3, skipped=1)
-    devices = summary_of(run_dir)["comfyui"]["devices"]
-    assert devices and all(device["name"].endswith("(SIMULATED)") for device in devices)
+    comfyui = summary_of(run_dir)["comfyui"]
+    assert comfyui["devices"] and all(d["name"] == "simulated GPU, 24 GiB" for d in comfyui["devices"])
+    assert comfyui["pytorch"] == "none (simulated)"
+    page = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
+    text = page.get_text(" ")
+    assert "RTX" not in text and "cu130" not in text  # nothing reads like real hardware
+    assert "no GPU visible to this machine (ComfyUI's GPU is simulated)" in text
+    assert not [td for td in page.find_all("td") if re.match(r"\s*-\d", td.get_text())]  # no negative "taken"
     assert not (run_dir / "simulator").exists()
     assert (run_dir / "simulator.log").is_file()

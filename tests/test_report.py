@@ -26,7 +26,7 @@ from pytest_gemdirect.report import (
 )
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.summary import RunSummary, validate_summary
-from tests.runs import FAILED_SCENE, SharedRuns
+from tests.runs import FAILED_SCENE, PASSING, SharedRuns
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -468,7 +468,8 @@ def test_configuration_shows_values_and_sources_with_secrets_redacted(failed_run
     soup = parse(markup)
     config = {
         tr.find_all("td")[0].get_text(strip=True): [td.get_text(strip=True) for td in tr.find_all("td")[1:]]
-        for tr in section(soup, "config").find("tbody").find_all("tr")
+        for tbody in section(soup, "config").find_all("tbody")  # what differs, and the folded defaults
+        for tr in tbody.find_all("tr")
     }
     assert config["llm_api_key"] == ["***", "from GEMDIRECT_LLM_API_KEY"]
     assert config["comfyui_token"][0] == "***"
@@ -1215,6 +1216,11 @@ def test_report_of_a_real_run_with_one_failed_scene_opens_in_chromium(real_faile
             )
             for index in range(videos.count()):
                 assert videos.nth(index).evaluate("v => v.duration > 0 && v.videoWidth > 0 && !v.error")
+                assert (videos.nth(index).get_attribute("poster") or "").startswith("data:image/")
+            # a clip plays offline: its time advances (no spinner stuck at 0:00)
+            first = videos.first
+            first.evaluate("v => v.play()")
+            page.wait_for_function("v => v.currentTime > 0.2 && !v.paused", arg=first.element_handle())
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=str(screenshot), full_page=True)
             # the run's own report.html (pytest-html, with the run's block) opens cleanly too
@@ -1225,3 +1231,31 @@ def test_report_of_a_real_run_with_one_failed_scene_opens_in_chromium(real_faile
     assert problems == []
     with Image.open(screenshot) as shot:
         assert shot.width == 1400
+
+
+def test_the_first_screen_of_a_default_runs_report_shows_verdict_steps_and_gallery(shared_runs, tmp_path):
+    """The frames and clips, the point of the run, are on the first screen (1400x1000), not 5000 px down.
+
+    The screenshot is kept as ``first-screen.png`` in the test's temporary folder to look at.
+    """
+    sync_api = browser_tools()
+    run = shared_runs.get(PASSING)  # the default run (with the README's frame check beside the stages)
+    run.result.assert_outcomes(passed=11 + 3, skipped=1)
+    run_dir = run.run_dir
+    screenshot = tmp_path / "first-screen.png"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium()), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto((run_dir / "report.html").as_uri(), wait_until="load")
+            page.screenshot(path=str(screenshot))
+            for selector in (".gd-verdict", "#gd-steps", "#gd-gallery .gd-scene-card"):
+                box = page.locator(selector).first.bounding_box()
+                assert box is not None and box["y"] < 1000, (selector, box)
+            # the configuration shows what differs from the defaults; the rest is folded away
+            assert page.locator("#gd-config details.gd-defaults").count() == 1
+            assert not page.locator("#gd-config details.gd-defaults table").is_visible()
+        finally:
+            browser.close()
+    with Image.open(screenshot) as shot:
+        assert shot.size == (1400, 1000)

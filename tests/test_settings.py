@@ -82,3 +82,32 @@ def test_every_setting_has_flag_ini_and_env_names() -> None:
     assert len({spec.flag for spec in SPECS}) == len(SPECS)
     suites = next(spec for spec in SPECS if spec.name == "suites")
     assert (suites.flag, suites.ini, suites.env) == ("--suite", "gemdirect_suites", "GEMDIRECT_SUITES")
+
+
+@pytest.mark.parametrize(
+    ("flags", "said", "not_said"),
+    [
+        (
+            {"scenes": "abc"},
+            "invalid value 'abc' for scenes (from --scenes): must be a whole number",
+            "literal",
+        ),
+        (
+            {"sim_step_seconds": "fast"},
+            "'fast' for sim_step_seconds (from --sim-step-seconds): must be a number",
+            "float",
+        ),
+        ({"comfyui_url": ["not-a-url"]}, "invalid value 'not-a-url' for comfyui_url", "['"),
+        (
+            {"keyframe_size": "AxB"},
+            "keyframe_size (from --keyframe-size): must look like 1024x576",
+            "literal",
+        ),
+    ],
+)
+def test_errors_in_the_users_words(flags: dict, said: str, not_said: str) -> None:
+    """The value as typed and what it must be; no Python exception text, no Python list."""
+    with pytest.raises(SettingError) as excinfo:
+        resolve(flags, {}, environ={})
+    assert said in str(excinfo.value)
+    assert not_said not in str(excinfo.value)

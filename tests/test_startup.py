@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.outside import summary_of
-from tests.runs import PASSING, SMOKE, SharedRuns
+from tests.runs import FAILED_SCENE, SMOKE, SharedRuns
 
 
 def usage_error(project: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -83,17 +85,51 @@ def test_a_shipped_workflow_is_named_without_a_folder(shared_runs: SharedRuns) -
     assert summary_of(run_dir)["comfyui"]["workflow"].endswith("smoke.json")
 
 
-def test_every_file_of_a_passed_run_agrees_with_the_summary(shared_runs: SharedRuns) -> None:
-    run = shared_runs.get(PASSING)  # 3 scenes and the README's check; this test ran 2 scenes before
+def test_every_scene_folder_has_a_scene_json_that_agrees_with_the_summary(shared_runs: SharedRuns) -> None:
+    """A failed scene's folder too; the frames it lists are relative paths into the run."""
+    run = shared_runs.get(FAILED_SCENE)  # execution-error@scene-002, no re-queue, 3 scenes
     result, run_dir = run.result, run.run_dir
-    result.assert_outcomes(passed=11 + 3, skipped=1)
-    for scene in summary_of(run_dir)["scenes"]:
-        on_disk = json.loads((run_dir / scene["id"] / "scene.json").read_text(encoding="utf-8"))
-        assert on_disk["status"] == scene["status"] == "passed"
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    scenes = {scene["id"]: scene for scene in summary_of(run_dir)["scenes"]}
+    assert [scenes[s]["status"] for s in ("scene-001", "scene-002", "scene-003")] == [
+        "passed",
+        "failed",
+        "passed",
+    ]
+    for sid, scene in scenes.items():
+        on_disk = json.loads((run_dir / sid / "scene.json").read_text(encoding="utf-8"))
+        assert on_disk["status"] == scene["status"]
         assert on_disk["attempts"] == scene["attempts"]
+    frames = json.loads((run_dir / "scene-001" / "scene.json").read_text(encoding="utf-8"))["frames"]
+    assert frames and all(
+        not Path(f["path"]).is_absolute() and (run_dir / f["path"]).is_file() for f in frames
+    )
 
 
 def test_a_plain_pytest_run_names_the_report(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("-p", "no:cacheprovider", f"--run-dir={project.path / 'run'}")
     result.assert_outcomes(passed=11, skipped=1)
     result.stdout.fnmatch_lines([f"*gemdirect report: {project.path / 'run' / 'report.html'}"])
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """A loopback port held (bound, not listening), so a connection to it is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_an_unreachable_comfyui_url_stops_the_run_before_the_first_stage(
+    project: pytest.Pytester, dead_url: str
+) -> None:
+    result = usage_error(project, f"--comfyui-url={dead_url}")
+    result.stderr.fnmatch_lines([f"*comfyui_url: no configured ComfyUI server answered*{dead_url}*"])
+    assert not (project.path / "logs").exists()  # no stage ran, nothing was made
+
+
+def test_a_partial_run_that_needs_no_comfyui_does_not_probe_it(
+    project: pytest.Pytester, dead_url: str
+) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", f"--comfyui-url={dead_url}")
+    assert result.ret == 0, result.stdout.str()

@@ -75,6 +75,10 @@ def test_pipeline_stages_share_one_worker_and_the_report_shows_the_whole_run(
     result.stdout.fnmatch_lines(
         ["*gemdirect: the pipeline*s stages run together on one worker*", "*verdict: PASSED*"]
     )
+    # as without xdist, the backends and the run directory are said before the first test ends
+    result.stdout.fnmatch_lines(
+        ["gemdirect comfyui: embedded simulator (SIMULATED)", "gemdirect run directory: *", "*[[]gw*PASSED*"]
+    )
     data = summary_of(run_dir)
     assert data["status"] == "passed"
     assert stages(data)["frames"]["status"] == "passed"

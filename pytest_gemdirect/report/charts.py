@@ -21,6 +21,7 @@ COLOURS = {
     "not_reached": "#bdbdbd",
     "running": "#f9a825",
     "interrupted": "#6d4c41",
+    "deselected": "#e0e0e0",
 }
 WIDTH = 960
 

@@ -20,6 +20,7 @@ STATUS_WORDS = {
     "skipped": "skipped",
     "running": "running",
     "interrupted": "interrupted",
+    "deselected": "deselected",
 }
 # Marks from the fonts every desktop has (DejaVu Sans, Segoe UI Symbol, Apple Symbols), always shown
 # beside the status word. The terminal's emoji (summary.SYMBOLS) render as empty boxes in a browser
@@ -31,6 +32,7 @@ MARKS = {
     "skipped": "»",
     "running": "…",
     "interrupted": "■",
+    "deselected": "○",
 }
 UNKNOWN_MARK = "?"
 

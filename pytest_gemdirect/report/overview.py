@@ -167,7 +167,10 @@ def _environment_line(node: Node, view: RunView) -> str:
     env = view.environment
     gpus = ", ".join(g.name for g in env.gpus if g.name)
     facts = [f"Python {env.python}" if env.python else "", env.platform]
-    facts.append(f"GPU {gpus}" if gpus else ("no GPU visible" if env.gpu_recorded else ""))
+    no_gpu = "no GPU visible to this machine"
+    if view.simulated:
+        no_gpu += " (ComfyUI's GPU is simulated)"
+    facts.append(f"GPU {gpus}" if gpus else (no_gpu if env.gpu_recorded else ""))
     return ", ".join(f for f in facts if f)
 
 

@@ -1,8 +1,9 @@
 """The report as a whole: the block injected into pytest-html's page, and the standalone report.html.
 
 Reading order is the ten-second rule: the verdict and the step table first, then what went wrong
-in plain words, then backends, configuration, timings, the comparison against a baseline run, GPU
-and VRAM, the story, a gallery per scene, the external suites, warnings and the artifacts.
+in plain words, then the gallery (the frames and clips are the point of the run), backends,
+timings, the comparison against a baseline run, GPU and VRAM, the story, the external suites, the
+configuration (what differs from the defaults), warnings and the artifacts.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from pytest_gemdirect.rundir import atomic_write_text
 SECTIONS: tuple[tuple[str, str, Callable[[Page], Markup]], ...] = (
     ("steps", "Steps", sections.steps),
     ("failures", "What went wrong", sections.what_went_wrong),
+    ("gallery", "Gallery", sections.gallery),
     ("backends", "Backends", sections.backends),
-    ("config", "Configuration", sections.configuration),
     ("timings", "Timings", sections.timings),
     ("baseline", "Baseline", sections.against_baseline),
     ("gpu", "GPU", sections.gpu),
     ("story", "Story", sections.story),
-    ("gallery", "Gallery", sections.gallery),
     ("suites", "Suites", sections.suites),
+    ("config", "Configuration", sections.configuration),
     ("warnings", "Warnings", sections.warnings),
     ("artifacts", "Artifacts", sections.artifacts),
 )

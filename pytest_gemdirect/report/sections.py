@@ -75,7 +75,10 @@ def backends(page: Page) -> Markup:
 
 
 def configuration(page: Page) -> Markup:
-    return render("config.html.j2", settings=list(page.view.settings.values()))
+    """The settings that differ from their defaults; the rest folded away behind a <details>."""
+    settings = list(page.view.settings.values())
+    changed = [s for s in settings if s.source and s.source != "default"]
+    return render("config.html.j2", changed=changed, defaults=[s for s in settings if s not in changed])
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,7 @@ def gpu(page: Page) -> Markup:
         peak = view.peak_vram_used(scene)
         if before is None and after is None and peak is None:
             continue
-        delta = before - after if before is not None and after is not None else None
-        vram_rows.append((scene.id, size(before), size(after), size(delta), size(peak)))
+        vram_rows.append((scene.id, size(before), size(after), _taken(before, after), size(peak)))
     notes = sorted({s.record.gpu_note for s in view.scenes if s.record.gpu_note})
     return render(
         "gpu.html.j2",
@@ -147,6 +149,15 @@ def gpu(page: Page) -> Markup:
         notes=notes,
         chart=charts.vram_chart(view),
     )
+
+
+def _taken(free_before: float | None, free_after: float | None) -> str:
+    """What the scene took, never negative: scenes overlap in a pool, so free VRAM may grow."""
+    if free_before is None or free_after is None:
+        return size(None)
+    if free_after > free_before:
+        return f"none seen ({size(free_after - free_before)} freed meanwhile)"
+    return size(free_before - free_after)
 
 
 def story(page: Page) -> Markup:

@@ -153,13 +153,15 @@ def _facts(
 ) -> dict[str, Any]:
     system = stats.get("system", {})
     devices = stats.get("devices", [])
-    if backend.simulated:  # a simulated "RTX 3090" must never read as a real one
-        devices = [{**device, "name": f"{device.get('name')} (SIMULATED)"} for device in devices]
+    pytorch = system.get("pytorch_version")
+    if backend.simulated:  # the simulator speaks like an RTX card; the run must never read as one
+        devices = [{**device, "name": simulated_device_name(device)} for device in devices]
+        pytorch = "none (simulated)"
     return {
         "url": backend.url,
         "version": backend.version,
         "python": system.get("python_version"),
-        "pytorch": system.get("pytorch_version"),
+        "pytorch": pytorch,
         "devices": devices,
         "workflow": str(workflow_path),
         "workflow_hash": workflow_hash(workflow),
@@ -170,6 +172,14 @@ def _facts(
         "startup_log": ctx.run.relative(backend.log) if backend.log else None,
         "startup_warnings": [w.to_dict() for w in _startup_warnings(ctx, backend.log)],
     }
+
+
+def simulated_device_name(device: dict[str, Any]) -> str:
+    """``simulated GPU, 24 GiB``: what a simulated device is called everywhere the run shows it."""
+    total = device.get("vram_total")
+    if isinstance(total, int | float) and total > 0:
+        return f"simulated GPU, {total / 1024**3:g} GiB"
+    return "simulated GPU"
 
 
 def _keyframe_workflow(

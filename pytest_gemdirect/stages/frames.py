@@ -133,7 +133,7 @@ def _scene_details(ctx: StageContext, generation: Generation, frames: list[Downl
     public = ctx.settings.public()
     details: dict[str, Any] = {
         "settings": {name: public[name] for name in POLICY_NAMES},
-        "frames": [as_json(f) for f in frames],
+        "frames": [{**as_json(f), "path": ctx.run.relative(f.path)} for f in frames],
         "gpu_samples": generation.gpu_samples,
         "gpu_note": generation.gpu_note,
     }

@@ -95,7 +95,7 @@ class Pipeline:
         except StageSkipped as exc:
             outcome = Outcome(key, "skipped", message=str(exc))
         except (KeyboardInterrupt, SystemExit):
-            message = f"{key}: the run was interrupted while it ran"
+            message = "the run was interrupted while it ran"  # the key stands beside it wherever shown
             self._end(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
             raise  # the session ends; its summary is closed as interrupted
         except BaseException as exc:  # a bug, or pytest-timeout's outer backstop: a failure, never lost
@@ -124,14 +124,13 @@ class Pipeline:
         """A stage whose work went on elsewhere (a scene's thread) when the run was cut short."""
         with self._lock:
             if key not in self.outcomes and key not in self._running:
-                self._record(Outcome(key, "interrupted", message=f"{key}: {message}"))
+                self._record(Outcome(key, "interrupted", message=message))
 
     def interrupt_running(self, message: str) -> None:
         """Record every stage still at work as interrupted (the process is about to end)."""
         with self._lock:
             for key, started in sorted(self._running.items()):
-                text = f"{key}: {message}"
-                self._record(Outcome(key, "interrupted", message=text, duration_s=_since(started)))
+                self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
 
 
 def _since(started: float) -> float:
