@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package, for its run builders
 
-from pytest_gemdirect.report import write_report  # noqa: E402
-from tests.test_report import add_video, base_summary, make_frame, write_run  # noqa: E402
+from pytest_gemdirect.report import write_report
+from tests.test_report import add_video, base_summary, make_frame, write_run
 
 LIMIT = 5 * 1024 * 1024
 

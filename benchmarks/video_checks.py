@@ -25,7 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pytest_gemdirect.video import Expected, scan_scene, scene_drift  # noqa: E402
+from pytest_gemdirect.video import Expected, scan_scene, scene_drift
 
 
 def frames(count: int, size: tuple[int, int], noise: bool) -> Iterator[np.ndarray]:

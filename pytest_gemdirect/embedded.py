@@ -29,11 +29,14 @@ class SimulatorFailed(Exception):
 class SimulatorProcess:
     """One simulator: ComfyUI (and an LLM) on free loopback ports, its output in a log file."""
 
+    what = "the embedded simulator"
+    log_name = "simulator"
+
     def __init__(self, settings: Settings, run_root: Path, number: int) -> None:
         self.settings = settings
         self.number = number
         suffix = "" if number == 1 else f"-{number}"
-        self.log_path = run_root / f"simulator{suffix}.log"
+        self.log_path = run_root / f"{self.log_name}{suffix}.log"
         self._run_root = run_root
         self._tmp: Path | None = None  # the simulator's own files, removed at stop()
         self.popen: subprocess.Popen[bytes] | None = None
@@ -56,13 +59,17 @@ class SimulatorProcess:
         root.mkdir(parents=True, exist_ok=True)
         self._ready_file = root / "ready.json"
         self._ready_file.unlink(missing_ok=True)
+        args = self.command(root) + ["--ready-file", str(self._ready_file), "--parent-pid", str(os.getpid())]
+        self.popen = launch_logged(args, cwd=self._run_root, env_overrides={}, log_path=self.log_path)
+
+    def command(self, root: Path) -> list[str]:
+        """The child's command line, without the ready file and parent pid every child gets."""
         s = self.settings
         args = [sys.executable, "-m", "pytest_gemdirect.sim", "--root", str(root)]
-        args += ["--ready-file", str(self._ready_file), "--step-seconds", str(s.sim_step_seconds)]
-        args += ["--seed", str(s.llm_seed), "--parent-pid", str(os.getpid())]
+        args += ["--step-seconds", str(s.sim_step_seconds), "--seed", str(s.llm_seed)]
         for spec in s.faults.specs():
             args += ["--fault", spec]
-        self.popen = launch_logged(args, cwd=self._run_root, env_overrides={}, log_path=self.log_path)
+        return args
 
     def wait_ready(self, deadline: Deadline) -> dict[str, Any]:
         """``{"comfyui_url", "llm_url", "pid", "log"}`` once it answers; SimulatorFailed if it cannot."""
@@ -73,12 +80,12 @@ class SimulatorProcess:
             except subprocess.TimeoutExpired:
                 if deadline.expired():
                     raise SimulatorFailed(
-                        f"the embedded simulator did not become ready within {BOOT_TIMEOUT_S:g} s;"
+                        f"{self.what} did not become ready within {BOOT_TIMEOUT_S:g} s;"
                         f" its log ({self.log_path}) ends:\n{log_tail(self.log_path)}"
                     ) from None
                 continue
             raise SimulatorFailed(
-                f"the embedded simulator exited with code {code} while booting; its log ({self.log_path})"
+                f"{self.what} exited with code {code} while booting; its log ({self.log_path})"
                 f" ends:\n{log_tail(self.log_path)}"
             )
         self.urls = json.loads(self._ready_file.read_text(encoding="utf-8"))

@@ -87,7 +87,7 @@ def warm_up() -> None:
         templates = environment()
         for name in templates.list_templates(extensions=["j2"]):
             templates.get_template(name)
-    except Exception:  # noqa: BLE001,S110 - only a head start; the real use reports the problem
+    except Exception:  # noqa: BLE001 - only a head start; the real use reports the problem
         pass
 
 

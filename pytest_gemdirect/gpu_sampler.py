@@ -179,7 +179,7 @@ class GpuSampler:
             if self._stop.is_set():
                 return None
             try:
-                proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+                proc = subprocess.Popen(  # fixed argument list, no shell
                     [self.executable, f"--query-gpu={QUERY}", "--format=csv,noheader,nounits"],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,

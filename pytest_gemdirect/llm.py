@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
@@ -24,6 +24,9 @@ from pytest_gemdirect import net
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import classify_connection_error, excerpt, innermost, redact_url
 from pytest_gemdirect.policy import flag_of
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.replay.recorder import Recorder
 
 log = logging.getLogger("pytest_gemdirect.llm")
 
@@ -183,8 +186,10 @@ class LLMClient:
         api_key: str | None = None,
         timeout_s: float = 120.0,
         max_body_bytes: int = net.DEFAULT_MAX_BODY_BYTES,
+        recorder: Recorder | None = None,
     ) -> None:
         self.endpoints = normalize_llm_url(url)
+        self.recorder = recorder  # the run's trace (--record); it never sees the key (no headers kept)
         if not timeout_s > 0:
             raise ValueError("timeout_s must be above 0")
         if not max_body_bytes > 0:
@@ -317,6 +322,47 @@ class LLMClient:
     def _request(
         self, method: str, url: str, *, json_body: Any = None, deadline: Deadline | None = None
     ) -> tuple[Any, float]:
+        started = time.monotonic()
+        try:
+            response, raw, latency = self._exchange(method, url, json_body, deadline)
+        except LLMError as exc:
+            self._record(method, url, json_body, None, None, exc.kind, time.monotonic() - started)
+            raise
+        self._record(method, url, json_body, response, raw, None, latency)
+        return self._decode(response, raw, f"{method} {urlsplit(url).path}", url), latency
+
+    def _record(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        response: requests.Response | None,
+        raw: bytes | None,
+        error: str | None,
+        took: float,
+    ) -> None:
+        """The exchange into the run's trace, by its path under the base URL (the URL is not portable)."""
+        if self.recorder is None:
+            return
+        parts = urlsplit(url)
+        base_path = urlsplit(self.endpoints.base).path.rstrip("/")
+        self.recorder.http(
+            "llm",
+            self.endpoints.base,
+            method,
+            parts.path.removeprefix(base_path) or "/",
+            query=dict(item.split("=", 1) for item in parts.query.split("&") if "=" in item),
+            request=None if json_body is None else {"json": json_body},
+            status=response.status_code if response is not None else None,
+            headers=dict(response.headers) if response is not None else None,
+            body=raw,
+            error=error,
+            took_s=took,
+        )
+
+    def _exchange(
+        self, method: str, url: str, json_body: Any, deadline: Deadline | None
+    ) -> tuple[requests.Response, bytes, float]:
         budget, timeout_setting = self._budget(deadline)
         timeout = budget.remaining()
         route = f"{method} {urlsplit(url).path}"
@@ -351,7 +397,7 @@ class LLMClient:
             raise self._connection_error(exc, route, url, timeout, timeout_setting) from None
         latency = time.monotonic() - started
         log.debug("%s -> HTTP %s in %.3f s", route, response.status_code, latency)
-        return self._decode(response, raw, route, url), latency
+        return response, raw, latency
 
     def _decode(self, response: requests.Response, raw: bytes, route: str, url: str) -> Any:
         """The JSON of a 2xx answer; an LLMError naming the status, or saying it is not JSON."""

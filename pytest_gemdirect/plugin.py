@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from pytest_gemdirect.catalogue import BY_NAME, STAGES, order_of
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
-from pytest_gemdirect.settings import SPECS, SettingError, Settings, check_startup, resolve
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, scene_ids
+from pytest_gemdirect.settings import SPECS, SettingError, Settings, resolve
+from pytest_gemdirect.startup_checks import check_startup
+from pytest_gemdirect.summary import scene_ids
 
 if TYPE_CHECKING:
     from pytest_gemdirect.run import Run
@@ -25,11 +27,8 @@ if TYPE_CHECKING:
 SETTINGS_KEY = pytest.StashKey["Settings"]()
 RUN_KEY = pytest.StashKey["Run"]()
 MARKERS = {"e2e": "the end-to-end pipeline (all eight stages)"} | {
-    name: f"pipeline stage: {STAGE_TITLES[name]}" for name in STAGES
+    stage.marker: f"pipeline stage: {stage.title}" for stage in STAGES
 }
-# Stage order of the pipeline's tests: each scene's retrieval right after its generation,
-# so the scene's deadline covers queue to frames on disk.
-_STAGE_RANK = {name: rank for rank, name in enumerate(STAGES)}
 T = TypeVar("T")
 
 
@@ -92,17 +91,26 @@ def activate(config: pytest.Config) -> Run:
     if RUN_KEY in config.stash:
         return config.stash[RUN_KEY]
     from pytest_gemdirect.run import Run
-    from pytest_gemdirect.terminal import Terminal
+    from pytest_gemdirect.terminal import Terminal, TerminalOutput
 
     settings = config.stash[SETTINGS_KEY]
-    run = Run(config, settings, baseline=_baseline(settings))
+    output = TerminalOutput(config)
+    handoff = None
     if hasattr(config, "workerinput"):
         from pytest_gemdirect.xdist_support import worker_handoff
 
-        run.handoff = worker_handoff(config)
+        handoff = worker_handoff(config)
+    run = Run(
+        config,
+        settings,
+        baseline=_baseline(settings),
+        progress=output.progress(),
+        on_start=output.announce,
+        handoff=handoff,
+    )
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(run, "gemdirect-run")
-    config.pluginmanager.register(Terminal(config, run), "gemdirect-terminal")
+    config.pluginmanager.register(Terminal(run), "gemdirect-terminal")
     return run
 
 
@@ -148,9 +156,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[slot] = item
     _probe_servers(config, ordered)
     run = activate(config)
-    run.pipeline_tests.update(item.nodeid for item in ordered)
-    run.selected_stages.update(
-        m.name for item in ordered for m in item.iter_markers() if m.name in _STAGE_RANK
+    run.collected(
+        (item.nodeid for item in ordered),
+        (m.name for item in ordered for m in item.iter_markers() if m.name in BY_NAME),
+        own_checks=((item.nodeid, _scene_of(item)) for item in ordered if _stage_of(item) is None),
     )
     if config.pluginmanager.hasplugin("timeout"):
         from pytest_gemdirect.timeout_support import TimeoutSupport
@@ -172,8 +181,8 @@ def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
     urls = config.stash[SETTINGS_KEY].comfyui_url
     if not urls or hasattr(config, "workerinput"):
         return
-    stages = {m.name for item in items for m in item.iter_markers() if m.name in _STAGE_RANK}
-    own_checks = any(not any(m.name in _STAGE_RANK for m in item.iter_markers()) for item in items)
+    stages = {m.name for item in items for m in item.iter_markers() if m.name in BY_NAME}
+    own_checks = any(not any(m.name in BY_NAME for m in item.iter_markers()) for item in items)
     if not (stages & _NEED_COMFYUI or own_checks):
         return
     from pytest_gemdirect.probe import startup_problem
@@ -183,15 +192,21 @@ def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
         raise pytest.UsageError(f"pytest-gemdirect: {problem}")
 
 
-def _order_key(item: pytest.Item) -> tuple[int, int, int]:
-    stage = next((m.name for m in item.iter_markers() if m.name in _STAGE_RANK), None)
+def _stage_of(item: pytest.Item) -> str | None:
+    """The stage a pipeline test is the check of; None for a user's own check."""
+    return next((m.name for m in item.iter_markers() if m.name in BY_NAME), None)
+
+
+def _scene_of(item: pytest.Item) -> str | None:
     params = getattr(item, "callspec", None)
     scene = params.params.get("gemdirect_scene") if params else None
-    if stage is None:  # a user's own check over the stages' results: after the stages it needs
-        return (_STAGE_RANK["frames"], int(scene.split("-")[1]) if scene else 10**6, len(STAGES))
-    if stage in ("svd", "frames") and scene:
-        return (_STAGE_RANK["svd"], int(scene.split("-")[1]), _STAGE_RANK[stage])
-    return (_STAGE_RANK[stage], 0, 0)
+    return str(scene) if scene else None
+
+
+def _order_key(item: pytest.Item) -> tuple[int, int, int]:
+    """The catalogue's order: each scene's retrieval right after its generation."""
+    scene = _scene_of(item)
+    return order_of(_stage_of(item), int(scene.split("-")[1]) if scene else None)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

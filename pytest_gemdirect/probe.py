@@ -26,7 +26,7 @@ def _silence(url: str) -> str | None:
             client.system_stats(deadline=deadline)
     except (ServerGone, ComfyTimeout, DeadlineExceeded) as exc:
         return str(exc)
-    except Exception:  # it answered, with something the ComfyUI stage will judge
+    except Exception:  # noqa: BLE001 - it answered, with something the ComfyUI stage will judge
         return None
     return None
 

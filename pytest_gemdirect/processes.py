@@ -313,7 +313,7 @@ def _start(
     else:
         kwargs["start_new_session"] = True
         kwargs["preexec_fn"] = parent_death_signal()
-    popen = subprocess.Popen(  # noqa: S603 - no shell
+    popen = subprocess.Popen(  # no shell
         command,
         cwd=os.fspath(cwd) if cwd is not None else None,
         env=env,
@@ -379,6 +379,14 @@ def run_captured(args: Sequence[str], *, timeout_s: float) -> CapturedRun:
             handle.seek(0)
             texts.append(handle.read(1024 * 1024).decode("utf-8", errors="replace"))
     return CapturedRun(code, texts[0], texts[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """The process ``pid`` still runs (a zombie does not): a child's check that its parent is there."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _gone(proc: psutil.Process) -> bool:

@@ -11,23 +11,24 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.settings import Settings
-from pytest_gemdirect.summary import RunSummary, scene_ids
+from pytest_gemdirect.summary import RunSummary, scene_ids, settle_workers_summary
 
 if TYPE_CHECKING:  # the stage machinery (HTTP clients, Pillow, psutil) loads only when a stage runs
     from pytest_gemdirect.services import Services
     from pytest_gemdirect.stages import ProgressSink, Stages
 
 
-def interrupting_signals(signals: Any = signal) -> tuple[int, ...]:
+def interrupting_signals(signals: object = signal) -> tuple[int, ...]:
     """Signals that end a run like Ctrl-C: a CI runner's SIGTERM; on Windows SIGBREAK, which is
     Ctrl-Break and also what closing the console window delivers (Windows never sends SIGTERM)."""
     return tuple(getattr(signals, name) for name in ("SIGTERM", "SIGBREAK") if hasattr(signals, name))
@@ -56,59 +57,112 @@ class Handoff:
 
 
 class Run:
-    """The run of one pytest process; its hooks keep the summary and the report up to date."""
+    """The run of one pytest process; its hooks keep the summary and the report up to date.
 
-    def __init__(self, config: pytest.Config, settings: Settings, *, baseline: dict[str, Any] | None) -> None:
+    What it works with is given at construction: where a worker's hand-over comes from, where
+    progress is shown and who is told when the first stage starts. What it learns on the way
+    (the collected tests, xdist's notes and crashes) it is told through methods.
+    """
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        *,
+        baseline: dict[str, Any] | None,
+        handoff: Callable[[], Handoff | None] | None = None,
+        progress: ProgressSink | None = None,
+        on_start: Callable[[Run], None] | None = None,
+    ) -> None:
         self.config = config
         self.settings = settings
         self.baseline = baseline
         self.is_worker = hasattr(config, "workerinput")
-        self.handoff: Callable[[], Handoff | None] = lambda: None  # set by xdist support on a worker
-        self.directory: RunDirectory | None = None
-        self.services: Services | None = None
-        self.summary: RunSummary | None = None
+        self._handoff = handoff or (lambda: None)  # a worker's: the controller's directory and services
+        self._progress = progress
+        self._on_start = on_start  # called once, when the first stage starts
+        self._directory: RunDirectory | None = None
+        self._services: Services | None = None
+        self._summary: RunSummary | None = None
         self._stages: Stages | None = None
-        self.progress: ProgressSink | None = None  # set by the terminal part
-        self.on_start: list[Callable[[Run], None]] = []  # called once, when the first stage starts
-        self.failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
-        self.selected_stages: set[str] = set()  # stages whose own tests were selected in this process
-        self.pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected here
-        self.crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
-        self.report_problem: str | None = None  # the last rewrite of report.html failed: why
+        self._failed_tests: list[str] = []  # pipeline tests pytest counted as failed (any phase)
+        self._selected_stages: set[str] = set()  # stages whose own tests were selected in this process
+        self._pipeline_tests: set[str] = set()  # node ids of the tests that work on the run, as collected
+        self._own_checks: dict[str, str | None] = {}  # the user's own checks among them: node id -> scene
+        self._crashed_tests: list[str] = []  # xdist controller: pipeline tests whose worker died
+        self._report_problem: str | None = None  # the last rewrite of report.html failed: why
         self._reported: str | None = None  # the summary as report.html last showed it
-        self.notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
+        self._notes: list[str] = []  # shown in the terminal summary (e.g. how xdist scheduled it)
         self._previous_handlers: dict[int, Any] = {}
+
+    # --- what others read and tell -------------------------------------------------------------
+
+    @property
+    def directory(self) -> RunDirectory | None:
+        """The run directory, once made (None before the first stage starts)."""
+        return self._directory
+
+    @property
+    def report_problem(self) -> str | None:
+        """Why the last rewrite of report.html failed (None when it was written)."""
+        return self._report_problem
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(self._notes)
+
+    def note(self, text: str) -> None:
+        """A line for the terminal summary (e.g. how xdist scheduled the pipeline)."""
+        self._notes.append(text)
+
+    def collected(
+        self,
+        nodeids: Iterable[str],
+        stages: Iterable[str],
+        *,
+        own_checks: Iterable[tuple[str, str | None]] = (),
+    ) -> None:
+        """The pipeline's tests collected in this process, the stages whose own tests are among them,
+        and the user's own checks (node id, scene) among them."""
+        self._pipeline_tests.update(nodeids)
+        self._selected_stages.update(stages)
+        self._own_checks.update(own_checks)
+
+    def worker_crashed(self, nodeid: str) -> None:
+        """xdist controller: a pipeline test's worker died under it (the run fails, whatever follows)."""
+        self._crashed_tests.append(nodeid)
 
     # --- started on first use ----------------------------------------------------------------
 
     def ensure_directory(self) -> RunDirectory:
         """The run directory, made now if it does not exist yet."""
-        if self.directory is None:
-            handed = self.handoff()
+        if self._directory is None:
+            handed = self._handoff()
             if handed is not None:
-                self.directory = RunDirectory(handed.run_dir, handed.run_id)
+                self._directory = RunDirectory(handed.run_dir, handed.run_id)
             else:
-                self.directory = RunDirectory.create(
+                self._directory = RunDirectory.create(
                     logs_dir=self.settings.logs_dir, run_dir=self.settings.run_dir
                 )
                 if self.settings.run_dir is None:
                     from pytest_gemdirect.retention import prune_runs
 
-                    prune_runs(self.directory.root.parent, self.settings.keep_runs, self.directory.root)
-        return self.directory
+                    root = self._directory.root
+                    prune_runs(root.parent, self.settings.keep_runs, root)
+        return self._directory
 
     def ensure_services(self) -> Services:
-        if self.services is None:
+        if self._services is None:
             from pytest_gemdirect.services import Services
 
-            handed = self.handoff()
-            self.services = Services(
+            handed = self._handoff()
+            self._services = Services(
                 self.settings,
                 self.ensure_directory().root,
                 handed=handed.backends if handed else None,
                 handed_error=handed.error if handed else None,
             )
-        return self.services
+        return self._services
 
     def stages(self) -> Stages:
         """The run's stage work; the process that calls this owns run-summary.json."""
@@ -116,7 +170,7 @@ class Run:
             from pytest_gemdirect.stages import StageContext, Stages
 
             directory = self.ensure_directory()
-            self.summary = RunSummary(
+            self._summary = RunSummary(
                 directory,
                 settings=self.settings.public(),
                 sources=dict(self.settings.sources),
@@ -125,10 +179,10 @@ class Run:
             context = StageContext(
                 self.settings,
                 directory,
-                self.summary,
+                self._summary,
                 self.ensure_services(),
                 suite_cwd=self.settings.suite_cwd or self.config.rootpath,
-                progress=self.progress,
+                progress=self._progress,
             )
             self._stages = Stages(context)
             self.treat_signals_as_interrupt()
@@ -136,22 +190,22 @@ class Run:
         return self._stages
 
     def announce_start(self) -> None:
-        """Call the ``on_start`` hooks once: when the first stage starts, or (xdist controller)
+        """Call the ``on_start`` hook once: when the first stage starts, or (xdist controller)
         once the services are booted for the workers."""
-        hooks, self.on_start = self.on_start, []
-        for started in hooks:
-            started(self)
+        hook, self._on_start = self._on_start, None
+        if hook is not None:
+            hook(self)
 
     # --- what the run has recorded -------------------------------------------------------------
 
     def summary_data(self) -> dict[str, Any] | None:
         """The run's summary: this process's own, or (xdist controller) what the worker wrote."""
-        if self.summary is not None:
-            return self.summary.data
-        if self.directory is None or self.is_worker:
+        if self._summary is not None:
+            return self._summary.data
+        if self._directory is None or self.is_worker:
             return None
         try:
-            data = json.loads(self.directory.summary_json.read_text(encoding="utf-8"))
+            data = json.loads(self._directory.summary_json.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -164,7 +218,8 @@ class Run:
         has not changed since it was written: rendering it is the dearest thing a test ends with.
         """
         data = self.summary_data()
-        if data is None or self.directory is None or self.is_worker:
+        directory = self._directory
+        if data is None or directory is None or self.is_worker:
             return
         seen = json.dumps(data, sort_keys=True, default=str)
         if only_if_changed and seen == self._reported:
@@ -173,84 +228,109 @@ class Run:
         from pytest_gemdirect import report
 
         try:
-            report.write_report(self.directory.report_html, data, self.directory.root, baseline=self.baseline)
+            report.write_report(directory.report_html, data, directory.root, baseline=self.baseline)
         except OSError as exc:  # held by a sync client or a virus scanner: the next rewrite may land
-            self.report_problem = f"report.html could not be written: {exc}"
+            self._report_problem = f"report.html could not be written: {exc}"
         else:
-            self.report_problem = None
+            self._report_problem = None
 
     def end_now(self, reason: str) -> None:
         """The process is about to end (pytest-timeout's thread method): close the run first."""
-        if self.summary is not None and self._stages is not None:
+        if self._summary is not None and self._stages is not None:
             self._stages.interrupt_running(reason)
-            self.summary.finish("failed", reason)
+            self._summary.finish("failed", reason)
         self.write_report()
         self.close_services()
 
     def close_services(self) -> None:
-        if self.services is not None:
-            self.services.close()
+        if self._services is not None:
+            self._services.close()
 
     # --- hooks ---------------------------------------------------------------------------
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         from pytest_gemdirect.pipeline_tests import is_pipeline_test
 
-        on_run = report.nodeid in self.pipeline_tests or is_pipeline_test(report.nodeid)
-        if report.failed and on_run and report.nodeid not in self.failed_tests:
-            self.failed_tests.append(report.nodeid)
+        on_run = report.nodeid in self._pipeline_tests or is_pipeline_test(report.nodeid)
+        if report.failed and on_run and report.nodeid not in self._failed_tests:
+            self._failed_tests.append(report.nodeid)
+        if report.nodeid in self._own_checks and self._summary is not None:
+            from pytest_gemdirect.checks import check_outcome
+
+            outcome = check_outcome(report)
+            if outcome is not None:
+                test = report.nodeid.rpartition("::")[2]
+                self._summary.record_check(test, self._own_checks[report.nodeid], *outcome)
 
     def pytest_runtest_logfinish(self) -> None:
         self.write_report(only_if_changed=True)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.summary is not None:  # this process ran the stages (a worker under xdist)
+        if self._summary is not None:  # this process ran the stages (a worker under xdist)
             interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
             if interrupted and self._stages is not None:  # scenes at work in their threads stop too
                 self._stages.interrupt_running("the run was interrupted")
-            self.summary.finish(
+            from pytest_gemdirect.appcontract import warnings_for
+
+            for warning in warnings_for(self._summary.data):
+                self._summary.warn(warning)
+            self._summary.finish(
                 "interrupted" if interrupted else "passed",
                 "cut short by Ctrl-C or a signal" if interrupted else None,
-                failed_tests=self.failed_tests,
-                selected_stages=self.selected_stages,
+                failed_tests=self._failed_tests,
+                selected_stages=self._selected_stages,
             )
-        elif not self.is_worker and self.directory is not None:
-            from pytest_gemdirect.xdist_support import settle_workers_summary
-
+        elif not self.is_worker and self._directory is not None:
             data = self.summary_data()
             if data is None and exitstatus == pytest.ExitCode.INTERRUPTED:
-                self._interrupted_before_any_stage(self.directory)
-            settle_workers_summary(self.directory, data, self.crashed_tests, self.failed_tests)
+                self._interrupted_before_any_stage(self._directory)
+            settle_workers_summary(self._directory, data, self._crashed_tests, self._failed_tests)
         self.write_report()
         self.close_services()
         data = self.summary_data()
-        if data is not None and not self.is_worker and self.directory is not None:
+        if data is not None and not self.is_worker and self._directory is not None:
+            self._publish_latest(self._directory)
             from pytest_gemdirect.step_summary import append_step_summary
 
-            report = self.directory.report_html
+            report = self._directory.report_html
             append_step_summary(data, report if report.is_file() else None)
+
+    def _publish_latest(self, directory: RunDirectory) -> None:
+        """``--publish-latest=APP_DIR``: the app's viewer shows this run (the terminal says so)."""
+        if self.settings.publish_latest is None:
+            return
+        from pytest_gemdirect.appcontract import publish_latest
+
+        try:
+            target = publish_latest(directory.root, self.settings.publish_latest)
+        except OSError as exc:
+            self.note(f"gemdirect: --publish-latest: artifact-metadata.json was not published: {exc}")
+        else:
+            self.note(f"gemdirect published: {target}")
 
     def _interrupted_before_any_stage(self, directory: RunDirectory) -> None:
         """xdist controller, Ctrl-C while it booted the services: the run directory says interrupted."""
-        self.summary = RunSummary(
+        self._summary = RunSummary(
             directory,
             settings=self.settings.public(),
             sources=dict(self.settings.sources),
             scene_ids=scene_ids(self.settings.scenes),
         )
-        self.summary.finish("interrupted", "the run was interrupted before any stage ran (services starting)")
+        self._summary.finish(
+            "interrupted", "the run was interrupted before any stage ran (services starting)"
+        )
 
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str]) -> None:
         """With the user's own ``--html``, pytest-html's report carries the run's overview too."""
         data = self.summary_data()
         htmlpath = self.config.getoption("htmlpath", None)
-        if data is not None and self.directory is not None and htmlpath:
+        if data is not None and self._directory is not None and htmlpath:
             from pytest_gemdirect.report import render_overview
 
             link_base = Path(htmlpath).resolve().parent
             prefix.append(
-                render_overview(data, self.directory.root, baseline=self.baseline, link_base=link_base)
+                render_overview(data, self._directory.root, baseline=self.baseline, link_base=link_base)
             )
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -263,7 +343,7 @@ class Run:
         if self.is_worker or threading.current_thread() is not threading.main_thread():
             return
 
-        def interrupt(signum: int, frame: Any) -> None:
+        def interrupt(signum: int, frame: FrameType | None) -> None:
             raise KeyboardInterrupt(f"signal {signum}")
 
         for signum in interrupting_signals():

@@ -7,15 +7,20 @@ cannot be started is left out with a warning while others remain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
 from pytest_gemdirect.launcher import ComfyLaunch, LaunchError
 from pytest_gemdirect.settings import Settings
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.replay.recorder import Recorder
+    from pytest_gemdirect.replay.target import ReplayProcess
 
 
 class ServiceError(Exception):
@@ -27,15 +32,20 @@ class Backend:
     """One service as the run uses it."""
 
     name: str  # "comfyui" | "llm"
-    target: str  # "embedded" | "attached" | "launched"
+    target: str  # "embedded" | "attached" | "launched" | "replayed"
     url: str
     simulated: bool
     pid: int | None = None
     log: str | None = None
     version: str | None = None
+    replayed: dict[str, Any] | None = None  # a replay: the recorded run it comes from (replay.trace.origin)
+    # False as soon as a process the harness started for it has died; attached (or handed over by
+    # the xdist controller): only the server can tell, so it counts as alive
+    alive: Callable[[], bool] = field(default=lambda: True, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What a worker is handed (everything but the liveness check, which is this process's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "alive"}
 
 
 class Services:
@@ -54,6 +64,9 @@ class Services:
         self.run_root = run_root
         self._sims: list[SimulatorProcess] = []
         self._launches: dict[str, ComfyLaunch] = {}  # by URL
+        self._replay: ReplayProcess | None = None
+        self._recorder: Recorder | None = None
+        self._recording = settings.record and settings.replay is None
         self.left_out: list[str] = []  # servers left out at start-up, in words
         # Under xdist the controller owns the services and hands each worker the backends it booted.
         handed = handed or {}
@@ -63,16 +76,40 @@ class Services:
 
     # --- public --------------------------------------------------------------------------
 
+    @property
+    def recorder(self) -> Recorder | None:
+        """The run's trace (made on first use, by the process that runs the stages); None: not recorded."""
+        if self._recorder is None and self._recording:
+            from pytest_gemdirect.replay.target import start_recorder
+
+            self._recorder = start_recorder(self.settings, self.run_root)
+            for backend in [*(self._pool or []), *([self._llm] if self._llm else [])]:
+                self._recorder_note(backend)
+        return self._recorder
+
+    def _recorder_note(self, backend: Backend) -> None:
+        if self._recorder is not None:
+            self._recorder.backend(backend.to_dict())
+
     def comfyui_pool(self) -> list[Backend]:
         """Every ComfyUI server of the run, booted or attached now (in the order given)."""
         if self._pool is None:
             self._refuse_if_handed_error()
             self._pool = self._boot_pool()
+            for backend in self._pool:
+                self._recorder_note(backend)
         return self._pool
 
     def llm(self) -> Backend:
         if self._llm is None:
             self._refuse_if_handed_error()
+            if self.settings.replay is not None:
+                urls = self._replayer().urls
+                self._llm = Backend(
+                    "llm", "replayed", urls["llm_url"], True, urls.get("pid"), urls.get("log")
+                )
+                self._llm.replayed = urls["origin"]
+                return self._llm
             if self.settings.llm_url:
                 self._llm = Backend("llm", "attached", self.settings.llm_url, simulated=False)
             else:
@@ -80,16 +117,8 @@ class Services:
                 self._llm = Backend(
                     "llm", "embedded", urls["llm_url"], True, urls.get("pid"), urls.get("log")
                 )
+            self._recorder_note(self._llm)
         return self._llm
-
-    def alive(self, url: str) -> bool:
-        """False as soon as a ComfyUI process the harness started for ``url`` has died."""
-        if url in self._launches:
-            return self._launches[url].alive()
-        for sim in self._sims:
-            if sim.urls.get("comfyui_url") == url:
-                return sim.alive()
-        return True  # attached, or handed over by the xdist controller: only the server can tell
 
     def comfyui_launched_locally(self) -> bool:
         return any(not launch.attached for launch in self._launches.values())
@@ -112,6 +141,14 @@ class Services:
         for sim in self._sims:
             sim.stop()
         self._sims.clear()
+        if self._replay is not None:
+            self._replay.stop()
+            self._replay = None
+        if self._recorder is not None:
+            from pytest_gemdirect.replay.target import remove_empty_trace
+
+            self._recorder.close()
+            remove_empty_trace(self.run_root)
 
     # --- internals -----------------------------------------------------------------------
 
@@ -121,6 +158,20 @@ class Services:
 
     def _boot_pool(self) -> list[Backend]:
         s = self.settings
+        if s.replay is not None:
+            urls = self._replayer().urls
+            return [
+                Backend(
+                    "comfyui",
+                    "replayed",
+                    url,
+                    True,
+                    urls.get("pid"),
+                    urls.get("log"),
+                    replayed=urls["origin"],
+                )
+                for url in urls["comfyui_urls"]
+            ]
         if s.comfyui_url:
             return [Backend("comfyui", "attached", url, simulated=False) for url in s.comfyui_url]
         if s.comfyui_dir:
@@ -128,10 +179,37 @@ class Services:
         sims = self._simulators("comfyui")
         return [
             Backend(
-                "comfyui", "embedded", sim.urls["comfyui_url"], True, sim.urls.get("pid"), sim.urls.get("log")
+                "comfyui",
+                "embedded",
+                sim.urls["comfyui_url"],
+                True,
+                sim.urls.get("pid"),
+                sim.urls.get("log"),
+                alive=sim.alive,
             )
             for sim in sims
         ]
+
+    def _replayer(self) -> ReplayProcess:
+        """The replay server of --replay (one process for ComfyUI and the LLM), started on first use."""
+        from pytest_gemdirect.replay.trace import TraceError, load_trace, origin
+
+        if self.settings.require_real_backends:
+            raise ServiceError(
+                f"the servers would be REPLAYED from {self.settings.replay}, but require_real_backends"
+                " is set; a replay is not a real backend: drop --replay or point the URLs at real servers"
+            )
+        if self._replay is None:
+            from pytest_gemdirect.replay.target import start_replay
+
+            try:
+                assert self.settings.replay is not None
+                found = origin(load_trace(self.settings.replay))
+                self._replay = start_replay(self.settings, self.run_root)
+            except (SimulatorFailed, TraceError) as exc:
+                raise ServiceError(f"replay ({self.settings.sources['replay']}): {exc}") from None
+            self._replay.urls["origin"] = found
+        return self._replay
 
     def _simulators(self, name: str) -> list[SimulatorProcess]:
         if self.settings.require_real_backends:
@@ -170,6 +248,7 @@ class Services:
 
     def _new_launch(self, gpu: int | None, index: int) -> ComfyLaunch:
         s = self.settings
+        assert s.comfyui_dir is not None, "launches happen only with --comfyui-dir"
         extra = split_args(s.comfyui_args, what="--comfyui-args")
         if gpu is not None:
             extra += ["--cuda-device", str(gpu)]
@@ -190,7 +269,13 @@ class Services:
             return None, f"{where} was left out: {exc}"
         self._launches[url] = launch
         if launch.attached:
-            return Backend("comfyui", "attached", url, simulated=False), None
+            return Backend("comfyui", "attached", url, simulated=False, alive=launch.alive), None
         return Backend(
-            "comfyui", "launched", url, simulated=False, pid=launch.pid, log=str(launch.log_path)
+            "comfyui",
+            "launched",
+            url,
+            simulated=False,
+            pid=launch.pid,
+            log=str(launch.log_path),
+            alive=launch.alive,
         ), None

@@ -1,21 +1,27 @@
-"""Every setting as a triple (flag, ini key, environment variable), resolved once per run.
+"""Every setting as a typed field of :class:`Settings`, resolved once per run.
 
-Lookup order: command-line flag, then ``GEMDIRECT_*`` environment variable, then the
-``gemdirect_*`` ini key, then the default. A bad value stops the run at start-up with a
-message naming the setting and where the value came from (pytest-timeout's pattern).
+Each field carries its spec (``setting(...)``): the flag, ini key and environment variable are
+named after the field, so adding a setting is one field here plus the code that reads it. Lookup
+order: command-line flag, then ``GEMDIRECT_*`` environment variable, then the ``gemdirect_*`` ini
+key, then the default. A bad value stops the run at start-up with a message naming the setting
+and where the value came from (pytest-timeout's pattern). This module imports nothing of the
+harness but the policy and the fault vocabulary (both leaves): start-up checks that need the
+workflow loader live in ``startup_checks.py``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from pytest_gemdirect.policy import POLICY_SETTINGS, PolicySetting
+from pytest_gemdirect.policy import QueuePolicy
 from pytest_gemdirect.sim.faults import FaultPlan
+
+T = TypeVar("T")
 
 
 class SettingError(ValueError):
@@ -159,8 +165,8 @@ class SettingSpec:
     """One setting: its flag, ini key, environment variable, parser and default."""
 
     name: str
-    parse: Callable[[str], Any]
-    default: Any
+    parse: Callable[[str], object]
+    default: object
     help: str
     multi: bool = False  # repeatable flag, comma-separated env var, one-per-line ini
     commas_in_flag: bool = False  # a multi flag's value may list several too (--comfyui-gpus=0,1)
@@ -192,241 +198,270 @@ class SettingSpec:
         return "GEMDIRECT_" + self.name.upper()
 
 
-def _policy_spec(setting: PolicySetting) -> SettingSpec:
-    if setting.whole:
-        parse = _positive_int if setting.minimum >= 1 else _non_negative_int
-        return SettingSpec(setting.name, parse, setting.default, setting.help, metavar="N")
-    return SettingSpec(setting.name, _positive_float, setting.default, setting.help, metavar="S")
+_SPEC = "gemdirect_spec"
+"""The metadata key under which a field of :class:`Settings` carries its spec (less its name)."""
 
 
-SPECS: tuple[SettingSpec, ...] = (
+def setting(
+    parse: Callable[[str], T],
+    default: T,
+    help: str,
+    *,
+    metavar: str,
+    secret: bool = False,
+) -> T:
+    """A field of :class:`Settings` that is a setting: one value, typed as ``parse`` returns."""
+    spec = SettingSpec("", parse, default, help, secret=secret, metavar=metavar)
+    return field(default=default, metadata={_SPEC: spec})
+
+
+def repeated(
+    parse: Callable[[str], T],
+    help: str,
+    *,
+    metavar: str,
+    commas_in_flag: bool = False,
+    flag_name: str | None = None,
+) -> tuple[T, ...]:
+    """A repeatable setting (flag given again, comma-separated env var, one-per-line ini)."""
+    spec = SettingSpec(
+        "", parse, (), help, multi=True, commas_in_flag=commas_in_flag, metavar=metavar, flag_name=flag_name
+    )
+    empty: tuple[T, ...] = ()
+    return field(default=empty, metadata={_SPEC: spec})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one run (one typed field a setting), with where each came from."""
+
     # services
-    SettingSpec(
-        "comfyui_url",
+    comfyui_url: tuple[str, ...] = repeated(
         _url,
-        (),
         "attach to the ComfyUI server at this URL; repeat (or comma-separate) for a pool of servers",
-        multi=True,
         commas_in_flag=True,
         metavar="URL",
-    ),
-    SettingSpec(
-        "comfyui_gpus",
+    )
+    comfyui_gpus: tuple[int, ...] = repeated(
         _non_negative_int,
-        (),
         "with --comfyui-dir: launch one ComfyUI per GPU index (--cuda-device), e.g. 0,1",
-        multi=True,
         commas_in_flag=True,
         metavar="N,N",
-    ),
-    SettingSpec(
-        "sim_servers",
+    )
+    sim_servers: int = setting(
         _positive_int,
         1,
         "embedded ComfyUI simulators to start (a pool of K servers, to try scaling anywhere)",
         metavar="K",
-    ),
-    SettingSpec(
-        "comfyui_dir", _existing_dir, None, "launch ComfyUI's main.py from this install folder", metavar="DIR"
-    ),
-    SettingSpec(
-        "comfyui_port", _port, None, "port for a launched ComfyUI (default: a free port)", metavar="PORT"
-    ),
-    SettingSpec(
-        "comfyui_python", str, None, "Python that runs a launched ComfyUI (default: this one)", metavar="EXE"
-    ),
-    SettingSpec(
-        "comfyui_args", str, "", 'extra arguments for a launched ComfyUI, e.g. "--lowvram"', metavar="ARGS"
-    ),
-    SettingSpec(
-        "comfyui_boot_timeout",
-        _positive_float,
-        120.0,
-        "seconds a launched ComfyUI may take to answer",
-        metavar="S",
-    ),
-    SettingSpec(
-        "llm_url", _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
-    ),
-    SettingSpec(
-        "llm_model", str, None, "LLM model id (default: the first one the server lists)", metavar="ID"
-    ),
-    SettingSpec(
-        "llm_api_key",
-        str,
-        None,
-        "bearer token for the LLM server (never written anywhere)",
-        secret=True,
-        metavar="KEY",
-    ),
-    SettingSpec(
-        "max_response_mb",
-        _positive_float,
-        64.0,
-        "megabytes any server's answer may have before it is refused",
-        metavar="MB",
-    ),
-    SettingSpec("llm_timeout", _positive_float, 120.0, "seconds an LLM request may take", metavar="S"),
-    SettingSpec("llm_seed", _whole, 42, "seed sent to the LLM and used by the fallback story", metavar="N"),
-    SettingSpec("llm_temperature", _non_negative_float, 0.35, "temperature sent to the LLM", metavar="T"),
-    SettingSpec(
-        "require_real_backends",
+    )
+    comfyui_dir: Path | None = setting(
+        _existing_dir, None, "launch ComfyUI's main.py from this install folder", metavar="DIR"
+    )
+    comfyui_port: int | None = setting(
+        _port, None, "port for a launched ComfyUI (default: a free port)", metavar="PORT"
+    )
+    comfyui_python: str | None = setting(
+        str, None, "Python that runs a launched ComfyUI (default: this one)", metavar="EXE"
+    )
+    comfyui_args: str = setting(
+        str, "", 'extra arguments for a launched ComfyUI, e.g. "--lowvram"', metavar="ARGS"
+    )
+    comfyui_boot_timeout: float = setting(
+        _positive_float, 120.0, "seconds a launched ComfyUI may take to answer", metavar="S"
+    )
+    llm_url: str | None = setting(
+        _url, None, "attach to the OpenAI-compatible LLM server at this URL", metavar="URL"
+    )
+    llm_model: str | None = setting(
+        str, None, "LLM model id (default: the first one the server lists)", metavar="ID"
+    )
+    llm_api_key: str | None = setting(
+        str, None, "bearer token for the LLM server (never written anywhere)", secret=True, metavar="KEY"
+    )
+    max_response_mb: float = setting(
+        _positive_float, 64.0, "megabytes any server's answer may have before it is refused", metavar="MB"
+    )
+    llm_timeout: float = setting(_positive_float, 120.0, "seconds an LLM request may take", metavar="S")
+    llm_seed: int = setting(_whole, 42, "seed sent to the LLM and used by the fallback story", metavar="N")
+    llm_temperature: float = setting(_non_negative_float, 0.35, "temperature sent to the LLM", metavar="T")
+    require_real_backends: bool = setting(
         _bool,
         False,
         "fail the run when a service would be simulated (for GPU runs that must not pass on the simulator)",
         metavar="BOOL",
-    ),
-    SettingSpec(
-        "sim_fault",
-        str,
-        (),
-        "switch on a simulator fault: NAME or NAME@scene-002",
-        multi=True,
-        metavar="NAME",
-    ),
-    SettingSpec(
-        "sim_step_seconds",
-        _non_negative_float,
-        0.01,
-        "seconds per sampler step in the simulator",
-        metavar="S",
-    ),
-    SettingSpec(
-        "sim_keep_files",
+    )
+    sim_fault: tuple[str, ...] = repeated(
+        str, "switch on a simulator fault: NAME or NAME@scene-002", metavar="NAME"
+    )
+    sim_step_seconds: float = setting(
+        _non_negative_float, 0.01, "seconds per sampler step in the simulator", metavar="S"
+    )
+    sim_keep_files: bool = setting(
         _bool,
         False,
         "keep the simulator's own input and output files in the run directory (simulator/)",
         metavar="BOOL",
-    ),
+    )
+    # record and replay (replay/)
+    record: bool = setting(
+        _bool,
+        True,
+        "record every exchange with ComfyUI and the LLM into trace/ in the run directory",
+        metavar="BOOL",
+    )
+    replay: Path | None = setting(
+        _existing_dir,
+        None,
+        "serve this recorded run (its run directory or trace folder) in place of ComfyUI and the LLM",
+        metavar="RUN_DIR",
+    )
+    replay_speed: float = setting(
+        _non_negative_float,
+        1.0,
+        "with --replay: the recorded pace times this (0: as fast as possible)",
+        metavar="X",
+    )
     # story
-    SettingSpec(
-        "story_mode",
-        _choice("auto", "llm", "fallback"),
-        "auto",
-        "where the story comes from",
-        metavar="auto|llm|fallback",
-    ),
-    SettingSpec("scenes", _positive_int, 3, "number of scenes", metavar="N"),
-    SettingSpec("keyframe_size", _size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH"),
+    story_mode: str = setting(
+        _choice("auto", "llm", "fallback"), "auto", "where the story comes from", metavar="auto|llm|fallback"
+    )
+    scenes: int = setting(_positive_int, 3, "number of scenes", metavar="N")
+    keyframe_size: tuple[int, int] = setting(_size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH")
     # run directory
-    SettingSpec(
-        "logs_dir", Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"
-    ),
-    SettingSpec("run_dir", Path, None, "exact run directory (overrides logs-dir/<timestamp>)", metavar="DIR"),
-    SettingSpec(
-        "keep_runs",
+    logs_dir: Path = setting(
+        Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"
+    )
+    run_dir: Path | None = setting(
+        Path, None, "exact run directory (overrides logs-dir/<timestamp>)", metavar="DIR"
+    )
+    keep_runs: int = setting(
         _non_negative_int,
         20,
         "run directories the harness made under --logs-dir to keep, this one included; older ones are"
         " removed (0: keep all)",
         metavar="N",
-    ),
-    SettingSpec(
-        "baseline",
-        _existing_dir,
-        None,
-        "an earlier run directory to compare timings and VRAM with",
-        metavar="RUN_DIR",
-    ),
-    SettingSpec(
-        "workflow",
+    )
+    baseline: Path | None = setting(
+        _existing_dir, None, "an earlier run directory to compare timings and VRAM with", metavar="RUN_DIR"
+    )
+    workflow: Path | None = setting(
         _workflow_file,
         None,
         "API-format ComfyUI workflow file, or a shipped one by name: smoke, smoke_video, smoke_webm,"
         " svd_img2vid (the default)",
         metavar="FILE",
-    ),
-    SettingSpec(
-        "keyframe_workflow",
+    )
+    keyframe_workflow: Path | None = setting(
         _workflow_file,
         None,
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
-    ),
+    )
     # video checks of each scene's frames (the defaults are the video library's: video/checks.py, drift.py)
-    SettingSpec(
-        "min_motion",
+    min_motion: float = setting(
         _non_negative_float,
         0.5,
         "a scene whose motion (mean grey-level change between frames, 0-255) is below this is frozen"
         " (0: not checked)",
         metavar="X",
-    ),
-    SettingSpec(
-        "black_level", _grey_level, 8, "a pixel at or below this grey level (0-255) is black", metavar="N"
-    ),
-    SettingSpec(
-        "black_share",
-        _share,
-        0.99,
-        "a frame is black when at least this share of its pixels is black",
-        metavar="X",
-    ),
-    SettingSpec(
-        "flat_std",
+    )
+    black_level: int = setting(
+        _grey_level, 8, "a pixel at or below this grey level (0-255) is black", metavar="N"
+    )
+    black_share: float = setting(
+        _share, 0.99, "a frame is black when at least this share of its pixels is black", metavar="X"
+    )
+    flat_std: float = setting(
         _non_negative_float,
         2.0,
         "a frame is flat when the spread (standard deviation) of its grey levels is below this"
         " (0: not checked)",
         metavar="X",
-    ),
-    SettingSpec(
-        "drift_tolerance",
+    )
+    drift_tolerance: float = setting(
         _positive_float,
         30.0,
         "with --baseline: a scene with a frame below this PSNR (dB) against the baseline's has drifted",
         metavar="DB",
-    ),
-    SettingSpec(
-        "drift_fails",
+    )
+    drift_fails: bool = setting(
         _bool,
         False,
         "with --baseline: drift beyond the tolerance fails the scene's frames (default: a warning)",
         metavar="BOOL",
-    ),
-    # queue policy (design §4): named once, in policy.py
-    *(_policy_spec(p) for p in POLICY_SETTINGS),
+    )
+    # queue policy (design §4): these names are policy.POLICY_NAMES, and the fields of QueuePolicy
+    max_scene_retries: int = setting(
+        _non_negative_int, 1, "re-queues of a scene after a failed attempt", metavar="N"
+    )
+    scene_max_wait: float = setting(
+        _positive_float, 180.0, "seconds for a whole attempt, queue to frames", metavar="S"
+    )
+    history_poll_interval: float = setting(
+        _positive_float, 2.0, "seconds between /history polls", metavar="S"
+    )
+    history_max_attempts: int = setting(_positive_int, 30, "/history polls before giving up", metavar="N")
+    completion_grace: float = setting(
+        _positive_float, 30.0, "seconds after completion until outputs must be in history", metavar="S"
+    )
+    ws_idle_timeout: float = setting(
+        _positive_float, 15.0, "seconds of WebSocket silence before polling", metavar="S"
+    )
     # external suites
-    SettingSpec(
-        "suites",
-        str,
-        (),
-        "external suite NAME=COMMAND (or the preset 'vitest')",
-        multi=True,
-        flag_name="suite",
-        metavar="NAME=COMMAND",
-    ),
-    SettingSpec(
-        "suite_cwd", _existing_dir, None, "folder the suites run in (default: the rootdir)", metavar="DIR"
-    ),
-    SettingSpec("suite_timeout", _positive_float, 600.0, "seconds each external suite may take", metavar="S"),
-)
+    suites: tuple[str, ...] = repeated(
+        str, "external suite NAME=COMMAND (or the preset 'vitest')", flag_name="suite", metavar="NAME=COMMAND"
+    )
+    suite_cwd: Path | None = setting(
+        _existing_dir, None, "folder the suites run in (default: the rootdir)", metavar="DIR"
+    )
+    suite_timeout: float = setting(
+        _positive_float, 600.0, "seconds each external suite may take", metavar="S"
+    )
+    # the app's run contract (appcontract/): artifact-metadata.json, its lines in run-summary.txt
+    app_contract: bool = setting(
+        _bool,
+        True,
+        "also write the app's run contract (artifact-metadata.json, its run-summary.txt lines,"
+        " vitest-results.json)",
+        metavar="BOOL",
+    )
+    publish_latest: Path | None = setting(
+        _existing_dir,
+        None,
+        "at the end of the run copy artifact-metadata.json to APP_DIR/public/artifacts/latest-run.json",
+        metavar="APP_DIR",
+    )
 
-SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
+    # not settings: where each value came from, and what is built from them once
+    sources: Mapping[str, str] = field(default_factory=dict)  # "from --x", "from GEMDIRECT_X", "default"
+    faults: FaultPlan = field(init=False, repr=False, compare=False)
+    policy: QueuePolicy = field(init=False, repr=False, compare=False)
 
-
-@dataclass(frozen=True)
-class Settings:
-    """The effective settings of one run, with where each value came from."""
-
-    values: Mapping[str, Any]
-    sources: Mapping[str, str]  # "flag", "env GEMDIRECT_X", "ini gemdirect_x", "default"
-
-    def __getattr__(self, name: str) -> Any:
+    def __post_init__(self) -> None:
         try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+            faults = FaultPlan.parse(self.sim_fault)
+        except ValueError as exc:
+            raise SettingError(f"invalid value for sim_fault ({self.source('sim_fault')}): {exc}") from None
+        object.__setattr__(self, "faults", faults)
+        policy = QueuePolicy(
+            max_scene_retries=self.max_scene_retries,
+            scene_max_wait=self.scene_max_wait,
+            history_poll_interval=self.history_poll_interval,
+            history_max_attempts=self.history_max_attempts,
+            completion_grace=self.completion_grace,
+            ws_idle_timeout=self.ws_idle_timeout,
+        )
+        object.__setattr__(self, "policy", policy)
 
-    @property
-    def faults(self) -> FaultPlan:
-        return FaultPlan.parse(self.values["sim_fault"])
+    def source(self, name: str) -> str:
+        """Where the setting's value came from, in words (``from --scenes``, ``default``)."""
+        return self.sources.get(name, "default")
 
     def public(self) -> dict[str, Any]:
         """JSON-friendly values with secrets redacted, for the summary, header and report."""
         shown: dict[str, Any] = {}
         for spec in SPECS:
-            value = self.values[spec.name]
+            value = getattr(self, spec.name)
             if spec.secret and value:
                 value = "***"
             elif isinstance(value, Path):
@@ -439,7 +474,15 @@ class Settings:
         return shown
 
 
-def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
+SPECS: tuple[SettingSpec, ...] = tuple(
+    replace(f.metadata[_SPEC], name=f.name) for f in fields(Settings) if _SPEC in f.metadata
+)
+"""Every setting's spec, in the order of the fields (the order of the header and the report)."""
+
+SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
+
+
+def _parse(spec: SettingSpec, raw: object, source: str) -> object:
     if spec.multi:
         items = raw if isinstance(raw, list | tuple) else str(raw).replace("\n", ",").split(",")
         if spec.commas_in_flag:
@@ -450,7 +493,7 @@ def _parse(spec: SettingSpec, raw: Any, source: str) -> Any:
     return _parse_one(spec, raw, source) if isinstance(raw, str) else raw
 
 
-def _parse_one(spec: SettingSpec, text: str, source: str) -> Any:
+def _parse_one(spec: SettingSpec, text: str, source: str) -> object:
     """One value as the user typed it; the error quotes that value, never a Python list."""
     try:
         return spec.parse(text)
@@ -460,8 +503,8 @@ def _parse_one(spec: SettingSpec, text: str, source: str) -> Any:
 
 
 def resolve(
-    flags: Mapping[str, Any],
-    ini: Mapping[str, Any],
+    flags: Mapping[str, object],
+    ini: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """Resolve every setting: flag > environment > ini > default.
@@ -482,160 +525,65 @@ def resolve(
         elif ini_value not in (None, "", []):
             raw, source = ini_value, f"from ini {spec.ini}"
         else:
-            values[spec.name], sources[spec.name] = spec.default, "default"
+            sources[spec.name] = "default"
             continue
         values[spec.name] = _parse(spec, raw, source)
         sources[spec.name] = source
-    settings = Settings(values, sources)
+    settings = Settings(sources=sources, **values)
     _check_together(settings)
     return settings
 
 
 def _check_together(settings: Settings) -> None:
-    """Checks that need more than one value, or the fault names."""
-    try:
-        FaultPlan.parse(settings.values["sim_fault"])
-    except ValueError as exc:
-        raise SettingError(f"invalid value for sim_fault ({settings.sources['sim_fault']}): {exc}") from None
+    """Checks that need more than one value."""
+    source = settings.source
     if settings.comfyui_gpus and not settings.comfyui_dir:
         raise SettingError(
-            f"comfyui_gpus ({settings.sources['comfyui_gpus']}) launches one ComfyUI per GPU from"
+            f"comfyui_gpus ({source('comfyui_gpus')}) launches one ComfyUI per GPU from"
             " --comfyui-dir, which is not set"
         )
     if settings.sim_servers > 1 and (settings.comfyui_url or settings.comfyui_dir):
         raise SettingError(
-            f"sim_servers ({settings.sources['sim_servers']}) starts simulators, but ComfyUI comes from"
+            f"sim_servers ({source('sim_servers')}) starts simulators, but ComfyUI comes from"
             " --comfyui-url or --comfyui-dir; set only one"
         )
+    if settings.replay is not None:
+        _check_replay_alone(settings)
     if len(set(settings.comfyui_url)) != len(settings.comfyui_url):
-        raise SettingError(f"comfyui_url ({settings.sources['comfyui_url']}) names a server twice")
+        raise SettingError(f"comfyui_url ({source('comfyui_url')}) names a server twice")
     if settings.comfyui_url and settings.comfyui_dir:
         raise SettingError(
-            f"comfyui_url ({settings.sources['comfyui_url']}) and"
-            f" comfyui_dir ({settings.sources['comfyui_dir']}) both say where ComfyUI comes from;"
+            f"comfyui_url ({source('comfyui_url')}) and"
+            f" comfyui_dir ({source('comfyui_dir')}) both say where ComfyUI comes from;"
             " set only one"
         )
     if settings.history_poll_interval >= settings.scene_max_wait:
         raise SettingError(
             f"history_poll_interval ({settings.history_poll_interval:g} s,"
-            f" {settings.sources['history_poll_interval']})"
+            f" {source('history_poll_interval')})"
             f" must be below scene_max_wait ({settings.scene_max_wait:g} s)"
         )
 
 
-def describe_targets(settings: Settings) -> dict[str, str]:
-    """Each service's target in words, for the terminal header (nothing is booted)."""
-    if settings.comfyui_url:
-        comfy = "attach " + ", ".join(settings.comfyui_url)
-    elif settings.comfyui_dir:
-        comfy = f"launch {settings.comfyui_dir} (main.py)"
-    else:
-        comfy = "embedded simulator (SIMULATED)"
-    llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
-    if settings.story_mode == "fallback" and not settings.llm_url:
-        llm += ", story mode fallback"
-    return {"comfyui": comfy, "llm": llm}
+def _check_replay_alone(settings: Settings) -> None:
+    """A replay is where both servers come from: another target for either is a contradiction."""
+    for name in ("comfyui_url", "comfyui_dir", "llm_url"):
+        if getattr(settings, name):
+            raise SettingError(
+                f"replay ({settings.sources['replay']}) serves the recording in place of the servers,"
+                f" but {name} ({settings.sources[name]}) names one; set only one"
+            )
 
 
 PATH_SETTINGS = (
     "comfyui_dir",
+    "replay",
     "workflow",
     "keyframe_workflow",
     "run_dir",
     "logs_dir",
     "baseline",
     "suite_cwd",
+    "publish_latest",
 )
 """Settings whose value is a path: written ``--flag PATH``, pytest may take PATH for a test path."""
-
-
-def check_startup(
-    settings: Settings,
-    *,
-    rootpath: Path,
-    inipath: Path | None,
-    args: Sequence[str] = (),
-    invocation_dir: Path | None = None,
-) -> None:
-    """What can be known before anything runs, checked now: the run fails here, not at stage 4.
-
-    Raises SettingError naming the setting, its source and the file or scene.
-    """
-    _check_path_flags_kept_their_root(args, rootpath, inipath, invocation_dir or Path.cwd())
-    _check_run_dir_is_new(settings)
-    _check_workflows(settings)
-    _check_fault_scenes(settings)
-    _check_comfyui_args(settings)
-
-
-def _check_path_flags_kept_their_root(
-    args: Sequence[str], rootpath: Path, inipath: Path | None, invocation_dir: Path
-) -> None:
-    """``--comfyui-dir ~/ComfyUI`` (with a space) lets pytest pick its rootdir and config there.
-
-    pytest chooses them from the command line's paths before any plugin says which options take
-    a value, so a path option written with a space looks like a test path to it. Such a value
-    outside the folder pytest was started in, or holding the config file pytest chose, is refused.
-    """
-    flags = {SPECS_BY_NAME[name].flag for name in PATH_SETTINGS}
-    started_in = invocation_dir.resolve()
-    for flag, value in zip(args, args[1:], strict=False):
-        path = Path(value).expanduser()
-        if flag not in flags or not path.exists():
-            continue
-        folder = path.resolve() if path.is_dir() else path.resolve().parent
-        outside = folder != started_in and started_in not in folder.parents
-        holds_config = inipath is not None and folder in (
-            inipath.resolve().parent,
-            *inipath.resolve().parents,
-        )
-        if outside or holds_config or folder == rootpath.resolve():
-            where = f"config file {inipath}" if inipath is not None else f"rootdir {rootpath}"
-            raise SettingError(
-                f"{flag} {value}: written with a space, pytest took {value} for a test path when it"
-                f" chose its {where}; write {flag}={value} instead"
-            )
-
-
-def _check_run_dir_is_new(settings: Settings) -> None:
-    run_dir = settings.run_dir
-    if run_dir is not None and Path(run_dir).is_dir() and any(Path(run_dir).iterdir()):
-        raise SettingError(
-            f"run_dir ({settings.sources['run_dir']}): {run_dir} is not empty (an earlier run?);"
-            " a run never mixes its files with another's: name a new or empty folder"
-        )
-
-
-def _check_workflows(settings: Settings) -> None:
-    for name in ("workflow", "keyframe_workflow"):
-        path = settings.values[name]
-        if path is None:
-            continue
-        from pytest_gemdirect.comfyui.workflow import WorkflowError, load_workflow
-
-        try:
-            load_workflow(path)
-        except WorkflowError as exc:
-            raise SettingError(f"invalid value for {name} ({settings.sources[name]}): {exc}") from None
-
-
-def _check_fault_scenes(settings: Settings) -> None:
-    scenes = {f"scene-{n:03d}" for n in range(1, settings.scenes + 1)}
-    for fault in settings.faults.faults:
-        if fault.scene is not None and fault.scene not in scenes:
-            raise SettingError(
-                f"invalid value for sim_fault ({settings.sources['sim_fault']}): {fault.spec()} names"
-                f" {fault.scene}, but the run has {settings.scenes} scene(s) (scenes = {settings.scenes})"
-            )
-
-
-def _check_comfyui_args(settings: Settings) -> None:
-    from pytest_gemdirect.cmdline import split_args
-
-    try:
-        split_args(settings.comfyui_args, what="--comfyui-args")
-    except ValueError as exc:
-        raise SettingError(
-            f"invalid value {settings.comfyui_args!r} for comfyui_args"
-            f" ({settings.sources['comfyui_args']}): {exc}"
-        ) from None

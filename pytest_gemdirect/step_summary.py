@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pytest_gemdirect.summary import STAGE_TITLES, failures, verdict
+from pytest_gemdirect.catalogue import STAGE_TITLES
+from pytest_gemdirect.summary import failures, verdict
 from pytest_gemdirect.text import visible
 
 ENV_VAR = "GITHUB_STEP_SUMMARY"

@@ -511,7 +511,7 @@ def _resolve_model(client: LLMClient, model: str | None, health: Any, deadline: 
     return pick_chat_model(models, None)
 
 
-def make_story(
+def make_story(  # noqa: PLR0913 - keyword-only options, each with a default
     mode: str,
     *,
     client: LLMClient | None = None,

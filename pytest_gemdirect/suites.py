@@ -18,6 +18,7 @@ import re
 import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
@@ -34,6 +35,25 @@ JUNIT_PLACEHOLDER = "{junit}"
 PRESETS: dict[str, str] = {
     "vitest": "npx --no vitest run --reporter=default --reporter=junit --outputFile.junit={junit}",
 }
+
+# The app's (gemDirect1) own three suites, run as its runner runs them: vitest's entry script under
+# node, the vmThreads pool, one path each; the JUnit reporter is added so the harness reads totals.
+_APP_VITEST = "node node_modules/vitest/vitest.mjs run --pool=vmThreads {path}"
+_APP_REPORTERS = " --reporter=default --reporter=junit --outputFile.junit={junit}"
+GROUP_PRESETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gemdirect": tuple(
+        (name, _APP_VITEST.format(path=path) + _APP_REPORTERS)
+        for name, path in (
+            ("comfyUI", "services/comfyUIService.test.ts"),
+            ("e2e", "services/e2e.test.ts"),
+            ("scripts", "scripts/__tests__"),
+        )
+    ),
+}
+"""Presets that stand for several suites (``--suite gemdirect``)."""
+
+NODE_NEEDED: dict[str, tuple[int, int]] = {"gemdirect": (22, 19)}
+"""The Node version a group preset's suites need (the app's engines field), checked at start-up."""
 
 SUITE_STATUSES = ("passed", "failed", "timed_out", "error")
 BODY_LINES = 15
@@ -55,6 +75,7 @@ class SuiteSpec:
 
     name: str
     command: str
+    preset: str | None = None  # the group preset it came from (``gemdirect``), if any
 
     def argv(self, junit: Path | str | None = None) -> list[str]:
         """The command split into arguments, ``{junit}`` replaced when a path is given."""
@@ -74,10 +95,17 @@ def parse_suite_specs(values: list[str] | tuple[str, ...]) -> list[SuiteSpec]:
     """
     specs: list[SuiteSpec] = []
     seen: set[str] = set()
-    presets = ", ".join(repr(name) for name in PRESETS)
+    presets = ", ".join(repr(name) for name in [*PRESETS, *GROUP_PRESETS])
     for raw in values:
         value = str(raw).strip()
         if not value:
+            continue
+        if value in GROUP_PRESETS:
+            for name, command in GROUP_PRESETS[value]:
+                if name in seen:
+                    raise ValueError(f"suite {value!r}: the name {name!r} is used twice")
+                seen.add(name)
+                specs.append(SuiteSpec(name, command, preset=value))
             continue
         if "=" not in value:
             if value in PRESETS:
@@ -357,6 +385,7 @@ class SuiteResult:
     start_error: str | None = None
     ended_pids: tuple[int, ...] = ()
     cwd: Path | None = None
+    started_at: str | None = None  # local time with offset, as the summary's times
 
     @property
     def failures(self) -> tuple[FailedCase, ...]:
@@ -463,6 +492,7 @@ class SuiteResult:
             "status": self.status,
             "exit_code": self.exit_code,
             "duration_s": round(self.duration_s, 3),
+            "started_at": self.started_at,
             "timeout_s": self.timeout_s,
             "timed_out": self.status == "timed_out",
             "totals": self.totals.to_dict() if self.totals else None,
@@ -509,6 +539,7 @@ def run_suite(spec: SuiteSpec, *, cwd: Path, run_dir: Path, timeout_s: float) ->
         junit_path=junit_path,
         timeout_s=timeout_s,
         cwd=Path(cwd),
+        started_at=datetime.now().astimezone().isoformat(timespec="milliseconds"),
     )
     try:
         run = run_with_deadline(argv, cwd=cwd, env_overrides=env, log_path=log_path, timeout_s=timeout_s)

@@ -7,24 +7,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from pytest_gemdirect import __version__
+from pytest_gemdirect.catalogue import SCENE_STAGES, STAGE_NAMES, STAGE_TITLES, StageKey
 from pytest_gemdirect.rundir import RunDirectory, atomic_write_json, atomic_write_text
 from pytest_gemdirect.schemas_io import load_schema
 from pytest_gemdirect.text import visible
 
-STAGES: tuple[str, ...] = ("env", "llm", "story", "comfyui", "svd", "frames", "suites", "summary")
-STAGE_TITLES: dict[str, str] = {
-    "env": "environment",
-    "llm": "LLM health",
-    "story": "story",
-    "comfyui": "ComfyUI startup",
-    "svd": "generation",
-    "frames": "frame retrieval",
-    "suites": "external suites",
-    "summary": "run summary",
-}
 # The outcomes a reader must be told about: "What went wrong" in the summary, terminal and report.
 WRONG = ("failed", "interrupted")
 SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them as they are
@@ -38,14 +29,12 @@ SYMBOLS = {  # plain ASCII: a cp1252 console or a font without emoji shows them 
 }
 
 
+CHECK_RANK = {"passed": 0, "skipped": 1, "failed": 2}  # a check's worst outcome over its phases
+
+
 def scene_ids(count: int) -> list[str]:
     """``scene-001`` … for a story of ``count`` scenes."""
     return [f"scene-{n:03d}" for n in range(1, count + 1)]
-
-
-def stage_of(key: str) -> str:
-    """``svd[scene-002]`` -> ``svd``."""
-    return key.split("[", 1)[0]
 
 
 def _now() -> str:
@@ -63,7 +52,7 @@ class RunSummary:
         self._closed = False  # finished: later updates (threads still running) are not written
         self._started_scenes: set[str] = set()  # their generation stage is at work
         self._started = time.monotonic()
-        self._items: dict[str, dict[str, Any]] = {}
+        self._items: dict[StageKey, dict[str, Any]] = {}  # as the summary records them
         self._scene_details: dict[str, dict[str, Any]] = {}  # scene.json's fields beyond the summary's
         self._scene_written: dict[str, str] = {}  # scene.json as last written, per scene
         self.data: dict[str, Any] = {
@@ -117,9 +106,11 @@ class RunSummary:
         with self._lock:
             self.data["backends"][name] = info
             self.data["simulated"] = any(b.get("simulated") for b in self.data["backends"].values())
+            if info.get("replayed"):  # --replay: the label says from which recorded run
+                self.data["replayed"] = info["replayed"]
             self.write()
 
-    def set_section(self, name: str, value: Any) -> None:
+    def set_section(self, name: str, value: object) -> None:
         with self._lock:
             self.data[name] = value
             self.write()
@@ -130,7 +121,7 @@ class RunSummary:
                 self.data["warnings"].append(text)
             self.write()
 
-    def artifact(self, name: str, path: Any) -> None:
+    def artifact(self, name: str, path: Path | str | None) -> None:
         with self._lock:
             self.data["artifacts"][name] = self.run.relative(path)
             self.write()
@@ -144,7 +135,7 @@ class RunSummary:
         self.data["scenes"].append(scene)
         return scene
 
-    def update_scene(self, scene_id: str, **fields: Any) -> None:
+    def update_scene(self, scene_id: str, **fields: object) -> None:
         with self._lock:
             self.scene(scene_id).update(fields)
             self._update_scene_status(scene_id)
@@ -159,6 +150,20 @@ class RunSummary:
             self._scene_details[scene_id] = details
             self.write()
 
+    def record_check(self, test: str, scene: str | None, status: str, message: str | None) -> None:
+        """A user's own check over a stage's result: its row, its outcome and (failed) its message.
+
+        A test reports up to three times (setup, call, teardown): a failure or skip stays.
+        """
+        with self._lock:
+            checks: list[dict[str, Any]] = self.data.setdefault("checks", [])
+            row = next((c for c in checks if c["test"] == test), None)
+            if row is None:
+                checks.append({"test": test, "scene": scene, "status": status, "message": message})
+            elif CHECK_RANK[status] > CHECK_RANK[row["status"]]:
+                row.update(status=status, message=message)
+            self.write()
+
     def start_scene(self, scene_id: str) -> None:
         """The scene's generation has begun (keyframe, upload or job): it is "running" from now."""
         with self._lock:
@@ -167,34 +172,40 @@ class RunSummary:
             self.write()
 
     def record_item(
-        self, key: str, status: str, *, duration_s: float | None = None, message: str | None = None
+        self, key: StageKey, status: str, *, duration_s: float | None = None, message: str | None = None
     ) -> None:
         """The outcome of one stage node (``llm``, ``svd[scene-001]``, ``suites[vitest]``)."""
         with self._lock:
-            self._items[key] = {"key": key, "status": status, "duration_s": duration_s, "message": message}
-            stage = stage_of(key)
-            scene_id = key[len(stage) + 1 : -1] if "[" in key else None
-            if scene_id and stage in ("svd", "frames"):
-                self._update_scene_status(scene_id)
+            self._items[key] = {
+                "key": str(key),
+                "status": status,
+                "duration_s": duration_s,
+                "message": message,
+            }
+            if key.scene is not None:
+                self._update_scene_status(key.scene)
             self._rebuild_stages()
             self.write()
 
     def _update_scene_status(self, scene_id: str) -> None:
         scene = self.scene(scene_id)
-        svd = self._items.get(f"svd[{scene_id}]", {}).get("status")
-        frames = self._items.get(f"frames[{scene_id}]", {}).get("status")
-        for stage, status in (("svd", svd), ("frames", frames)):
-            if status in WRONG:
-                scene["status"], scene["failed_stage"] = status, stage
-                scene["message"] = self._items[f"{stage}[{scene_id}]"]["message"]
+        statuses = {}
+        for stage in SCENE_STAGES:  # generation, then retrieval
+            item = self._items.get(StageKey(stage, scene_id), {})
+            statuses[stage] = item.get("status")
+            if item.get("status") in WRONG:
+                scene["status"], scene["failed_stage"] = item["status"], stage
+                scene["message"] = item["message"]
                 return
         started = scene_id in self._started_scenes  # generating, or awaiting retrieval
-        scene["status"] = "passed" if frames == "passed" else ("running" if started else "not_reached")
+        done = statuses[SCENE_STAGES[-1]] == "passed"
+        scene["status"] = "passed" if done else ("running" if started else "not_reached")
 
     def _rebuild_stages(self) -> None:
         stages = []
-        for name in STAGES:
-            items = [item for key, item in self._items.items() if stage_of(key) == name]
+        for name in STAGE_NAMES:
+            keys = [key for key in self._items if key.stage == name]
+            items = [self._items[key] for key in keys]
             statuses = {item["status"] for item in items}
             if "failed" in statuses:
                 status = "failed"
@@ -214,7 +225,7 @@ class RunSummary:
                 "duration_s": round(sum(durations), 3) if durations else None,
                 "message": messages[0] if messages else None,
             }
-            if any("[" in item["key"] for item in items):
+            if any(key.item is not None for key in keys):
                 entry["items"] = sorted(items, key=lambda item: item["key"])
             stages.append(entry)
         self.data["stages"] = stages
@@ -311,9 +322,11 @@ class RunSummary:
 
 
 def write_summary_files(run: RunDirectory, data: dict[str, Any]) -> None:
-    """run-summary.json and run-summary.txt, each atomically."""
+    """run-summary.json and run-summary.txt, each atomically; the app's contract after them."""
     atomic_write_json(run.summary_json, data)
-    atomic_write_text(run.summary_txt, render_text(data))
+    from pytest_gemdirect.appcontract import export  # the app's run contract, read by its own tools
+
+    atomic_write_text(run.summary_txt, render_text(data) + export(run.root, data))
 
 
 def tests_failed_reason(failed_tests: Sequence[str]) -> str:
@@ -347,6 +360,8 @@ def verdict(data: dict[str, Any]) -> str:
     """One line: did it pass, and if not, which step."""
     status = data["status"]
     sim = " on the SIMULATED backend (not a GPU run)" if data.get("simulated") else ""
+    if data.get("replayed"):
+        sim = f" — {data['replayed']['label']}"
     if status == "passed":
         return f"PASSED{sim}"
     if status == "running":
@@ -361,7 +376,9 @@ def render_text(data: dict[str, Any]) -> str:
     """The summary for people: verdict, step table, scenes, failures, artifacts."""
     lines = [f"gemdirect run {data['run_id']}: {verdict(data)}", f"run directory: {data['run_dir']}", ""]
     for name, backend in sorted(data["backends"].items()):
-        flag = " (SIMULATED)" if backend.get("simulated") else ""
+        flag = (
+            " (REPLAYED)" if backend.get("replayed") else " (SIMULATED)" if backend.get("simulated") else ""
+        )
         lines.append(f"{name}: {backend['target']} {backend.get('url') or ''}{flag}")
     lines += ["", "steps:"]
     for number, stage in enumerate(data["stages"], start=1):
@@ -394,8 +411,47 @@ def render_text(data: dict[str, Any]) -> str:
         lines += ["", "what went wrong:"]
         for item in wrong:
             lines.append(f"  {item['key']}: {visible(item.get('message') or '(no message)')}")
+    if data.get("checks"):
+        lines += ["", "your checks:"] + check_lines(data["checks"])
     if data["warnings"]:
         lines += ["", "warnings:"] + [f"  - {visible(w)}" for w in data["warnings"]]
     if data["artifacts"]:
         lines += ["", "artifacts:"] + [f"  {k}: {v}" for k, v in sorted(data["artifacts"].items())]
     return "\n".join(lines) + "\n"
+
+
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    """The user's own checks, one line each: mark, test, outcome, and a failure's message."""
+    lines = []
+    for check in checks:
+        said = (
+            f": {visible(check['message'])}" if check.get("message") and check["status"] != "passed" else ""
+        )
+        lines.append(
+            f"  {SYMBOLS.get(check['status'], '?')} {visible(check['test'])} {check['status']}{said}"
+        )
+    return lines
+
+
+def settle_workers_summary(
+    directory: RunDirectory, data: dict[str, Any] | None, crashed: list[str], failed_tests: list[str]
+) -> None:
+    """xdist controller: the worker's summary, corrected where a worker died under it.
+
+    A dead worker leaves the summary "running"; a replacement worker re-runs what the later
+    stages need and may well pass, but pytest counts the crash as a failure, and so must we.
+    """
+    if data is None:
+        return
+    reasons = []
+    if crashed:
+        reasons.append(f"a pytest-xdist worker crashed while running {', '.join(crashed)}")
+    if data.get("status") == "running":
+        reasons.append("the pytest-xdist worker running the pipeline ended before the run finished")
+    elsewhere = [test for test in failed_tests if test not in crashed]
+    if data.get("status") == "passed" and elsewhere:
+        reasons.append(tests_failed_reason(elsewhere))
+    if reasons:
+        data["status"] = "failed"
+        data["status_reason"] = "; ".join(reasons)
+        write_summary_files(directory, data)

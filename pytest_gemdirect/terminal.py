@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
+from pytest_gemdirect.catalogue import STAGE_TITLES
 from pytest_gemdirect.policy import HEADER_NAMES
 from pytest_gemdirect.run import Run
-from pytest_gemdirect.settings import SPECS, describe_targets
-from pytest_gemdirect.summary import STAGE_TITLES, SYMBOLS, failures, verdict
+from pytest_gemdirect.settings import SPECS, Settings
+from pytest_gemdirect.summary import SYMBOLS, check_lines, failures, verdict
 from pytest_gemdirect.text import visible
 
 PLAIN_LINE_EVERY_S = 10.0
@@ -115,19 +115,23 @@ class ProgressDisplay:
             self._write("\n" + text + "\n")
 
 
-class Terminal:
-    """The run's terminal output; registered with the run."""
+class TerminalOutput:
+    """pytest's terminal, written past output capture: what a run shows while its stages work.
 
-    def __init__(self, config: pytest.Config, run: Run) -> None:
+    Made before the run, which gets its :meth:`progress` display and its :meth:`announce` call.
+    """
+
+    def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.run = run
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        self._reporter = reporter
-        if reporter is not None:
-            run.progress = ProgressDisplay(self._write, in_place=reporter.isatty)
-        run.on_start.append(self._announce)
+        self._reporter = config.pluginmanager.get_plugin("terminalreporter")
 
-    def _write(self, text: str) -> None:
+    def progress(self) -> ProgressDisplay | None:
+        """A scene's progress display, or None without a terminal."""
+        if self._reporter is None:
+            return None
+        return ProgressDisplay(self.write, in_place=self._reporter.isatty)
+
+    def write(self, text: str) -> None:
         if self._reporter is None:
             return
         capture = self.config.pluginmanager.get_plugin("capturemanager")
@@ -137,13 +141,20 @@ class Terminal:
         else:
             self._reporter.write(text, flush=True)
 
-    def _announce(self, run: Run) -> None:
+    def announce(self, run: Run) -> None:
         """When the first stage starts: where the services come from and where the run is written."""
         if self._reporter is None or run.directory is None or run.is_worker:
             return
         lines = [f"gemdirect {name}: {target}" for name, target in describe_targets(run.settings).items()]
         lines.append(f"gemdirect run directory: {run.directory.root}")
-        self._write("\n" + "\n".join(lines) + "\n")
+        self.write("\n" + "\n".join(lines) + "\n")
+
+
+class Terminal:
+    """The run's terminal summary; registered with the run."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
     def settings_lines(self) -> list[str]:
         settings = self.run.settings
@@ -161,7 +172,7 @@ class Terminal:
             lines.append("gemdirect set: " + "; ".join(changed))
         return lines
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         run = self.run
         data = run.summary_data()
         if run.directory is None or run.is_worker:
@@ -170,7 +181,7 @@ class Terminal:
         terminalreporter.write_sep("=", "gemdirect", bold=True)
         for name, target in describe_targets(run.settings).items():
             write(f"gemdirect {name}: {target}")
-        for line in self.settings_lines() + run.notes:
+        for line in [*self.settings_lines(), *run.notes]:
             write(line)
         if data is None:
             write(f"gemdirect: no pipeline stage ran; nothing in {run.directory.root}")
@@ -179,6 +190,10 @@ class Terminal:
             write(f"{SYMBOLS.get(stage['status'], '?')} {STAGE_TITLES[stage['name']]:<16} {stage['status']}")
         for failure in failures(data):
             write(f"  {failure['key']}: {visible(failure['message'] or '')}")
+        if data.get("checks"):
+            write("your checks:")
+            for line in check_lines(data["checks"]):
+                write(line)
         write(f"gemdirect verdict: {visible(verdict(data))}")
         write(f"gemdirect run directory: {run.directory.root}")
         if run.report_problem:
@@ -187,10 +202,32 @@ class Terminal:
             write(f"gemdirect report: {run.directory.report_html}")
 
 
-def _as_typed(value: Any) -> str:
+def _as_typed(value: object) -> str:
     """A setting's value as a user would type it (``a,b`` rather than a Python list)."""
     if isinstance(value, list):
         return ",".join(map(str, value))
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def describe_targets(settings: Settings) -> dict[str, str]:
+    """Each service's target in words, for the terminal header (nothing is booted)."""
+    if settings.replay is not None:
+        from pytest_gemdirect.replay.trace import TraceError, load_trace, origin
+
+        try:
+            label = origin(load_trace(settings.replay))["label"]
+        except TraceError as exc:
+            label = f"REPLAYED from an unreadable trace ({exc})"
+        return {"comfyui": f"{label}, trace {settings.replay}", "llm": "REPLAYED from the same trace"}
+    if settings.comfyui_url:
+        comfy = "attach " + ", ".join(settings.comfyui_url)
+    elif settings.comfyui_dir:
+        comfy = f"launch {settings.comfyui_dir} (main.py)"
+    else:
+        comfy = "embedded simulator (SIMULATED)"
+    llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
+    if settings.story_mode == "fallback" and not settings.llm_url:
+        llm += ", story mode fallback"
+    return {"comfyui": comfy, "llm": llm}

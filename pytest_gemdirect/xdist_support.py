@@ -24,8 +24,7 @@ import pytest
 
 from pytest_gemdirect.pipeline_tests import is_pipeline_test
 from pytest_gemdirect.run import Handoff, Run
-from pytest_gemdirect.rundir import RunDirectory, atomic_write_json
-from pytest_gemdirect.summary import tests_failed_reason, write_summary_files
+from pytest_gemdirect.rundir import atomic_write_json
 
 WORKER_INPUT_KEY = "gemdirect_handoff"
 SCHEDULED_DISTS = ("load", "worksteal", "loadgroup")  # the modes PipelineScheduling takes over
@@ -81,9 +80,7 @@ class XdistController:
             self._run = self._activate()
             dist = self.config.getoption("dist", "no")
             if dist in SCHEDULED_DISTS:
-                self._run.notes.append(
-                    f"gemdirect: the pipeline's stages run together on one worker (--dist {dist})"
-                )
+                self._run.note(f"gemdirect: the pipeline's stages run together on one worker (--dist {dist})")
             self._hand_over(self._run)
 
     def _hand_over(self, run: Run) -> None:
@@ -110,34 +107,10 @@ class XdistController:
     @pytest.hookimpl(optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
         if self._run is not None and is_pipeline_test(crashitem):
-            self._run.crashed_tests.append(crashitem)
+            self._run.worker_crashed(crashitem)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self._handoff_path.unlink(missing_ok=True)
-
-
-def settle_workers_summary(
-    directory: RunDirectory, data: dict[str, Any] | None, crashed: list[str], failed_tests: list[str]
-) -> None:
-    """xdist controller: the worker's summary, corrected where a worker died under it.
-
-    A dead worker leaves the summary "running"; a replacement worker re-runs what the later
-    stages need and may well pass, but pytest counts the crash as a failure, and so must we.
-    """
-    if data is None:
-        return
-    reasons = []
-    if crashed:
-        reasons.append(f"a pytest-xdist worker crashed while running {', '.join(crashed)}")
-    if data.get("status") == "running":
-        reasons.append("the pytest-xdist worker running the pipeline ended before the run finished")
-    elsewhere = [test for test in failed_tests if test not in crashed]
-    if data.get("status") == "passed" and elsewhere:
-        reasons.append(tests_failed_reason(elsewhere))
-    if reasons:
-        data["status"] = "failed"
-        data["status_reason"] = "; ".join(reasons)
-        write_summary_files(directory, data)
 
 
 def unit_of(nodeid: str, pipeline_files: set[str]) -> str:

@@ -63,7 +63,14 @@ def test_the_example_ci_workflow_runs_the_readmes_commands_on_windows_and_linux(
         assert 'pip install -e ".[dev]"' in commands, name  # the README's set-up
         assert 'pytest -m "not e2e"' in commands, name  # the README's test command
         e2e = [c for c in commands if c.startswith("pytest -m e2e")]
-        assert e2e and all("--require-real-backends true" in c and "--junitxml=" in c for c in e2e), name
+        if any("--replay=" in c for c in e2e):  # the CPU job: the GPU job's trace, downloaded
+            downloads = [
+                s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact")
+            ]
+            assert downloads and job["needs"] in workflow["jobs"], name
+            assert all("--require-real-backends" not in c and "--junitxml=" in c for c in e2e), name
+        else:
+            assert e2e and all("--require-real-backends true" in c and "--junitxml=" in c for c in e2e), name
         upload = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
         assert upload and upload[0]["if"] == "always()", name
     for command in ('pip install -e ".[dev]"', 'pytest -m "not e2e"', "pytest -m e2e"):
@@ -84,3 +91,18 @@ def test_ci_and_the_suite_benchmark_run_the_readmes_test_command(monkeypatch: py
         " ".join(line.split()) for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     ]
     assert shlex.join(command).replace("'", '"') in ci_lines
+
+
+def test_the_readmes_set_up_shows_the_venv_for_linux_macos_and_powershell() -> None:
+    """A new user copies the set-up as it stands: a venv first, on either kind of machine."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    set_up = readme.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    for line in (
+        "python3 -m venv .venv",
+        ". .venv/bin/activate",
+        "py -m venv .venv",
+        ".venv\\Scripts\\Activate.ps1",
+    ):
+        assert line in set_up, line
+    assert set_up.count('pip install -e ".[dev]"') == 2  # after each activation
+    assert "```powershell" in set_up

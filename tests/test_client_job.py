@@ -56,11 +56,11 @@ from pytest_gemdirect.sim.server import ServerThread
 WORKFLOWS = Path(__file__).parents[1] / "fixtures" / "workflows"
 GRACE = 1.5
 POLICY = QueuePolicy(
-    scene_max_wait_s=20.0,
-    history_poll_interval_s=0.1,
+    scene_max_wait=20.0,
+    history_poll_interval=0.1,
     history_max_attempts=40,
-    completion_grace_s=GRACE,
-    ws_idle_timeout_s=0.5,
+    completion_grace=GRACE,
+    ws_idle_timeout=0.5,
 )
 
 
@@ -278,11 +278,11 @@ def test_history_never_with_few_attempts_fails_history_max_attempts(make_sim, ma
     sim = make_sim("history-never")
     client = make_client(sim.url)
     policy = QueuePolicy(
-        scene_max_wait_s=20,
-        history_poll_interval_s=0.1,
+        scene_max_wait=20,
+        history_poll_interval=0.1,
         history_max_attempts=3,
-        completion_grace_s=10,
-        ws_idle_timeout_s=0.5,
+        completion_grace=10,
+        ws_idle_timeout=0.5,
     )
     outcome, _ = follow(client, workflow("smoke.json", upload(client, keyframe)), policy)
     failure = expect_failure(outcome, "history_max_attempts")  # before the 10 s grace and the 20 s wait
@@ -332,11 +332,11 @@ def test_stall_fails_at_scene_max_wait_with_last_progress_and_interrupts_our_pro
     sim = make_sim("stall")
     client = make_client(sim.url)
     policy = QueuePolicy(
-        scene_max_wait_s=2.5,
-        history_poll_interval_s=0.2,
+        scene_max_wait=2.5,
+        history_poll_interval=0.2,
         history_max_attempts=3,
-        completion_grace_s=1,
-        ws_idle_timeout_s=0.5,
+        completion_grace=1,
+        ws_idle_timeout=0.5,
     )
     outcome, _ = follow(client, workflow("svd_img2vid.json", upload(client, keyframe), small=True), policy)
     failure = expect_failure(outcome, "scene_max_wait")
@@ -400,11 +400,11 @@ def test_a_deadline_never_touches_another_clients_prompt_and_their_interrupt_is_
     ).json()
     assert wait_until(lambda: [i["prompt_id"] for i in client.queue()["running"]] == [other["prompt_id"]])
     short = QueuePolicy(
-        scene_max_wait_s=1.5,
-        history_poll_interval_s=0.2,
+        scene_max_wait=1.5,
+        history_poll_interval=0.2,
         history_max_attempts=5,
-        completion_grace_s=1,
-        ws_idle_timeout_s=0.5,
+        completion_grace=1,
+        ws_idle_timeout=0.5,
     )
     outcome, _ = follow(client, workflow("smoke.json", image), short)
     failure = expect_failure(outcome, "scene_max_wait")
@@ -644,8 +644,8 @@ def test_queue_policy_names_its_settings_and_refuses_nonsense():
 
     assert QueuePolicy().settings() == {name: SPECS_BY_NAME[name].default for name in POLICY_NAMES}
     assert QueuePolicy().settings()["scene_max_wait"] == 180.0
-    with pytest.raises(ValueError, match="completion_grace_s"):
-        QueuePolicy(completion_grace_s=0)
+    with pytest.raises(ValueError, match="completion_grace"):
+        QueuePolicy(completion_grace=0)
     with pytest.raises(ValueError, match="history_max_attempts"):
         QueuePolicy(history_max_attempts=0)
 
@@ -1040,11 +1040,11 @@ def test_completion_without_history_is_decided_when_the_grace_ends_not_a_poll_la
     url = serve(server.app)
     grace = 1.5
     policy = QueuePolicy(
-        scene_max_wait_s=20,
-        history_poll_interval_s=1.0,
+        scene_max_wait=20,
+        history_poll_interval=1.0,
         history_max_attempts=40,
-        completion_grace_s=grace,
-        ws_idle_timeout_s=10,
+        completion_grace=grace,
+        ws_idle_timeout=10,
     )
     with ComfyClient(url) as client:
         outcome, events = follow(client, {"4": {"class_type": "SaveImage", "inputs": {}}}, policy)

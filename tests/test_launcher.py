@@ -200,10 +200,10 @@ def test_port_held_by_another_http_server_is_a_clear_error(
     from threading import Thread
 
     class NotFound(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_error(404)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:  # the base class's name
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)

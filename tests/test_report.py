@@ -17,6 +17,7 @@ import pytest
 from bs4 import BeautifulSoup, Tag
 from PIL import Image, ImageDraw
 
+from pytest_gemdirect.catalogue import StageKey
 from pytest_gemdirect.report import (
     BaselineError,
     load_baseline,
@@ -1000,9 +1001,11 @@ def test_the_report_follows_a_live_run_summary_as_it_is_rewritten(tmp_path):
     assert {row["data-stage"]: row["class"][1] for row in stage_rows(soup).values()}["env"] == (
         "gd-status-not_reached"
     )
-    summary.record_item("env", "passed", duration_s=0.2)
-    summary.record_item("llm", "failed", duration_s=3.0, message="LLM health: GET /v1/models timed out")
-    summary.record_item("story", "not_reached", message="not reached: llm failed")
+    summary.record_item(StageKey("env"), "passed", duration_s=0.2)
+    summary.record_item(
+        StageKey("llm"), "failed", duration_s=3.0, message="LLM health: GET /v1/models timed out"
+    )
+    summary.record_item(StageKey("story"), "not_reached", message="not reached: llm failed")
     soup = report()
     rows = stage_rows(soup)
     assert "✔ passed" in text_of(rows["env"]) and "✘ failed" in text_of(rows["llm"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from pytest_gemdirect.settings import SPECS, SettingError, resolve
+from pytest_gemdirect.policy import POLICY_NAMES, QueuePolicy
+from pytest_gemdirect.settings import SPECS, SPECS_BY_NAME, SettingError, Settings, resolve
 
 
 def test_defaults_match_the_design_queue_policy() -> None:
@@ -82,6 +84,33 @@ def test_every_setting_has_flag_ini_and_env_names() -> None:
     assert len({spec.flag for spec in SPECS}) == len(SPECS)
     suites = next(spec for spec in SPECS if spec.name == "suites")
     assert (suites.flag, suites.ini, suites.env) == ("--suite", "gemdirect_suites", "GEMDIRECT_SUITES")
+
+
+def test_every_field_is_a_setting_with_its_default() -> None:
+    """The specs are the fields of Settings: same names, same order, same defaults."""
+    built = {"sources", "faults", "policy"}  # not settings: where values came from, what is built from them
+    names = [f.name for f in fields(Settings) if f.name not in built]
+    assert [spec.name for spec in SPECS] == names
+    defaults = Settings()
+    for spec in SPECS:
+        assert getattr(defaults, spec.name) == spec.default, spec.name
+    resolved = resolve({}, {}, environ={})
+    assert [getattr(resolved, n) for n in names] == [getattr(defaults, n) for n in names]
+
+
+def test_queue_policy_is_built_once_from_the_settings() -> None:
+    settings = resolve({"scene_max_wait": "50", "max_scene_retries": "3"}, {}, environ={})
+    assert set(POLICY_NAMES) <= set(SPECS_BY_NAME)
+    assert settings.policy.settings() == {name: getattr(settings, name) for name in POLICY_NAMES}
+    assert (settings.policy.scene_max_wait, settings.policy.max_attempts) == (50.0, 4)
+    assert {f.name for f in fields(QueuePolicy)} == set(POLICY_NAMES)
+
+
+def test_faults_are_parsed_once_and_a_bad_name_names_the_setting() -> None:
+    settings = resolve({"sim_fault": ["stall@scene-002"]}, {}, environ={})
+    assert settings.faults.active("stall", "scene-002") and not settings.faults.active("stall", "scene-001")
+    with pytest.raises(SettingError, match=r"sim_fault \(from GEMDIRECT_SIM_FAULT\).*no-such-fault"):
+        resolve({}, {}, environ={"GEMDIRECT_SIM_FAULT": "no-such-fault"})
 
 
 @pytest.mark.parametrize(

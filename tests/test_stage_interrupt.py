@@ -14,10 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from pytest_gemdirect.catalogue import STAGE_NAMES, StageKey
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.stages import StageFailed, Stages
 from pytest_gemdirect.stages.pipeline import Pipeline
 from pytest_gemdirect.summary import RunSummary
+
+KEY = StageKey("svd", "scene-002")
 
 
 class StoppedJob:
@@ -54,14 +57,16 @@ def test_a_stage_ended_by_the_stop_is_recorded_as_interrupted(tmp_path: Path) ->
     )
     job = StoppedJob()
     stages = Stages.__new__(Stages)  # only what interrupt_running touches: the pipeline, the pool, the jobs
-    stages.pipeline = Pipeline(summary, {"svd": lambda key: job.result("scene-002")})
+    works = {name: (lambda key: None) for name in STAGE_NAMES}
+    works["svd"] = lambda key: job.result("scene-002")
+    stages.pipeline = Pipeline(summary, works)
     stages._pool = job  # type: ignore[assignment]
     stages.ctx = SimpleNamespace(active_jobs=SimpleNamespace(stop_all=lambda reason: []))  # type: ignore[assignment]
 
     def main_thread_stage() -> None:
         try:
             with pytest.raises(StageFailed):
-                stages.pipeline.run("svd[scene-002]")
+                stages.pipeline.run(KEY)
         finally:
             job.stage_ended.set()
 
@@ -76,4 +81,4 @@ def test_a_stage_ended_by_the_stop_is_recorded_as_interrupted(tmp_path: Path) ->
     )
     assert item["status"] == "interrupted", item
     assert "pytest-timeout ended the process" in item["message"]
-    assert stages.pipeline.outcomes["svd[scene-002]"].status == "interrupted"
+    assert stages.pipeline.outcomes[KEY].status == "interrupted"

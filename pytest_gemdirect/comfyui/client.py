@@ -15,7 +15,7 @@ import json
 import mimetypes
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pytest_gemdirect import net
@@ -32,6 +32,9 @@ from pytest_gemdirect.comfyui.transport import Transport
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import excerpt
 from pytest_gemdirect.text import visible
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.replay.recorder import Recorder
 
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
@@ -100,14 +103,19 @@ class ComfyClient:
         *,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         max_body_bytes: int = net.DEFAULT_MAX_BODY_BYTES,
+        recorder: Recorder | None = None,
     ) -> None:
         try:
             self.base_url = net.server_url(base_url)
         except ValueError as exc:
             raise ValueError(f"ComfyUI URL {base_url!r}: {exc}") from None
         self._http = Transport(
-            self.base_url, request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes
+            self.base_url,
+            request_timeout_s=request_timeout_s,
+            max_body_bytes=max_body_bytes,
+            recorder=recorder,
         )
+        self.recorder = recorder  # the run's trace; the job's WebSocket feed writes there too
         self.request_timeout_s = self._http.request_timeout_s
         self.max_body_bytes = self._http.max_body_bytes
         self._finalizer = weakref.finalize(self, self._http.session.close)

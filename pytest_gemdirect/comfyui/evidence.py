@@ -97,7 +97,7 @@ def server_failure_text(kind: str, data: Mapping[str, Any], t: float | None, sta
 
 
 def deadline_text(state: JobState, policy: QueuePolicy, ws_text: str) -> str:
-    wait = policy.scene_max_wait_s
+    wait = policy.scene_max_wait
     expected = "a completion signal (execution_success, executing{node: null}) or a final /history entry"
     if state.completion is not None:
         seen = (
@@ -113,7 +113,7 @@ def deadline_text(state: JobState, policy: QueuePolicy, ws_text: str) -> str:
 
 
 def post_deadline_text(state: JobState, policy: QueuePolicy, error: Exception) -> str:
-    wait = policy.scene_max_wait_s
+    wait = policy.scene_max_wait
     return (
         f"POST /prompt for prompt {state.prompt_id} did not answer within {wait:g} s"
         f" (--scene-max-wait = {wait:g} s): {error}"
@@ -121,7 +121,7 @@ def post_deadline_text(state: JobState, policy: QueuePolicy, error: Exception) -
 
 
 def grace_text(state: JobState, policy: QueuePolicy, ws_text: str) -> str:
-    grace = policy.completion_grace_s
+    grace = policy.completion_grace
     return (
         f"ComfyUI signalled completion of prompt {state.prompt_id} at {secs(state.completed_s)}"
         f" ({state.completion}) but /history/{state.prompt_id} had no outputs after {grace:g} s"
@@ -143,7 +143,7 @@ def attempts_text(state: JobState, policy: QueuePolicy, ws_text: str) -> str:
         head = (
             f"/history/{pid} had no finished entry and /queue could not be read for {state.empty_polls} polls"
         )
-    interval = policy.history_poll_interval_s
+    interval = policy.history_poll_interval
     return (
         f"{head} {interval:g} s apart"
         f" (--history-max-attempts = {policy.history_max_attempts},"
@@ -198,7 +198,7 @@ def _incident_notes(state: JobState, policy: QueuePolicy, final: bool) -> list[s
         elif incident.kind == "no_connect":
             notes.append(f"websocket could not connect ({incident.detail});{by_polling}")
         elif incident.kind == "silent":
-            idle = policy.ws_idle_timeout_s
+            idle = policy.ws_idle_timeout
             text = f"websocket silent for {idle:g} s from {secs(incident.s)} (--ws-idle-timeout = {idle:g} s)"
             if incident.resumed_s is not None:
                 if final:
@@ -222,7 +222,7 @@ def _late_history_note(state: JobState, policy: QueuePolicy) -> str | None:
         return None
     return (
         f"history came {secs(late)} after completion ({signal}; --completion-grace ="
-        f" {policy.completion_grace_s:g} s)"
+        f" {policy.completion_grace:g} s)"
     )
 
 

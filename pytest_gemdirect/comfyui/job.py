@@ -13,10 +13,10 @@ The WebSocket is the fast path; ``/history`` and ``/queue`` are the truth.
 - ``execution_error`` / ``execution_interrupted`` for our prompt end the attempt at once.
   Messages of other prompts are ignored (a prompt queued without a client id has its
   ``progress`` and ``execution_interrupted`` broadcast to every socket).
-- A dropped socket, a socket silent for ``ws_idle_timeout_s`` (no message about our prompt) or
-  a missed message falls back to polling ``/history`` every ``history_poll_interval_s``. While
-  ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait_s``; once
-  completion is signalled, the entry must appear within ``completion_grace_s`` and at most
+- A dropped socket, a socket silent for ``ws_idle_timeout`` (no message about our prompt) or
+  a missed message falls back to polling ``/history`` every ``history_poll_interval``. While
+  ``/queue`` still lists the prompt, a poll is proof of life, bounded by ``scene_max_wait``; once
+  completion is signalled, the entry must appear within ``completion_grace`` and at most
   ``history_max_attempts`` polls that find nothing.
 - When a deadline passes, our prompt (only ours) is interrupted and removed from the queue,
   then :class:`JobFailed` is raised with the evidence. A dead server fails at once.
@@ -95,6 +95,17 @@ class JobResult:
         return data
 
 
+@dataclass(frozen=True)
+class JobHooks:
+    """What the job follower tells its caller and asks it; each is optional, given at construction."""
+
+    on_event: EventSink | None = None  # every job event, small enough for an events.jsonl line
+    on_progress: ProgressSink | None = None  # sampler progress (value, max)
+    is_server_alive: Callable[[], bool] | None = None  # false: the server process died
+    on_abandon: Callable[[dict[str, Any]], None] | None = None  # the run was cut short: what was done
+    behind: Callable[[], bool] | None = None  # true: the harness's own previous job is still ahead
+
+
 ABANDON_BUDGET_S = 2.0
 """How long stopping our prompt may take when the run is cut short (Ctrl-C, SIGTERM, a timeout)."""
 
@@ -141,7 +152,7 @@ class ActiveJobs:
         return [done for job in jobs if (done := job.abandon(reason)) is not None]
 
 
-def run_job(
+def run_job(  # noqa: PLR0913 - keyword-only options of the public entry, each optional
     client: ComfyClient,
     prompt: dict[str, Any],
     *,
@@ -170,9 +181,8 @@ def run_job(
     recorded (``behind_own_s``) and counted neither against ``scene_max_wait`` nor as silence.
     ``tag`` (the scene) lets ``active.stop(tag)`` stop this job alone.
     """
-    job = _Job(client, prompt, policy, on_event, on_progress, is_server_alive, client_id)
-    job.active, job.on_abandon, job.behind, job.tag = active, on_abandon, behind, tag
-    return job.run()
+    hooks = JobHooks(on_event, on_progress, is_server_alive, on_abandon, behind)
+    return _Job(client, prompt, policy, hooks, client_id=client_id, active=active, tag=tag).run()
 
 
 def _result(
@@ -228,30 +238,28 @@ class _Job:
         client: ComfyClient,
         prompt: dict[str, Any],
         policy: QueuePolicy,
-        on_event: EventSink | None,
-        on_progress: ProgressSink | None,
-        is_server_alive: Callable[[], bool] | None,
-        client_id: str | None,
+        hooks: JobHooks,
+        *,
+        client_id: str | None = None,
+        active: ActiveJobs | None = None,  # where the job is listed while at work (to stop it)
+        tag: str | None = None,  # the scene: ``active.stop(tag)`` stops this job alone
     ) -> None:
         self.client = client
         self.prompt = prompt
         self.policy = policy
-        self.on_progress = on_progress
-        self.is_server_alive = is_server_alive
+        self.hooks = hooks
+        self.active = active
+        self.tag = tag
         self.state = JobState(prompt_id=str(uuid.uuid4()), client_id=client_id or str(uuid.uuid4()))
-        self.events = JobEvents(self.state, on_event)
-        self.feed = WebSocketFeed()
+        self.events = JobEvents(self.state, hooks.on_event)
+        self.feed = WebSocketFeed(client.recorder)
         self.poller = Poller(client, self.state, self.events.emit)
         self.end = Ending(client, self.state, policy, self.events, self.feed, self.poller)
-        self.deadline = Deadline(policy.scene_max_wait_s, setting="scene_max_wait")
+        self.deadline = policy.scene_deadline()
         self.grace: Deadline | None = None
         self.next_poll: float | None = None  # polling schedule (fallback, or after completion)
         self.check_at: float | None = None  # one look at /history + /queue after a lone `executed`
         self._idle = threading.Event()  # never set: a deadline-bounded wait when there is no socket
-        self.active: ActiveJobs | None = None
-        self.on_abandon: Callable[[dict[str, Any]], None] | None = None
-        self.behind: Callable[[], bool] | None = None
-        self.tag: str | None = None
         self._behind_since: float | None = None
         self._posted = False  # POST /prompt was sent: the server may hold our prompt
         self._over = False  # the job reached an end of its own (result, or a failure with clean-up)
@@ -287,15 +295,15 @@ class _Job:
             done = self.poller.stop_own_prompt(Deadline(ABANDON_BUDGET_S))
             self._abandoned = {"prompt_id": self.state.prompt_id, "reason": reason, **done}
             self.events.emit("abandoned", reason=reason, cleanup=done["cleanup"])
-        if self.on_abandon is not None:
-            self.on_abandon(self._abandoned)
+        if self.hooks.on_abandon is not None:
+            self.hooks.on_abandon(self._abandoned)
         return self._abandoned
 
     def check_alive(self) -> None:
-        if self.is_server_alive is None:
+        if self.hooks.is_server_alive is None:
             return
         try:
-            alive = self.is_server_alive()
+            alive = self.hooks.is_server_alive()
         except Exception:  # noqa: BLE001 - a broken probe is not a dead server
             return
         if not alive:
@@ -321,7 +329,7 @@ class _Job:
         self.events.emit("ws_connected", client_id=s.client_id)
         # The server registers the socket, then sends status{sid}: wait (briefly) for it so no
         # message of our prompt can be sent before the server knows where to send it.
-        self.read_ws(min(self.policy.ws_idle_timeout_s, FIRST_FRAME_WAIT_S, self.deadline.remaining()))
+        self.read_ws(min(self.policy.ws_idle_timeout, FIRST_FRAME_WAIT_S, self.deadline.remaining()))
 
     def post(self) -> None:
         s = self.state
@@ -390,7 +398,7 @@ class _Job:
                 raise end.fail("completion_grace", text, setting="completion_grace", cleanup=True)
             now = time.monotonic()
             if self.feed.open and not self.feed.silent and s.completion is None:
-                if now - self.feed.last_activity >= self.policy.ws_idle_timeout_s:
+                if now - self.feed.last_activity >= self.policy.ws_idle_timeout:
                     self.went_silent()
             due = [t for t in (self.next_poll, self.check_at) if t is not None]
             if due and now >= min(due):
@@ -414,21 +422,22 @@ class _Job:
         if self.check_at is not None:
             due.append(self.check_at - now)
         if self.feed.open and not self.feed.silent and self.state.completion is None:
-            due.append(self.feed.last_activity + self.policy.ws_idle_timeout_s - now)
-        if self.is_server_alive is not None or self._behind_since is not None:
+            due.append(self.feed.last_activity + self.policy.ws_idle_timeout - now)
+        if self.hooks.is_server_alive is not None or self._behind_since is not None:
             due.append(ALIVE_CHECK_S)
         return max(0.0, min(due))
 
     def wait_behind_own(self) -> None:
         """While our prompt waits behind the harness's own previous job, its clocks do not run."""
         s = self.state
-        waiting = self.behind is not None and s.started_s is None and s.completion is None and self.behind()
+        behind = self.hooks.behind
+        waiting = behind is not None and s.started_s is None and s.completion is None and behind()
         now = time.monotonic()
         if waiting:
             if self._behind_since is None:
                 self._behind_since = now
                 self.events.emit("behind_own", prompt_id=s.prompt_id)
-            self.deadline = Deadline(self.policy.scene_max_wait_s, setting="scene_max_wait")
+            self.deadline = self.policy.scene_deadline()
             self.feed.last_activity = now
         elif self._behind_since is not None:
             s.behind_own_s = round(now - self._behind_since, 3)
@@ -445,7 +454,7 @@ class _Job:
             reason="websocket silent",
             since_s=since,
             setting="ws_idle_timeout",
-            value=self.policy.ws_idle_timeout_s,
+            value=self.policy.ws_idle_timeout,
         )
 
     # ------------------------------------------------------------------ websocket
@@ -479,14 +488,14 @@ class _Job:
             return
         self.activity()
         self.check_at = None  # the job is clearly alive: no need for the look after `executed`
-        if effect.progress is not None and self.on_progress is not None:
+        if effect.progress is not None and self.hooks.on_progress is not None:
             try:
-                self.on_progress(*effect.progress)
+                self.hooks.on_progress(*effect.progress)
             except Exception as exc:  # noqa: BLE001 - a broken sink must not end the job
                 self.events.emit("sink_error", sink="on_progress", error=one_line(exc, 200))
         if effect.completion is not None:
             self.completed(effect.completion)
-        interval = self.policy.history_poll_interval_s
+        interval = self.policy.history_poll_interval
         if effect.stored:
             self.next_poll = time.monotonic()  # sent after the history entry is stored
         elif effect.completion is not None and self.next_poll is None:
@@ -517,7 +526,7 @@ class _Job:
             return
         s.completion = signal
         s.completed_s = s.s()
-        self.grace = Deadline(self.policy.completion_grace_s, setting="completion_grace", start=since)
+        self.grace = Deadline(self.policy.completion_grace, setting="completion_grace", start=since)
         self.events.emit("completion", signal=signal)
 
     # ------------------------------------------------------------------ polling
@@ -560,7 +569,7 @@ class _Job:
         keep_polling = (
             not self.feed.open or self.feed.silent or s.completion is not None or where == "unknown"
         )
-        self.next_poll = time.monotonic() + p.history_poll_interval_s if keep_polling else None
+        self.next_poll = time.monotonic() + p.history_poll_interval if keep_polling else None
         return None
 
     def finish(self, entry: dict[str, Any]) -> JobResult:
@@ -582,4 +591,14 @@ class _Job:
         return result
 
 
-__all__ = ["ActiveJobs", "RunEnding", "FLAGS", "KINDS", "JobFailed", "JobRejected", "JobResult", "run_job"]
+__all__ = [
+    "ActiveJobs",
+    "RunEnding",
+    "FLAGS",
+    "KINDS",
+    "JobFailed",
+    "JobHooks",
+    "JobRejected",
+    "JobResult",
+    "run_job",
+]

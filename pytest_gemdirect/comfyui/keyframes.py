@@ -38,7 +38,7 @@ class DrawnKeyframe:
     seconds: float | None  # queued to completed
 
 
-def draw_keyframe(
+def draw_keyframe(  # noqa: PLR0913 - keyword-only options, passed on to run_job
     client: ComfyClient,
     workflow: Workflow,
     patch: KeyframePatch,

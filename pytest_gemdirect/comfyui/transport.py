@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -29,6 +29,9 @@ from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.net import excerpt
 from pytest_gemdirect.policy import flag_of
 
+if TYPE_CHECKING:
+    from pytest_gemdirect.replay.recorder import Recorder
+
 _MIN_TIMEOUT_S = 0.001
 
 
@@ -44,7 +47,14 @@ class Answer:
 class Transport:
     """The pooled session of one ComfyClient and the rules every request follows."""
 
-    def __init__(self, base_url: str, *, request_timeout_s: float, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        request_timeout_s: float,
+        max_body_bytes: int,
+        recorder: Recorder | None = None,
+    ) -> None:
         if request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be positive")
         if max_body_bytes <= 0:
@@ -53,6 +63,7 @@ class Transport:
         self.request_timeout_s = float(request_timeout_s)
         self.max_body_bytes = int(max_body_bytes)
         self.session = net.json_session(base_url)
+        self.recorder = recorder  # the run's trace (--record): every exchange is written there
 
     # ------------------------------------------------------------------ time
     def _budget(self, deadline: Deadline | None, route: str, url: str) -> tuple[Deadline, float]:
@@ -102,14 +113,51 @@ class Transport:
             started = time.monotonic()
             try:
                 keep = LongStringCut() if cut_long_strings else None
-                return self._exchange(method, url, route, budget, timeout, deadline, keep, kwargs)
+                answer = self._exchange(method, url, route, budget, timeout, deadline, keep, kwargs)
             except requests.exceptions.RequestException as exc:
                 kind = net.classify_connection_error(exc)
                 if kind == net.RESET and attempt + 1 < tries:
                     continue  # a pooled keep-alive socket closed under us: one fresh try
                 took = time.monotonic() - started
+                self._record(method, path, kwargs, None, kind, took)
                 raise self._connection_error(exc, kind, route, url, deadline, timeout, took) from None
+            except ComfyError as exc:
+                self._record(method, path, kwargs, None, exc.kind, time.monotonic() - started)
+                raise
+            self._record(method, path, kwargs, answer, None, time.monotonic() - started)
+            return answer
         raise AssertionError("unreachable")
+
+    def _record(
+        self,
+        method: str,
+        path: str,
+        kwargs: dict[str, Any],
+        answer: Answer | None,
+        error: str | None,
+        took: float,
+    ) -> None:
+        """The exchange into the run's trace: the request as sent, the answer as read (or why none came)."""
+        if self.recorder is None:
+            return
+        request: dict[str, Any] = {}
+        if "json" in kwargs:
+            request["json"] = kwargs["json"]
+        for field, (name, data, _type) in (kwargs.get("files") or {}).items():
+            request.update(file=data, name=name, fields={"field": field, **(kwargs.get("data") or {})})
+        self.recorder.http(
+            "comfyui",
+            self.base_url,
+            method,
+            path.split("?")[0],
+            query=kwargs.get("params"),
+            request=request,
+            status=answer.status if answer else None,
+            headers=answer.headers if answer else None,
+            body=answer.body if answer else None,
+            error=error,
+            took_s=took,
+        )
 
     def _exchange(
         self,

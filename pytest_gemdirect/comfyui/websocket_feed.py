@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import websocket
 
 from pytest_gemdirect.comfyui.evidence import secs
 from pytest_gemdirect.net import one_line
+
+if TYPE_CHECKING:
+    from pytest_gemdirect.replay.recorder import Recorder
 
 WS_CLOSE_TIMEOUT_S = 0.5
 
@@ -39,10 +43,12 @@ class Frame:
 class WebSocketFeed:
     """One ``ws://…/ws?clientId=…`` connection and what is known about its health."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: Recorder | None = None) -> None:
+        self.recorder = recorder  # the run's trace: every frame read is written there
+        self.client_id = ""
         self.ws: websocket.WebSocket | None = None
         self.status = "not connected"
-        self.silent = False  # open but quiet for ws_idle_timeout_s: the follower polls meanwhile
+        self.silent = False  # open but quiet for ws_idle_timeout: the follower polls meanwhile
         self.last_activity = time.monotonic()
 
     @property
@@ -58,9 +64,22 @@ class WebSocketFeed:
             raise
         self.status = "open"
         self.last_activity = time.monotonic()
+        if self.recorder is not None:
+            parts = urlsplit(url)
+            self.client_id = (parse_qs(parts.query).get("clientId") or [""])[0]
+            http = "https" if parts.scheme == "wss" else "http"
+            self.recorder.ws_open(f"{http}://{parts.netloc}{parts.path.removesuffix('/ws')}", self.client_id)
 
     def receive(self, timeout: float) -> Frame | None:
         """The next frame within ``timeout`` seconds, or None when nothing came."""
+        frame = self._receive(timeout)
+        if frame is not None and self.recorder is not None and frame.kind != "other":
+            kept = {"frame": frame.kind, "message": frame.message, "length": frame.length}
+            kept.update(event_type=frame.event_type, detail=frame.detail)
+            self.recorder.ws_frame(self.client_id, kept)
+        return frame
+
+    def _receive(self, timeout: float) -> Frame | None:
         ws = self.ws
         if ws is None or timeout <= 0:
             return None

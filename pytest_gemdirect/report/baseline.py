@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.catalogue import SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report.format import secs, size
 from pytest_gemdirect.report.view import RunView, build_view
-from pytest_gemdirect.summary import STAGE_TITLES
 
 CHANGE_THRESHOLD = 0.20  # a change against the baseline beyond this fraction is flagged
 # Below these absolute differences a relative change is noise (a 0.01 s stage that took 0.02 s).
@@ -129,7 +129,7 @@ def metrics(view: RunView) -> dict[str, dict[str, float | None]]:
     found: dict[str, dict[str, float | None]] = {}
     for node in view.nodes:
         found[STAGE_TITLES.get(node.stage, node.stage)] = {"duration": node.duration_s}
-    scene_nodes = [item for node in view.nodes if node.stage in ("svd", "frames") for item in node.items]
+    scene_nodes = [item for node in view.nodes if node.stage in SCENE_STAGES for item in node.items]
     for scene in view.scenes:
         durations = [i.duration_s for i in scene_nodes if i.scene == scene.id and i.duration_s is not None]
         tele = scene.telemetry

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pytest_gemdirect.catalogue import GENERATION, SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report.format import secs, short, size, word
 from pytest_gemdirect.report.view import Node, RunView
-from pytest_gemdirect.summary import STAGE_TITLES
 
 COLOURS = {
     "passed": "#2e8b57",
@@ -58,7 +58,7 @@ def run_order(nodes: tuple[Node, ...]) -> list[Node]:
     ordered: list[Node] = []
     scenes_added = False
     for node in nodes:
-        if node.stage in ("svd", "frames"):
+        if node.stage in SCENE_STAGES:
             if not scenes_added:
                 ordered += _scene_nodes(by_stage)
                 scenes_added = True
@@ -68,7 +68,7 @@ def run_order(nodes: tuple[Node, ...]) -> list[Node]:
 
 
 def _scene_nodes(by_stage: dict[str, Node]) -> list[Node]:
-    stages = [by_stage[name] for name in ("svd", "frames") if name in by_stage]
+    stages = [by_stage[name] for name in SCENE_STAGES if name in by_stage]
     nodes: list[Node] = []
     for scene in sorted({i.scene for stage in stages for i in stage.items if i.scene}):
         for stage in stages:
@@ -84,7 +84,7 @@ def bars(view: RunView) -> list[Bar]:
         duration = node.duration_s or 0.0
         bar = Bar(node.stage, node.key, node.status, clock, duration, scene=node.scene)
         scene = view.scene(node.scene)
-        if node.stage == "svd" and duration and scene is not None:
+        if node.stage == GENERATION and duration and scene is not None:
             queue, gen = scene.telemetry.queue_wait_s, scene.telemetry.generation_s
             if queue is not None and gen is not None and queue + gen <= duration * 1.05:
                 bar.parts = [("queue wait", queue), ("generation", gen)]
@@ -210,7 +210,7 @@ def _sample_series(
     placed = [(0.0, s) for s in view.comfyui.gpu_samples]
     if not view.comfyui.gpu_samples_recorded:
         for bar in bars(view):
-            scene = view.scene(bar.scene) if bar.lane == "svd" and bar.scene else None
+            scene = view.scene(bar.scene) if bar.lane == GENERATION and bar.scene else None
             placed += [(bar.start, s) for s in scene.record.gpu_samples] if scene else []
     memory = [(at + s.t, s.used_mib) for at, s in placed if s.used_mib is not None]
     util = [(at + s.t, s.util_pct) for at, s in placed if s.util_pct is not None]
@@ -225,7 +225,7 @@ def _scene_vram_series(view: RunView) -> list[tuple[float, float, str]]:
         return []
     points = []
     for bar in bars(view):
-        scene = view.scene(bar.scene) if bar.lane == "svd" and bar.scene else None
+        scene = view.scene(bar.scene) if bar.lane == GENERATION and bar.scene else None
         if scene is None:
             continue
         before, after = scene.telemetry.vram_free_before, scene.telemetry.vram_free_after

@@ -10,38 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pytest_gemdirect.catalogue import BY_NAME, SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report.evidence import EvidenceRow
 from pytest_gemdirect.report.format import mark
 from pytest_gemdirect.report.links import SCENE_ID, FileLink, Links
 from pytest_gemdirect.report.view import Attempt, Node, RunView, SceneView
-from pytest_gemdirect.summary import STAGE_TITLES, STAGES, WRONG
-
-# What each stage checks, said as the expectation a failure did not meet (design §2).
-EXPECTED = {
-    "env": "Python, the required packages, enough disk and free ports on this machine",
-    "llm": "GET /v1/models answers, the configured model is listed and a tiny chat completion"
-    " answers within llm_timeout",
-    "story": "the configured number of scenes, valid against schemas/story.schema.json,"
-    " with one keyframe PNG per scene",
-    "comfyui": "ComfyUI booted or attached and ready (GET /system_stats), the workflow's node classes"
-    " and the SVD checkpoint present",
-    "svd": "the workflow is queued and ComfyUI reports completion (execution_success, or executing"
-    " with node null, or a final /history status) within scene_max_wait",
-    "frames": "the outputs are listed in /history/<prompt id> within completion_grace and"
-    " history_max_attempts polls, then downloaded and decodable",
-    "suites": "the suite command exits 0 and its JUnit results show no failing case within suite_timeout",
-    "summary": "run-summary.json valid against its schema, telemetry for every finished scene,"
-    " every file it names present",
-}
-# The settings that bound each stage's waits, shown beside a failure.
-BOUNDING = {
-    "llm": ("llm_timeout",),
-    "story": ("story_mode", "scenes", "llm_timeout"),
-    "comfyui": ("comfyui_url", "workflow"),
-    "svd": ("scene_max_wait", "max_scene_retries", "ws_idle_timeout"),
-    "frames": ("completion_grace", "history_max_attempts", "history_poll_interval", "scene_max_wait"),
-    "suites": ("suite_timeout",),
-}
+from pytest_gemdirect.summary import WRONG
+from pytest_gemdirect.text import visible
 
 
 @dataclass(frozen=True)
@@ -90,7 +65,7 @@ def wrong_nodes(nodes: tuple[Node, ...]) -> list[Node]:
 
 
 def step_number(stage: str) -> str:
-    return str(STAGES.index(stage) + 1) if stage in STAGES else "?"
+    return str(BY_NAME[stage].number) if stage in BY_NAME else "?"
 
 
 def setting_line(view: RunView, name: str) -> SettingLine | None:
@@ -123,7 +98,11 @@ def bounding_settings(node: Node, scene: SceneView | None, view: RunView) -> tup
             rf"{re.escape(flag)}(?![\w-])", text
         ):
             named.append(name)
-    others = [n for n in BOUNDING.get(node.stage, ()) if n in view.settings and n not in named]
+    others = [
+        n
+        for n in (BY_NAME[node.stage].bounded_by if node.stage in BY_NAME else ())
+        if n in view.settings and n not in named
+    ]
     return named, others
 
 
@@ -131,7 +110,7 @@ def look_next(node: Node, view: RunView, links: Links) -> list[LookAt]:
     """The files to read next for this failure, those that exist, most specific first."""
     files: list[tuple[str, str | None]] = []
     scene = view.scene(node.scene)
-    if node.stage in ("svd", "frames") and scene is not None and SCENE_ID.match(scene.id):
+    if node.stage in SCENE_STAGES and scene is not None and SCENE_ID.match(scene.id):
         sid = scene.id
         for label, key, fallback in (
             ("WebSocket and poll events", "events", f"{sid}/events.jsonl"),
@@ -143,7 +122,7 @@ def look_next(node: Node, view: RunView, links: Links) -> list[LookAt]:
             if links.exists(recorded):
                 files.append((label, recorded))
     backends = {b.name: b for b in view.backends}
-    if node.stage in ("svd", "frames", "comfyui") and "comfyui" in backends:
+    if node.stage in (*SCENE_STAGES, "comfyui") and "comfyui" in backends:
         files.append(("ComfyUI log", backends["comfyui"].log))
     if node.stage in ("llm", "story") and "llm" in backends:
         files.append(("LLM server log", backends["llm"].log))
@@ -162,7 +141,7 @@ def look_next(node: Node, view: RunView, links: Links) -> list[LookAt]:
 
 
 def failure(node: Node, view: RunView, links: Links) -> Failure:
-    scene = view.scene(node.scene) if node.stage in ("svd", "frames") else None
+    scene = view.scene(node.scene) if node.stage in SCENE_STAGES else None
     where = f"step {step_number(node.stage)}, {STAGE_TITLES.get(node.stage, node.stage)}"
     if node.scene:
         where += f", {node.scene}"
@@ -177,7 +156,7 @@ def failure(node: Node, view: RunView, links: Links) -> Failure:
         mark=mark("interrupted" if node.status == "interrupted" else "failed"),
         where=where,
         title=title,
-        expected=EXPECTED.get(node.stage, "the stage's check to pass"),
+        expected=BY_NAME[node.stage].expected if node.stage in BY_NAME else "the stage's check to pass",
         message=node.message or "(no message recorded)",
         attempts=scene.attempts if scene else (),
         evidence=evidence.rows if evidence else (),
@@ -193,6 +172,10 @@ def nothing_wrong(view: RunView) -> str:
     reason = view.status_reason or "no reason recorded"
     if view.status == "interrupted":
         return f"The run was interrupted: {reason}."
+    failed_checks = [c for c in view.checks if c.status == "failed"]
+    if view.status == "failed" and failed_checks:
+        said = "; ".join(f"{c.test}: {visible(c.message)}" for c in failed_checks)
+        return f"Every step passed, but your own checks failed: {said}."
     if view.status == "failed":
         return f"The run failed without a failed step: {reason}."
     if view.status == "running":

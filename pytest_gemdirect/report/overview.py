@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from pytest_gemdirect.catalogue import GENERATION, RETRIEVAL, SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report.failures import LookAt, look_next, step_number, wrong_nodes
 from pytest_gemdirect.report.format import first_line, mark, plural, secs
 from pytest_gemdirect.report.links import Links
 from pytest_gemdirect.report.view import Node, RunView
-from pytest_gemdirect.summary import STAGE_TITLES
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Header:
     mark: str
     verdict: str
     simulated: str | None  # the simulated backends, named
+    replayed: str  # "REPLAYED from run …" when the servers were a recording
     first_failure: FirstFailure | None
     progress: str | None  # while the run goes
     meta: str
@@ -75,6 +76,7 @@ def header(view: RunView, links: Links) -> Header:
         mark=mark({"passed": "passed", "failed": "failed", "interrupted": "failed"}.get(status, "running")),
         verdict=view.verdict,
         simulated=(", ".join(simulated) or "a backend") if view.simulated or simulated else None,
+        replayed=view.replayed,
         first_failure=first,
         progress=f"Running: {done} of {len(view.nodes)} steps have a result so far."
         if not wrong and status == "running"
@@ -132,15 +134,15 @@ def evidence_line(node: Node, view: RunView) -> str:
         return first_line(node.message)
     if node.status != "passed":
         return ""
-    if node.stage in ("svd", "frames") and node.scene:
+    if node.stage in SCENE_STAGES and node.scene:
         return _scene_line(node, view)
     said = {
         "env": _environment_line,
         "llm": _llm_line,
         "story": _story_line,
         "comfyui": _comfyui_line,
-        "svd": _scenes_line,
-        "frames": _scenes_line,
+        GENERATION: _scenes_line,
+        RETRIEVAL: _scenes_line,
         "suites": _suite_line,
     }.get(node.stage)
     if said is not None:
@@ -151,8 +153,8 @@ def evidence_line(node: Node, view: RunView) -> str:
 def _scene_line(node: Node, view: RunView) -> str:
     scene = view.scene(node.scene)
     if scene is None:
-        return "0 frames in" if node.stage == "frames" else ""
-    if node.stage == "frames":
+        return "0 frames in" if node.stage == RETRIEVAL else ""
+    if node.stage == RETRIEVAL:
         return f"{scene.frame_count} frames in {scene.frames_dir or ''}".strip()
     tele = scene.telemetry
     bits = [f"prompt {scene.prompt_id}" if scene.prompt_id else ""]
@@ -207,7 +209,7 @@ def _comfyui_line(node: Node, view: RunView) -> str:
 def _scenes_line(node: Node, view: RunView) -> str:
     done = sum(1 for i in node.items if i.status == "passed")
     frames = sum(s.frame_count for s in view.scenes)
-    return f"{done}/{len(node.items)} scenes" + (f", {frames} frames" if node.stage == "frames" else "")
+    return f"{done}/{len(node.items)} scenes" + (f", {frames} frames" if node.stage == RETRIEVAL else "")
 
 
 def _suite_line(node: Node, view: RunView) -> str:

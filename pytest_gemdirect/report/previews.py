@@ -231,7 +231,7 @@ def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> di
             with Image.open(keyframe) as image:
                 atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
             manifest["keyframe"] = "keyframe.jpg"
-        except Exception as exc:  # a bad file never stops the report
+        except Exception as exc:  # noqa: BLE001 - a bad file never stops the report
             manifest["problems"].append(f"keyframe {keyframe.name} could not be read: {exc}")
     if not frames:
         return manifest
@@ -273,7 +273,7 @@ def _decoded_frames(
                     return [_scaled(f.copy(), ANIM_WIDTH) for f in ImageSequence.Iterator(image)]
                 image.load()
                 return [_scaled(image, ANIM_WIDTH)]
-        except Exception as exc:  # a bad file never stops the report
+        except Exception as exc:  # noqa: BLE001 - a bad file never stops the report
             return f"frame {path.name} could not be decoded: {exc}"
 
     order = sorted(wanted)

@@ -47,7 +47,7 @@ def _guarded(sid: str, draw: Callable[[], Markup]) -> Markup:
     """One section; an unexpected shape of data costs that section, never the whole report."""
     try:
         return draw()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - one broken section never takes the report down
         return render("broken.html.j2", sid=sid, title=sid.capitalize(), error=f"{type(exc).__name__}: {exc}")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from markupsafe import Markup
 
+from pytest_gemdirect.catalogue import GENERATION, RETRIEVAL, SCENE_STAGES, STAGE_TITLES
 from pytest_gemdirect.report import charts, failures, overview
 from pytest_gemdirect.report.baseline import CHANGE_THRESHOLD, MEASURES, compare
 from pytest_gemdirect.report.format import Fact, facts, first_line, secs, size, word
@@ -28,7 +29,6 @@ from pytest_gemdirect.report.previews import (
 from pytest_gemdirect.report.templating import render
 from pytest_gemdirect.report.video_view import DriftView, VideoView
 from pytest_gemdirect.report.view import RunView, SceneView, SuiteView, WarningView
-from pytest_gemdirect.summary import STAGE_TITLES
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Page:
 
 
 def steps(page: Page) -> Markup:
-    return render("steps.html.j2", rows=overview.step_rows(page.view))
+    return render("steps.html.j2", rows=overview.step_rows(page.view), checks=page.view.checks)
 
 
 def what_went_wrong(page: Page) -> Markup:
@@ -95,7 +95,7 @@ def timings(page: Page) -> Markup:
     for scene in view.scenes:
         durations = {
             stage: next((i.duration_s for i in by_stage[stage].items if i.scene == scene.id), None)
-            for stage in ("svd", "frames")
+            for stage in SCENE_STAGES
             if stage in by_stage
         }
         tele = scene.telemetry
@@ -106,8 +106,8 @@ def timings(page: Page) -> Markup:
             secs(tele.retrieval_s),
             f"{spp:.3f} s" if spp is not None else "",
             str(tele.steps) if tele.steps is not None else "",
-            secs(durations.get("svd")),
-            secs(durations.get("frames")),
+            secs(durations.get(GENERATION)),
+            secs(durations.get(RETRIEVAL)),
             str(len(scene.attempts)),
             str(scene.frame_count),
         )
@@ -284,7 +284,7 @@ def gallery(page: Page) -> Markup:
             preview = scene_preview(
                 page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
             )
-        except Exception as exc:  # e.g. a read-only run directory: the report goes on without previews
+        except Exception as exc:  # noqa: BLE001 - e.g. a read-only run directory: the report goes on without previews
             preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
         story_scene = page.view.story_scene(scene.id)
         if scene.status in ("failed", "not_reached"):

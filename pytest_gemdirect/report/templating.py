@@ -16,6 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 from pytest_gemdirect.report.format import MARKS, secs, size, word
+from pytest_gemdirect.text import visible
 
 
 @functools.cache
@@ -31,7 +32,7 @@ def environment() -> jinja2.Environment:
         finalize=lambda value: "" if value is None else value,  # a missing value shows as nothing
     )
     env.globals.update(marks=MARKS)
-    env.filters.update(word=word, secs=secs, size=size)
+    env.filters.update(word=word, secs=secs, size=size, visible=visible)
     return env
 
 

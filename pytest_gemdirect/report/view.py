@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.catalogue import STAGE_NAMES, StageKey
 from pytest_gemdirect.report.coerce import as_dict, as_dicts, as_int, as_list, as_num, as_path, as_text
 from pytest_gemdirect.report.evidence import Evidence, read_evidence
 from pytest_gemdirect.report.format import compact, redact, secret_safe, setting_value
 from pytest_gemdirect.report.links import SCENE_ID
 from pytest_gemdirect.report.samples import GpuSample, SceneRecord, read_scene_record, run_gpu_samples
 from pytest_gemdirect.report.video_view import DriftView, VideoView, read_drift, read_video
-from pytest_gemdirect.summary import STAGES, verdict
+from pytest_gemdirect.summary import verdict
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,16 @@ class SuiteView:
 
 
 @dataclass(frozen=True)
+class CheckView:
+    """A user's own check over a stage's result (a test asking for a stage fixture)."""
+
+    test: str
+    scene: str | None
+    status: str
+    message: str
+
+
+@dataclass(frozen=True)
 class RunView:
     run_id: str
     status: str  # "running" when the summary does not say
@@ -209,6 +220,7 @@ class RunView:
     duration_s: float | None
     run_dir: str
     simulated: bool
+    replayed: str  # --replay: "REPLAYED from run …" (empty for any other run)
     harness_version: str
     nodes: tuple[Node, ...]
     scenes: tuple[SceneView, ...]
@@ -221,6 +233,7 @@ class RunView:
     suites: tuple[SuiteView, ...]
     warnings: tuple[WarningView, ...]
     artifacts: tuple[tuple[str, str], ...]
+    checks: tuple[CheckView, ...] = ()
 
     def scene(self, scene_id: str | None) -> SceneView | None:
         return next((s for s in self.scenes if s.id == scene_id), None)
@@ -269,6 +282,9 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
         duration_s=as_num(data.get("duration_s")),
         run_dir=as_text(data.get("run_dir")),
         simulated=bool(data.get("simulated")),
+        replayed=as_text((data.get("replayed") or {}).get("label"))
+        if isinstance(data.get("replayed"), Mapping)
+        else "",
         harness_version=as_text(data.get("harness_version")),
         nodes=_nodes(data.get("stages")),
         scenes=tuple(_scene(raw, run_root) for raw in as_dicts(data.get("scenes"))),
@@ -285,6 +301,15 @@ def build_view(data: Mapping[str, Any], run_root: Path | None) -> RunView:
             for name, raw in sorted(as_dict(data.get("artifacts")).items())
             if (path := as_path(raw))
         ),
+        checks=tuple(
+            CheckView(
+                as_text(raw.get("test")),
+                as_text(raw.get("scene")) or None,
+                as_text(raw.get("status")) or "passed",
+                as_text(raw.get("message")),
+            )
+            for raw in as_dicts(data.get("checks"))
+        ),
     )
 
 
@@ -300,15 +325,14 @@ def _node(raw: dict[str, Any], stage: str, key: str, scene: str | None = None) -
 def _nodes(raw: Any) -> tuple[Node, ...]:
     stages = as_dicts(raw)
     if not stages:
-        return tuple(Node(name, name, "not_reached", None, None) for name in STAGES)
+        return tuple(Node(name, name, "not_reached", None, None) for name in STAGE_NAMES)
     nodes = []
     for stage in stages:
         name = as_text(stage.get("name")) or "?"
         items = []
         for item in as_dicts(stage.get("items")):
             key = as_text(item.get("key")) or name
-            scene = key[key.index("[") + 1 : -1] if "[" in key and key.endswith("]") else None
-            items.append(_node(item, name, key, scene))
+            items.append(_node(item, name, key, _item_of(key)))
         node = _node(stage, name, name)
         nodes.append(Node(node.key, name, node.status, node.duration_s, node.message, items=tuple(items)))
     return tuple(nodes)
@@ -502,3 +526,11 @@ def _suite(raw: dict[str, Any]) -> SuiteView:
         log=as_path(raw.get("log")),
         junit=as_path(raw.get("junit")),
     )
+
+
+def _item_of(key: str) -> str | None:
+    """The scene (or suite) of a node key as the summary wrote it; None for a stage or a strange key."""
+    try:
+        return StageKey.parse(key).item
+    except ValueError:
+        return None

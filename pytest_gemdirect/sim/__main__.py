@@ -18,8 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from pytest_gemdirect.processes import pid_alive
 from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.sim.comfyui import ComfyUISimulator
 from pytest_gemdirect.sim.faults import KNOWN_FAULTS, FaultPlan
@@ -74,13 +73,6 @@ def _start_llm(host: str, port: int, plan: FaultPlan, seed: int) -> Any | None:
     return llm
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -125,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gemdirect simulator: comfyui {comfy.url} llm {llm_url or '-'}", flush=True)
         # Wake up now and then so Ctrl-C is delivered promptly on Windows too.
         while not stop.wait(0.5):
-            if args.parent_pid is not None and not _alive(args.parent_pid):
+            if args.parent_pid is not None and not pid_alive(args.parent_pid):
                 print("gemdirect simulator: the harness is gone; exiting", file=sys.stderr, flush=True)
                 break
     except KeyboardInterrupt:

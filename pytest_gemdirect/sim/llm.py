@@ -546,7 +546,7 @@ class LLMSimulator:
     Under ``llm-down`` the port is bound but never listened on: connecting is refused.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only simulator options, each with a default
         self,
         host: str = "127.0.0.1",
         port: int = 0,

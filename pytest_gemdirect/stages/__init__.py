@@ -2,14 +2,15 @@
 
 :class:`Stages` runs each stage's work at most once and hands its result to whoever asks: the
 stage's own test (which shows a failure as its outcome), a later stage, or a user's test through
-the plugin's fixtures (which shows a failure upstream as "not reached"). The string keys
-(``svd[scene-001]``) the summary records stay inside this package.
+the plugin's fixtures (which shows a failure upstream as "not reached"). Each node is a typed
+:class:`~pytest_gemdirect.catalogue.StageKey`; its string form (``svd[scene-001]``) is the summary's.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TypeVar
 
+from pytest_gemdirect.catalogue import GENERATION, RETRIEVAL, STAGE_NAMES, SUITES, StageKey
 from pytest_gemdirect.stages import comfyui, environment, frames, generation, llm, story, suites, summary
 from pytest_gemdirect.stages.comfyui import ComfyUIService
 from pytest_gemdirect.stages.context import ProgressSink, StageContext
@@ -43,8 +44,7 @@ __all__ = [
 ]
 
 
-def _scene_of(key: str) -> str:
-    return key[key.index("[") + 1 : -1]
+T = TypeVar("T")
 
 
 class Stages:
@@ -66,8 +66,8 @@ class Stages:
                 "llm": lambda key: llm.check(ctx),
                 "story": lambda key: story.write(ctx, self.llm),
                 "comfyui": lambda key: comfyui.start(ctx),
-                "svd": lambda key: self._scene_pool().result(_scene_of(key)),
-                "frames": lambda key: frames.retrieve(ctx, self.generation(_scene_of(key), need=True)),
+                GENERATION: lambda key: self._scene_pool().result(_item(key)),
+                RETRIEVAL: lambda key: frames.retrieve(ctx, self.generation(_item(key), need=True)),
                 "suites": self._suite,
                 "summary": self._summary,
             },
@@ -83,43 +83,51 @@ class Stages:
             self._pool.start(lambda ticket: generation.generate(self.ctx, ticket, story_result, comfy))
         return self._pool
 
-    def _get(self, key: str, need: bool) -> Any:
-        return self.pipeline.require(key) if need else self.pipeline.run(key)
+    def _get(self, key: StageKey, need: bool, kind: type[T]) -> T:
+        value = self.pipeline.require(key) if need else self.pipeline.run(key)
+        if not isinstance(value, kind):
+            raise TypeError(f"stage {key} gave a {type(value).__name__}, not a {kind.__name__}")
+        return value
 
     def environment(self, *, need: bool = False) -> EnvironmentFacts:
-        return cast(EnvironmentFacts, self._get("env", need))
+        return self._get(StageKey("env"), need, EnvironmentFacts)
 
     def llm(self, *, need: bool = False) -> LLMHealth:
-        return cast(LLMHealth, self._get("llm", need))
+        return self._get(StageKey("llm"), need, LLMHealth)
 
     def story(self, *, need: bool = False) -> Story:
-        return cast(Story, self._get("story", need))
+        return self._get(StageKey("story"), need, Story)
 
     def comfyui(self, *, need: bool = False) -> ComfyUIService:
-        return cast(ComfyUIService, self._get("comfyui", need))
+        return self._get(StageKey("comfyui"), need, ComfyUIService)
 
     def generation(self, scene_id: str, *, need: bool = False) -> Generation:
-        return cast(Generation, self._get(f"svd[{scene_id}]", need))
+        return self._get(StageKey(GENERATION, scene_id), need, Generation)
 
     def frames(self, scene_id: str, *, need: bool = False) -> SceneFrames:
-        return cast(SceneFrames, self._get(f"frames[{scene_id}]", need))
+        return self._get(StageKey(RETRIEVAL, scene_id), need, SceneFrames)
 
     def suite(self, name: str | None, *, need: bool = False) -> SuiteResult:
         """One configured suite's result (``None``: no suite configured, the stage is skipped)."""
-        return cast(SuiteResult, self._get(f"suites[{name}]" if name else "suites", need))
+        return self._get(StageKey(SUITES, name), need, SuiteResult)
 
     def summary(self, *, need: bool = False) -> CheckedSummary:
-        return cast(CheckedSummary, self._get("summary", need))
+        return self._get(StageKey("summary"), need, CheckedSummary)
 
     def scene_ids(self) -> list[str]:
         return scene_ids(self.ctx.settings.scenes)
 
-    def all_keys(self) -> list[str]:
-        """Every stage node of the run, in order (the summary stage runs them all)."""
-        scenes = self.scene_ids()
-        keys = ["env", "llm", "story", "comfyui"]
-        keys += [f"svd[{s}]" for s in scenes] + [f"frames[{s}]" for s in scenes]
-        return keys + ([f"suites[{name}]" for name in self.suite_specs] or ["suites"])
+    def all_keys(self) -> list[StageKey]:
+        """Every stage node of the run before the summary, in stage order (the summary runs them all)."""
+        keys: list[StageKey] = []
+        for stage in STAGE_NAMES[: STAGE_NAMES.index("summary")]:
+            if stage in (GENERATION, RETRIEVAL):
+                keys += [StageKey(stage, scene) for scene in self.scene_ids()]
+            elif stage == SUITES:
+                keys += [StageKey(stage, name) for name in self.suite_specs] or [StageKey(stage)]
+            else:
+                keys.append(StageKey(stage))
+        return keys
 
     def scene_figures(self, scene_id: str) -> dict[str, str | int | float]:
         """A scene's figures as the summary has them now (for JUnit properties)."""
@@ -148,17 +156,24 @@ class Stages:
         # running stages and recording) not at all, leaving the closed summary without the item.
         if self._pool is not None:
             for scene_id in self._pool.at_work():
-                self.pipeline.mark_interrupted(f"svd[{scene_id}]", message)
+                self.pipeline.mark_interrupted(StageKey(GENERATION, scene_id), message)
         self.pipeline.interrupt_running(message)
         if self._pool is not None:
             self._pool.stop(message)
         self.ctx.active_jobs.stop_all(message)
 
-    def _suite(self, key: str) -> SuiteResult:
-        if "[" not in key:
+    def _suite(self, key: StageKey) -> SuiteResult:
+        if key.item is None:
             raise StageSkipped("no external suites configured")
-        return suites.run(self.ctx, self.suite_specs[_scene_of(key)])
+        return suites.run(self.ctx, self.suite_specs[key.item])
 
-    def _summary(self, key: str) -> CheckedSummary:
+    def _summary(self, key: StageKey) -> CheckedSummary:
         self.pipeline.attempt_all(self.all_keys())
         return summary.check(self.ctx)
+
+
+def _item(key: StageKey) -> str:
+    """The scene (or suite) a node of a stage with items is for."""
+    if key.item is None:
+        raise ValueError(f"stage {key} needs an item: {key.stage}[...]")
+    return key.item

@@ -121,7 +121,7 @@ def _check(
     silent: list[str],
 ) -> _Candidate | None:
     """One server's health check and preflight; a failing server of a pool is left out with a warning."""
-    client = ComfyClient(backend.url, max_body_bytes=ctx.max_body_bytes)
+    client = ComfyClient(backend.url, max_body_bytes=ctx.max_body_bytes, recorder=ctx.services.recorder)
     deadline = Deadline(STARTUP_TIMEOUT_S)
     try:
         stats = client.system_stats(deadline=deadline)
@@ -138,7 +138,7 @@ def _check(
         ctx.summary.warn(
             f"ComfyUI server-{number} at {backend.url} cannot run the workflow: " + "; ".join(problems)
         )
-    server = ComfyServer(f"server-{number}", backend.url, client, lambda: ctx.services.alive(backend.url))
+    server = ComfyServer(f"server-{number}", backend.url, client, backend.alive)
     return _Candidate(backend, server, stats, object_info, problems)
 
 

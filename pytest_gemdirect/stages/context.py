@@ -57,7 +57,8 @@ class StageContext:
 
     @property
     def policy(self) -> QueuePolicy:
-        return QueuePolicy.from_settings(self.settings.values)
+        """The queue policy, built once with the settings."""
+        return self.settings.policy
 
     def abandoned(self, scene_id: str, what: str) -> Callable[[dict[str, Any]], None]:
         """Records in the summary that a job of the scene was stopped because the run was cut short."""
@@ -77,7 +78,7 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-def as_json(value: Any) -> Any:
+def as_json(value: object) -> Any:  # noqa: ANN401 - JSON of any shape, for the summary
     """A typed result as JSON-friendly data, for the summary and scene.json."""
     if hasattr(value, "to_dict"):
         return value.to_dict()

@@ -52,7 +52,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
     scene_id = ticket.scene_id
     if ctx.server_gone:
         raise NotReached(f"not reached: {ctx.server_gone}")
-    deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
+    deadline = ctx.policy.scene_deadline()
     generation = Generation(scene_id, ticket.server.client, deadline, ticket.server)
     ctx.summary.start_scene(scene_id)
     ctx.summary.update_scene(scene_id, server=ticket.server.url)
@@ -86,7 +86,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
                 return generation
             if generation.server.url != attempt["server"]:  # the keyframe goes to the new server
                 prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
-            generation.deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
+            generation.deadline = ctx.policy.scene_deadline()
             continue
         attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
         ctx.event(scene_id, {"t": now(), "event": "attempt_end", "attempt": number, "outcome": "success"})
@@ -229,6 +229,7 @@ def record_scene(
         "steps": result.progress[-1][2] if result and result.progress else None,
         "vram_free_before": generation.vram_free_before,
         "vram_free_after": generation.vram_free_after,
+        "history_polls": result.poll_attempts if result else None,  # the app contract's HistoryAttempts
     }
     fields: dict[str, Any] = {"attempts": generation.attempts}
     if result:

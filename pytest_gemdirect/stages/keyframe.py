@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from pytest_gemdirect.comfyui.client import ComfyError
+from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
 from pytest_gemdirect.comfyui.job import JobFailed
 from pytest_gemdirect.comfyui.keyframes import DrawnKeyframe, draw_keyframe
+from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.stages.attempts import Next, after_failure
-from pytest_gemdirect.stages.comfyui import keyframe_patch
+from pytest_gemdirect.stages.comfyui import ComfyServer, keyframe_patch
 from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import StageFailed
 
-if TYPE_CHECKING:
-    from pytest_gemdirect.stages.generation import Generation
+
+class Generation(Protocol):
+    """What drawing a keyframe needs of the scene's generation (``generation.Generation`` is one);
+    a protocol, so that this module, which generation imports, does not import it back."""
+
+    scene_id: str
+    client: ComfyClient
+    deadline: Deadline
+    server: ComfyServer
+    notes: list[str]
 
 
 def draw(ctx: StageContext, generation: Generation, workflow: dict[str, Any], text: str) -> None:

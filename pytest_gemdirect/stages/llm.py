@@ -29,6 +29,7 @@ def _client(ctx: StageContext) -> LLMClient:
         api_key=ctx.settings.llm_api_key,
         timeout_s=ctx.settings.llm_timeout,
         max_body_bytes=ctx.max_body_bytes,
+        recorder=ctx.services.recorder,
     )
 
 

@@ -11,9 +11,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from pytest_gemdirect.summary import WRONG, RunSummary, stage_of
+from pytest_gemdirect.catalogue import STAGE_NAMES, StageKey
+from pytest_gemdirect.summary import WRONG, RunSummary
 
 
 class StageFailed(Exception):
@@ -30,29 +30,32 @@ class StageSkipped(Exception):
 
 @dataclass
 class Outcome:
-    key: str
+    key: StageKey
     status: str  # passed | failed | not_reached | skipped | interrupted
-    value: Any = None
+    value: object = None
     message: str | None = None
     duration_s: float = 0.0
 
 
-Work = Callable[[str], Any]
+Work = Callable[[StageKey], object]
 
 
 class Pipeline:
-    """Runs each stage key (``llm``, ``svd[scene-002]``…) at most once and records its outcome."""
+    """Runs each stage node (``llm``, ``svd[scene-002]``…) at most once and records its outcome."""
 
     def __init__(self, summary: RunSummary, works: dict[str, Work]) -> None:
         self.summary = summary
+        missing = [name for name in STAGE_NAMES if name not in works]
+        if missing:
+            raise ValueError(f"no work for the stage(s) {', '.join(missing)} of the catalogue")
         self._works = works  # stage name -> function(key) doing the work
-        self.outcomes: dict[str, Outcome] = {}
-        self._running: dict[str, float] = {}  # key -> when its work started
+        self.outcomes: dict[StageKey, Outcome] = {}
+        self._running: dict[StageKey, float] = {}  # key -> when its work started
         # a stage ends in the main thread while another (pytest-timeout's timer) may be recording it
         # as interrupted: ending a key's run and recording its outcome happen as one step
         self._lock = threading.RLock()
 
-    def run(self, key: str) -> Any:
+    def run(self, key: StageKey) -> object:
         """The stage's value; raises StageFailed, NotReached or StageSkipped as its own test should show."""
         outcome = self.outcomes.get(key)
         if outcome is None:
@@ -65,14 +68,14 @@ class Pipeline:
             raise StageSkipped(outcome.message)
         return outcome.value
 
-    def require(self, key: str) -> Any:
+    def require(self, key: StageKey) -> object:
         """For a later stage: the value, or NotReached naming the stage that failed."""
         try:
             return self.run(key)
         except StageFailed:
             raise NotReached(f"not reached: {key} failed") from None
 
-    def attempt_all(self, keys: list[str]) -> None:
+    def attempt_all(self, keys: list[StageKey]) -> None:
         """Run every key, whatever their outcomes (the summary stage wants the whole run)."""
         for key in keys:
             try:
@@ -80,13 +83,13 @@ class Pipeline:
             except (StageFailed, NotReached, StageSkipped):
                 pass
 
-    def _execute(self, key: str) -> Outcome:
+    def _execute(self, key: StageKey) -> Outcome:
         with self._lock:
             if key in self._running:
                 raise RuntimeError(f"stage {key} depends on itself")
             started = self._running[key] = time.monotonic()
         try:
-            value = self._works[stage_of(key)](key)
+            value = self._works[key.stage](key)
             outcome = Outcome(key, "passed", value=value)
         except StageFailed as exc:
             outcome = Outcome(key, "failed", message=str(exc))
@@ -98,7 +101,7 @@ class Pipeline:
             message = "the run was interrupted while it ran"  # the key stands beside it wherever shown
             self._end(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
             raise  # the session ends; its summary is closed as interrupted
-        except BaseException as exc:  # a bug, or pytest-timeout's outer backstop: a failure, never lost
+        except BaseException as exc:  # noqa: BLE001 - a bug, or pytest-timeout's outer backstop: a failure, never lost
             outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
         outcome.duration_s = _since(started)
         self._end(outcome)
@@ -120,7 +123,7 @@ class Pipeline:
                 outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
             )
 
-    def mark_interrupted(self, key: str, message: str) -> None:
+    def mark_interrupted(self, key: StageKey, message: str) -> None:
         """A stage whose work went on elsewhere (a scene's thread) when the run was cut short."""
         with self._lock:
             if key not in self.outcomes and key not in self._running:
@@ -129,7 +132,7 @@ class Pipeline:
     def interrupt_running(self, message: str) -> None:
         """Record every stage still at work as interrupted (the process is about to end)."""
         with self._lock:
-            for key, started in sorted(self._running.items()):
+            for key, started in sorted(self._running.items(), key=lambda pair: str(pair[0])):
                 self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
 
 

@@ -268,8 +268,9 @@ def baseline_drift(ctx: StageContext, scene_id: str, source: VideoSource) -> Dri
     from pytest_gemdirect.report.baseline import BaselineError, load_baseline
     from pytest_gemdirect.video import DecodeError, comparability, scene_drift
 
+    assert ctx.settings.baseline is not None, "asked only with --baseline"
     try:
-        baseline = load_baseline(Path(ctx.settings.baseline))
+        baseline = load_baseline(ctx.settings.baseline)
     except BaselineError as exc:
         return DriftOutcome(False, f"not comparable: {exc}")
     verdict = comparability(

@@ -1,3 +1,3 @@
 """The end-to-end pipeline: `pytest -m e2e` runs these eight stages."""
 
-from pytest_gemdirect.pipeline_tests import *  # noqa: F401,F403
+from pytest_gemdirect.pipeline_tests import *  # noqa: F403

@@ -59,7 +59,7 @@ async def serve_queue(state: ComfyUIState) -> None:
             raise
         except Crash:
             return
-        except Exception:  # noqa: BLE001 - keep serving; record what went wrong
+        except Exception:
             log.exception("gemdirect ComfyUI simulator: internal error while running %s", item[1])
             state.currently_running.pop(task_id, None)
             state.unsilence(item[1])

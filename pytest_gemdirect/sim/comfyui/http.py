@@ -148,7 +148,7 @@ class _Handlers:
                 state.annotated_filepath,
                 json_data.get("partial_execution_targets"),
             )
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("validation crashed")
             return _internal_error()
         extra_data = dict(json_data.get("extra_data") or {})

@@ -31,7 +31,7 @@ STATS = json.dumps(
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path.split("?")[0] in ("/system_stats", "/api/system_stats"):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -41,7 +41,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
 
-    def log_message(self, format: str, *a: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *a: object) -> None:  # the base class's name
         pass
 
 
