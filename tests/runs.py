@@ -98,9 +98,9 @@ PASSING = RunSpec(
 )
 """The default ``pytest -m e2e`` (embedded simulators, 3 scenes, LLM story) with the README's frame
 check. Read by test_plugin (every stage passes; the simulated GPU), test_fixtures (the user's check
-runs per scene), test_ci (JUnit properties; no job page outside GitHub), test_startup (every file
-agrees with the summary), test_pipeline_video (motion, clip and figures of a default run) and
-test_pipeline_suites (no suite configured)."""
+runs per scene), test_ci (JUnit properties; no job page outside GitHub), test_pipeline_video
+(motion, clip and figures of a default run), test_pipeline_suites (no suite configured) and
+test_report (the first screen of a default run's report)."""
 
 FAILED_SCENE = RunSpec(
     "failed-scene",
@@ -110,8 +110,9 @@ FAILED_SCENE = RunSpec(
     files=(("step-summary.md", "earlier step\n"),),
 )
 """scene-002 fails in generation (no re-queue), under GitHub's job-page variable. Read by test_ci
-(the job page), test_fixtures (the user's check is not reached there) and test_report (the report
-of a real failed run in Chromium)."""
+(the job page), test_fixtures (the user's check is not reached there), test_startup (every scene
+folder's scene.json agrees with the summary) and test_report (a real failed run's report in
+Chromium)."""
 
 SMOKE = RunSpec("smoke", ("--story-mode", "fallback", "--scenes", "3", *FAST, "--workflow", "smoke"))
 """The shipped smoke workflow, named without a folder. Read by test_startup (a shipped workflow by
