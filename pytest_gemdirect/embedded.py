@@ -69,6 +69,8 @@ class SimulatorProcess:
         args += ["--step-seconds", str(s.sim_step_seconds), "--seed", str(s.llm_seed)]
         for spec in s.faults.specs():
             args += ["--fault", spec]
+        for path in model_sources(s):
+            args += ["--models-from", str(path)]
         return args
 
     def wait_ready(self, deadline: Deadline) -> dict[str, Any]:
@@ -102,6 +104,19 @@ class SimulatorProcess:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+MODEL_SOURCE_SETTINGS = ("workflow", "keyframe_workflow", "app_settings")
+
+
+def model_sources(settings: Settings) -> list[Path]:
+    """The JSON files whose graphs name the model files the simulated ComfyUI must have."""
+    found = []
+    for name in MODEL_SOURCE_SETTINGS:
+        path = getattr(settings, name, None)  # app_settings: only where that setting exists
+        if path is not None:
+            found.append(Path(path))
+    return found
 
 
 def start_simulators(settings: Settings, run_root: Path, count: int) -> list[SimulatorProcess]:

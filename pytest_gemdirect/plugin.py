@@ -17,7 +17,7 @@ import pytest
 from pytest_gemdirect.catalogue import BY_NAME, STAGES, order_of
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
 from pytest_gemdirect.settings import SPECS, SettingError, Settings, resolve
-from pytest_gemdirect.startup_checks import check_startup
+from pytest_gemdirect.startup_checks import check_startup, with_files_read
 from pytest_gemdirect.summary import scene_ids
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
     flags = {spec.name: config.getoption(f"gemdirect_{spec.name}") for spec in SPECS}
     ini = {spec.name: _ini_value(config, spec.ini) for spec in SPECS}
     try:
-        settings = resolve(flags, ini)
+        settings = with_files_read(resolve(flags, ini))
         if not hasattr(config, "workerinput"):  # the controller checked it; its run is the workers' run
             check_startup(
                 settings,

@@ -325,8 +325,32 @@ class Settings:
     story_mode: str = setting(
         _choice("auto", "llm", "fallback"), "auto", "where the story comes from", metavar="auto|llm|fallback"
     )
-    scenes: int = setting(_positive_int, 3, "number of scenes", metavar="N")
+    story: Path | None = setting(
+        _existing_file,
+        None,
+        "a story file to use instead of writing one: the app's story/story.json or the harness's"
+        " own shape (the scene count comes from it)",
+        metavar="FILE",
+    )
+    story_command: str | None = setting(
+        str,
+        None,
+        "the app's story generator, run without a shell; {out} is the file it writes, e.g."
+        ' "npx tsx scripts/generate-story-scenes.ts --out {out}"',
+        metavar="COMMAND",
+    )
+    story_command_timeout: float = setting(
+        _positive_float, 300.0, "seconds the story command may take", metavar="S"
+    )
+    scenes: int = setting(_positive_int, 3, "number of scenes (with --story: the file's)", metavar="N")
     keyframe_size: tuple[int, int] = setting(_size, (1024, 576), "keyframe size WIDTHxHEIGHT", metavar="WxH")
+    keyframes: str | None = setting(
+        _choice("single", "bookend"),
+        None,
+        "keyframes a scene: single (one, the video's start) or bookend (a start and an end keyframe)"
+        " (default: single)",
+        metavar="single|bookend",
+    )
     # run directory
     logs_dir: Path = setting(
         Path, Path("logs"), "folder that holds the timestamped run directories", metavar="DIR"
@@ -356,6 +380,26 @@ class Settings:
         None,
         "ComfyUI text-to-image workflow that draws the keyframes (default: the built-in renderer)",
         metavar="FILE",
+    )
+    app_settings: Path | None = setting(
+        _existing_file,
+        None,
+        "the app's settings file (localGenSettings.json): its workflow profiles give the graphs",
+        metavar="FILE",
+    )
+    video_profile: str | None = setting(
+        str,
+        None,
+        "with --app-settings: the video profile to run (default: the file's videoWorkflowProfile,"
+        " or sceneBookendWorkflowProfile in bookend mode)",
+        metavar="ID",
+    )
+    image_profile: str | None = setting(
+        str,
+        None,
+        "with --app-settings: draw the keyframes on ComfyUI with this profile ('app': the file's"
+        " imageWorkflowProfile)",
+        metavar="ID",
     )
     # video checks of each scene's frames (the defaults are the video library's: video/checks.py, drift.py)
     min_motion: float = setting(
@@ -577,9 +621,13 @@ def _check_replay_alone(settings: Settings) -> None:
 
 PATH_SETTINGS = (
     "comfyui_dir",
+    "app_settings",
+    "story",
     "replay",
     "workflow",
+    "app_settings",
     "keyframe_workflow",
+    "story",
     "run_dir",
     "logs_dir",
     "baseline",

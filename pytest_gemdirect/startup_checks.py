@@ -6,6 +6,7 @@ rootdir), so they live above ``settings.py``: the run fails here, not at stage 4
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,8 @@ def check_startup(
     _check_workflows(settings)
     _check_fault_scenes(settings)
     _check_comfyui_args(settings)
-    _check_replay_trace(settings)
+    _check_story_source(settings)
+    _check_app_settings(settings)
     from pytest_gemdirect.appcontract.startup import check_app_contract
 
     check_app_contract(settings)
@@ -107,13 +109,77 @@ def _check_comfyui_args(settings: Settings) -> None:
         ) from None
 
 
-def _check_replay_trace(settings: Settings) -> None:
-    """``--replay`` names a run directory, a trace folder or a folder of runs that holds a trace."""
+def with_files_read(settings: Settings) -> Settings:
+    """The settings once the files they name are read: ``--story``'s scene count, ``--replay``'s
+    trace folder. Done in every process at configure time (the scenes are collected from it).
+    """
+    return _with_trace_folder(_with_story_file(settings))
+
+
+def _with_trace_folder(settings: Settings) -> Settings:
+    """``--replay`` names a run directory, a trace folder or a folder of runs: its trace folder."""
     if settings.replay is None:
-        return
+        return settings
     from pytest_gemdirect.replay.trace import TraceError, find_trace
 
     try:
-        find_trace(settings.replay)
+        return dataclasses.replace(settings, replay=find_trace(settings.replay).resolve())
     except TraceError as exc:
         raise SettingError(f"invalid value for replay ({settings.sources['replay']}): {exc}") from None
+
+
+def _with_story_file(settings: Settings) -> Settings:
+    """With ``--story`` the file says how many scenes there are: the settings with that count."""
+    if settings.story is None:
+        return settings
+    from pytest_gemdirect.story.story_file import StoryFileError, load_story_file
+
+    sources = dict(settings.sources)
+    try:
+        count = load_story_file(settings.story).scene_count
+    except StoryFileError as exc:
+        raise SettingError(f"invalid value for story ({sources['story']}): {exc}") from None
+    if sources["scenes"] != "default" and settings.scenes != count:
+        sources["scenes"] = (
+            f"from the story file {settings.story} ({count} scenes;"
+            f" scenes = {settings.scenes} {sources['scenes']} is not used)"
+        )
+    else:
+        sources["scenes"] = f"from the story file {settings.story}"
+    return dataclasses.replace(settings, scenes=count, sources=sources)
+
+
+def _check_story_source(settings: Settings) -> None:
+    """One place the story comes from: a file, a generator, or the story mode (LLM or fallback)."""
+    given = [name for name in ("story", "story_command") if getattr(settings, name) is not None]
+    if settings.sources["story_mode"] != "default" and given:
+        given.append("story_mode")
+    if len(given) > 1:
+        where = " and ".join(f"{name} ({settings.sources[name]})" for name in given)
+        raise SettingError(f"{where} each say where the story comes from; set only one")
+    if settings.story_command is not None:
+        from pytest_gemdirect.story.command import story_command_argv
+
+        try:
+            story_command_argv(settings.story_command, Path("story.json"))
+        except ValueError as exc:
+            raise SettingError(
+                f"invalid value {settings.story_command!r} for story_command"
+                f" ({settings.sources['story_command']}): {exc}"
+            ) from None
+
+
+def _check_app_settings(settings: Settings) -> None:
+    """The app's profiles the run uses: they exist, parse, and every role the run needs has a place."""
+    names = ("app_settings", "video_profile", "image_profile", "keyframes")
+    if not any(getattr(settings, name, None) for name in names):
+        return
+    from pytest_gemdirect.app_settings import AppSettingsError, run_graphs
+    from pytest_gemdirect.comfyui.workflow import WorkflowError
+
+    try:
+        run_graphs(settings)
+    except (AppSettingsError, WorkflowError) as exc:
+        if settings.app_settings is None:
+            raise SettingError(str(exc)) from None
+        raise SettingError(f"app_settings ({settings.sources['app_settings']}): {exc}") from None

@@ -226,8 +226,26 @@ def describe_targets(settings: Settings) -> dict[str, str]:
     elif settings.comfyui_dir:
         comfy = f"launch {settings.comfyui_dir} (main.py)"
     else:
-        comfy = "embedded simulator (SIMULATED)"
+        comfy = "embedded simulator (SIMULATED)" + _app_url_not_used(settings)
     llm = f"attach {settings.llm_url}" if settings.llm_url else "embedded simulator (SIMULATED)"
     if settings.story_mode == "fallback" and not settings.llm_url:
         llm += ", story mode fallback"
     return {"comfyui": comfy, "llm": llm}
+
+
+def _app_url_not_used(settings: Settings) -> str:
+    """The app's comfyUIUrl is never used silently: the embedded stack runs, and this is how to attach."""
+    if settings.app_settings is None:
+        return ""
+    from pytest_gemdirect.app_settings import AppSettingsError, load_app_settings
+
+    try:
+        url = load_app_settings(settings.app_settings).comfyui_url
+    except AppSettingsError:
+        return ""
+    if not url:
+        return ""
+    return (
+        f"; the app settings' comfyUIUrl {url} is not used: the embedded stack runs;"
+        f" to attach to it, pass --comfyui-url={url}"
+    )

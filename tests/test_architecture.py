@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     # 3 the ComfyUI client, and the start-up checks that load workflows with it
     f"{PACKAGE}.comfyui": 3,
     f"{PACKAGE}.startup_checks": 3,
+    f"{PACKAGE}.app_settings": 3,  # the app's localGenSettings.json: its profiles as graphs and roles
     f"{PACKAGE}.probe": 3,  # is each --comfyui-url answering, at start-up
     # 4 the report (reads only the summary) and the services (where the servers come from)
     f"{PACKAGE}.report": 4,

@@ -35,7 +35,6 @@ from pytest_gemdirect.sim.faults import FaultPlan
 from pytest_gemdirect.sim.llm import DEFAULT_MODEL, LLMSimulator, create_llm_app
 from pytest_gemdirect.sim.server import ServerThread
 from pytest_gemdirect.story import (
-    _FATAL_KINDS,
     StoryError,
     fallback_story,
     llm_story,
@@ -46,6 +45,7 @@ from pytest_gemdirect.story import (
     request_schema,
     story_hash,
 )
+from pytest_gemdirect.story.from_llm import _FATAL_KINDS
 
 STORY_SCHEMA = load_schema("story.schema.json")
 SECRET = "sk-gemdirect-very-secret-0123"

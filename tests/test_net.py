@@ -15,7 +15,7 @@ from pytest_gemdirect import net
 from pytest_gemdirect.comfyui.client import ComfyClient, ServerGone
 from pytest_gemdirect.llm import LLMClient, LLMError
 from pytest_gemdirect.names import safe_file_name, slug
-from pytest_gemdirect.story import _FATAL_KINDS
+from pytest_gemdirect.story.from_llm import _FATAL_KINDS
 
 
 # ---------------------------------------------------------------------------------------- servers

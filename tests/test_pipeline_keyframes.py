@@ -71,7 +71,10 @@ def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
     workflow["4"]["inputs"]["ckpt_name"] = "sd_xl_base_1.0.safetensors"
     path = tmp_path / "my-keyframes.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", f"--keyframe-workflow={path}")
+    # the simulator has every model a workflow names unless missing-model takes the first one away
+    result, run_dir, _ = run_e2e(
+        project, "--story-mode", "fallback", f"--keyframe-workflow={path}", "--sim-fault", "missing-model"
+    )
     result.stdout.fnmatch_lines(
         [f"*keyframe workflow {path}: checkpoint sd_xl_base_1.0.safetensors is not in models/checkpoints*"]
     )

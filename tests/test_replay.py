@@ -19,8 +19,15 @@ import pytest
 
 from pytest_gemdirect.replay.recorder import Recorder
 from pytest_gemdirect.replay.server import first_difference
-from pytest_gemdirect.settings import SettingError, resolve
+from pytest_gemdirect.settings import SettingError
+from pytest_gemdirect.settings import resolve as resolve_only
+from pytest_gemdirect.startup_checks import with_files_read
 from tests.outside import FAST, PIPELINE_MODULE, summary_of
+
+
+def resolve(flags: dict, ini: dict, *, environ: dict[str, str]):  # as the plugin configures
+    return with_files_read(resolve_only(flags, ini, environ=environ))
+
 
 SECRET = "sk-replay-test-never-written"
 POLICY = (*FAST, "--completion-grace", "6")  # the late history (3 s) comes within it

@@ -362,7 +362,7 @@ def _workflow(name: str) -> dict[str, object]:
 
 
 def test_expected_frames_and_size_come_from_the_workflows_we_ship() -> None:
-    assert expected_output(_workflow("svd_img2vid.json")) == Expected(25, 1024, 576)
+    assert expected_output(_workflow("svd_img2vid.json")) == Expected(25, 1024, 576, fps=6.0)
     assert expected_output(_workflow("keyframe_txt2img.json")) == Expected(1, 1024, 576)
     assert expected_output(_workflow("smoke.json")) == Expected(8, 256, 144)
 
@@ -441,7 +441,7 @@ def test_what_cannot_be_known_is_none() -> None:
     disagree["7"]["inputs"]["images"] = ["2", 0]
 
     assert expected_output(keep_aspect) == Expected(8, None, None, 8.0)
-    assert expected_output(linked) == Expected(None, 1024, 576)
+    assert expected_output(linked) == Expected(None, 1024, 576, fps=6.0)
     assert expected_output(cycle) == Expected()
     assert expected_output({"1": {"class_type": "LoadImage", "inputs": {}}}) == Expected()
     assert expected_output(disagree) == Expected(None, 128, 96, 8.0)

@@ -93,7 +93,7 @@ def test_preflight_names_missing_checkpoint_and_class() -> None:
     workflow["99"] = {"class_type": "NoSuchNode", "inputs": {}}
     problems = preflight(workflow, object_info)
     assert any("checkpoint svd_xt.safetensors is not in models/checkpoints" in p for p in problems)
-    assert any("node 99 (NoSuchNode): the server has no node class NoSuchNode" in p for p in problems)
+    assert any("the server has no node class NoSuchNode: NoSuchNode (node 99)" in p for p in problems)
 
 
 def test_preflight_passes_smoke_graph_on_recorded_server() -> None:

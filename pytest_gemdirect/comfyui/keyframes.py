@@ -1,4 +1,4 @@
-"""Draw a scene's keyframe with a ComfyUI text-to-image workflow (``--keyframe-workflow``).
+"""Draw a scene's keyframe with a ComfyUI text-to-image graph (``--keyframe-workflow``, ``--image-profile``).
 
 The job is followed by the same client, policy and deadlines as the video job, so a keyframe
 that never arrives fails the scene within scene-max-wait instead of hanging.
@@ -16,6 +16,7 @@ from PIL import Image
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
 from pytest_gemdirect.comfyui.job import ActiveJobs, run_job
 from pytest_gemdirect.comfyui.outputs import DownloadedFile, download_outputs
+from pytest_gemdirect.comfyui.roles import RolePlan
 from pytest_gemdirect.comfyui.workflow import KeyframePatch, Workflow, patch_keyframe_workflow
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.policy import QueuePolicy
@@ -51,12 +52,13 @@ def draw_keyframe(  # noqa: PLR0913 - keyword-only options, passed on to run_job
     is_server_alive: Callable[[], bool] | None = None,
     active: ActiveJobs | None = None,
     on_abandon: Callable[[dict[str, Any]], None] | None = None,
+    plan: RolePlan | None = None,
 ) -> DrawnKeyframe:
     """Queue the patched workflow, follow it, fetch its first image and save it as ``dest`` (PNG, sized).
 
     Raises ``JobFailed`` (from the job) or ``ComfyError`` (download, no image) with the reason.
     """
-    prompt = patch_keyframe_workflow(workflow, patch)
+    prompt = patch_keyframe_workflow(workflow, patch, plan=plan)
     result = run_job(
         client,
         prompt,

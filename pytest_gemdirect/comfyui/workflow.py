@@ -1,4 +1,4 @@
-"""Load an API-format workflow, patch it by node class (never by node id), check it against /object_info."""
+"""Load a workflow (any of the app's shapes), patch it by role or class (never by node id), preflight it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.comfyui.roles import (
+    LOAD_IMAGE_CLASSES,
+    PLACEHOLDER_IMAGE,
+    PLACEHOLDER_PREFIX,
+    PLACEHOLDER_PROMPT,
+    TEXT_ENCODE_CLASSES,
+    RoleError,
+    RolePlan,
+    plan_roles,
+    prompt_encoders,
+)
+
 Workflow = dict[str, dict[str, Any]]
 
-LOAD_IMAGE_CLASSES = ("LoadImage",)
 SAVE_CLASSES = (
     "SaveImage",
     "SaveAnimatedWEBP",
@@ -22,8 +33,6 @@ SAVE_CLASSES = (
     "VHS_VideoCombine",
 )
 SEED_INPUTS = ("seed", "noise_seed")
-TEXT_ENCODE_CLASSES = ("CLIPTextEncode",)
-SAMPLER_CLASSES = ("KSampler", "KSamplerAdvanced", "SamplerCustom")
 LATENT_CLASSES = ("EmptyLatentImage", "EmptySD3LatentImage")
 
 
@@ -37,26 +46,43 @@ def default_workflow_path(name: str = "svd_img2vid.json") -> Path:
 
 
 def load_workflow(path: Path) -> Workflow:
-    """Read an API-format workflow (``{id: {class_type, inputs}}``) and say plainly when it is not one."""
+    """Read a workflow file in any shape the app keeps (see ``parse_workflow``)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise WorkflowError(f"workflow {path}: cannot be read as JSON: {exc}") from None
-    if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict):
+    return parse_workflow(data, source=f"workflow {path}")
+
+
+def parse_workflow(data: Any, *, source: str) -> Workflow:
+    """An API-format graph (``{id: {class_type, inputs}}``) from any of the shapes the app writes.
+
+    Accepted: the API format itself, the ``{"prompt": …}`` wrapper ComfyUI's queue takes, and the
+    nodes-dict shape ``{"id": …, "nodes": {ID: {class_type, inputs}}}``. The UI format (``nodes`` a
+    list, with ``links``) is refused with how to export the API format.
+    """
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
         data = data["prompt"]
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
         raise WorkflowError(
-            f"workflow {path}: this is the UI format; export it with 'Save (API Format)' in ComfyUI"
+            f"{source}: this is ComfyUI's UI format (nodes and links), not the API format the server"
+            " queues; in ComfyUI choose Workflow > Export (API) (or 'Save (API Format)' with dev mode"
+            " on) and use that file"
         )
-    if not isinstance(data, dict) or not data:
-        raise WorkflowError(f"workflow {path}: expected an object of nodes {{id: {{class_type, inputs}}}}")
+    if isinstance(data, dict) and isinstance(data.get("nodes"), dict):
+        data = data["nodes"]
+    if isinstance(data, dict) and not data:
+        raise WorkflowError(f"{source}: the workflow is empty ({{}}): it has no nodes")
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{source}: expected an object of nodes {{id: {{class_type, inputs}}}}")
     for node_id, node in data.items():
         if (
             not isinstance(node, dict)
-            or "class_type" not in node
+            or not isinstance(node.get("class_type"), str)
             or not isinstance(node.get("inputs", {}), dict)
         ):
-            raise WorkflowError(f"workflow {path}: node {node_id} has no class_type/inputs")
+            raise WorkflowError(f"{source}: node {node_id} has no class_type/inputs")
+        node.setdefault("inputs", {})
     return data
 
 
@@ -82,27 +108,46 @@ def nodes_of_class(workflow: Workflow, classes: tuple[str, ...], title: str | No
 class ScenePatch:
     """What the harness sets in a workflow for one scene."""
 
-    image_name: str
+    image_name: str  # the (start) keyframe as uploaded
     filename_prefix: str
     seed: int
     frames: int | None = None
     size: tuple[int, int] | None = None
+    end_image_name: str | None = None  # bookend mode: the end keyframe as uploaded
+    prompt: str | None = None  # the scene's visual prompt
+    negative_prompt: str | None = None
 
 
-def patch_workflow(workflow: Workflow, patch: ScenePatch, *, source: str = "workflow") -> Workflow:
-    """A copy of ``workflow`` with the keyframe, the seed, the save prefix (and frames/size) set.
+def patch_workflow(
+    workflow: Workflow,
+    patch: ScenePatch,
+    *,
+    plan: RolePlan | None = None,
+    source: str = "workflow",
+) -> Workflow:
+    """A copy of ``workflow`` with the keyframe(s), the words, the seed and the save prefix set.
 
-    Nodes are found by class, so a user's own graph with one LoadImage and at least one save
-    node works without edits, whatever its node ids.
+    Where each goes comes from ``plan`` (the profile's mapping, see ``roles.plan_roles``), else from
+    the graph's wiring; a graph with one LoadImage and a save node works without edits.
     """
     patched = copy.deepcopy(workflow)
-    loaders = nodes_of_class(patched, LOAD_IMAGE_CLASSES)
-    if len(loaders) != 1:
-        raise WorkflowError(
-            f"{source}: needs exactly one LoadImage node for the keyframe, found {len(loaders)}"
-        )
+    if plan is None:
+        try:
+            plan = plan_roles(patched, {}, bookend=patch.end_image_name is not None, source=source)
+        except RoleError as exc:
+            raise WorkflowError(str(exc)) from None
     _set_prefix_and_seed(patched, patch.filename_prefix, patch.seed, source)
-    patched[loaders[0]]["inputs"]["image"] = patch.image_name
+    images = (
+        [(plan.start, patch.image_name), (plan.end, patch.end_image_name)]
+        if patch.end_image_name is not None
+        else [(plan.keyframe or plan.start, patch.image_name)]
+    )
+    for place, name in images:
+        if place is None:
+            raise WorkflowError(f"{source}: no input takes the keyframe {name}")
+        patched[place[0]]["inputs"][place[1]] = name
+    _set_words(patched, plan, patch.prompt, patch.negative_prompt)
+    replace_placeholders(patched, image=patch.image_name, prefix=patch.filename_prefix, prompt=patch.prompt)
     for node in patched.values():
         inputs = node.get("inputs", {})
         if (
@@ -116,6 +161,30 @@ def patch_workflow(workflow: Workflow, patch: ScenePatch, *, source: str = "work
     return patched
 
 
+def replace_placeholders(
+    workflow: Workflow, *, image: str | None, prefix: str | None, prompt: str | None
+) -> None:
+    """``__KEYFRAME_IMAGE__``, ``__SCENE_PREFIX__``, ``__SCENE_PROMPT__`` replaced in every string input."""
+    values = {PLACEHOLDER_IMAGE: image, PLACEHOLDER_PREFIX: prefix, PLACEHOLDER_PROMPT: prompt}
+    for node in workflow.values():
+        inputs = node.get("inputs", {})
+        for name, value in inputs.items():
+            if not isinstance(value, str) or "__" not in value:
+                continue
+            for placeholder, replacement in values.items():
+                if replacement is not None:
+                    value = value.replace(placeholder, replacement)
+            inputs[name] = value
+
+
+def _set_words(workflow: Workflow, plan: RolePlan, prompt: str | None, negative: str | None) -> None:
+    for places, text in ((plan.prompt, prompt), (plan.negative, negative)):
+        if text is None:
+            continue
+        for node_id, name in places:
+            workflow[node_id]["inputs"][name] = text
+
+
 @dataclass(frozen=True)
 class KeyframePatch:
     """What the harness sets in a text-to-image workflow to draw one scene's keyframe."""
@@ -124,20 +193,29 @@ class KeyframePatch:
     filename_prefix: str
     seed: int
     size: tuple[int, int]
+    negative: str | None = None
 
 
 def patch_keyframe_workflow(
-    workflow: Workflow, patch: KeyframePatch, *, source: str = "keyframe workflow"
+    workflow: Workflow,
+    patch: KeyframePatch,
+    *,
+    plan: RolePlan | None = None,
+    source: str = "keyframe workflow",
 ) -> Workflow:
     """A copy of a text-to-image ``workflow`` with the scene's prompt, seed, save prefix and size set.
 
-    The prompt goes into the positive text-encode node: the one titled "Positive" (any case), else
-    the one wired to a sampler's ``positive`` input, else the only one. Never chosen by node id.
+    The prompt goes where ``plan`` (the image profile's mapping) says, else into the positive
+    text-encode node: the one titled "Positive" (any case), else the one wired to a sampler's
+    ``positive`` input, else the only one. Never chosen by node id.
     """
     patched = copy.deepcopy(workflow)
-    encoder = _positive_encoder(patched, source)
+    prompt_places = plan.prompt if plan is not None and plan.prompt else ()
+    if not prompt_places:
+        prompt_places = ((_positive_encoder(patched, source), "text"),)
     _set_prefix_and_seed(patched, patch.filename_prefix, patch.seed, source)
-    patched[encoder]["inputs"]["text"] = patch.text
+    _set_words(patched, RolePlan(prompt_places, plan.negative if plan else ()), patch.text, patch.negative)
+    replace_placeholders(patched, image=None, prefix=patch.filename_prefix, prompt=patch.text)
     for node_id in nodes_of_class(patched, LATENT_CLASSES):
         inputs = patched[node_id]["inputs"]
         inputs["width"], inputs["height"] = patch.size
@@ -146,7 +224,7 @@ def patch_keyframe_workflow(
 
 
 def _set_prefix_and_seed(workflow: Workflow, prefix: str, seed: int, source: str) -> None:
-    """Every save node writes under ``prefix``; every literal seed input becomes ``seed``."""
+    """Every save node writes under ``prefix``; every literal ``seed`` and ``noise_seed`` is ``seed``."""
     saves = nodes_of_class(workflow, SAVE_CLASSES)
     if not saves:
         raise WorkflowError(f"{source}: needs at least one save node ({', '.join(SAVE_CLASSES)})")
@@ -160,20 +238,10 @@ def _set_prefix_and_seed(workflow: Workflow, prefix: str, seed: int, source: str
 
 
 def _positive_encoder(workflow: Workflow, source: str) -> str:
+    found = prompt_encoders(workflow, "positive")
+    if len(found) == 1:
+        return found[0][0]
     encoders = nodes_of_class(workflow, TEXT_ENCODE_CLASSES)
-    titled = [n for n in encoders if str(workflow[n].get("_meta", {}).get("title", "")).lower() == "positive"]
-    if len(titled) == 1:
-        return titled[0]
-    wired = {
-        str(link[0])
-        for n in nodes_of_class(workflow, SAMPLER_CLASSES)
-        if isinstance(link := workflow[n].get("inputs", {}).get("positive"), list) and link
-    }
-    wired &= set(encoders)
-    if len(wired) == 1:
-        return wired.pop()
-    if len(encoders) == 1:
-        return encoders[0]
     raise WorkflowError(
         f"{source}: cannot tell which of {len(encoders)} text-encode nodes"
         f" ({', '.join(TEXT_ENCODE_CLASSES)}) takes the scene's prompt;"
@@ -184,33 +252,116 @@ def _positive_encoder(workflow: Workflow, source: str) -> str:
 def preflight(workflow: Workflow, object_info: dict[str, Any], *, keyframe_input: str = "image") -> list[str]:
     """Problems that would make ComfyUI reject or fail the graph, in plain words (empty when none).
 
-    Checks every class exists and every combo value (the checkpoint name above all) is one the
-    server offers. The LoadImage file is skipped: it is uploaded just before queueing.
+    Checks every class exists (a custom node pack the server lacks is named by its classes) and
+    every combo value (model names above all) is one the server offers; a model name that differs
+    only by its folder separator counts as offered (``adapt_to_server`` sends the server's spelling).
+    The LoadImage file is skipped: it is uploaded just before queueing.
     """
     problems: list[str] = []
+    missing: dict[str, list[str]] = {}
+    for node_id, node, name, value, options in _combo_values(workflow, object_info, missing):
+        if class_of(workflow, node_id) in LOAD_IMAGE_CLASSES and name == keyframe_input:
+            continue
+        if value not in options and _offered_spelling(value, options) is None:
+            problems.append(_combo_problem(node_id, node["class_type"], name, value, options))
+    if missing:
+        shown = ", ".join(f"{kind} (node {', '.join(ids)})" for kind, ids in missing.items())
+        problems.insert(
+            0,
+            f"the server has no node class {', '.join(missing)}: {shown}; a custom node pack (or a newer"
+            " ComfyUI) provides them: install it, or use a profile of core nodes",
+        )
+    return problems
+
+
+def adapt_to_server(workflow: Workflow, object_info: dict[str, Any]) -> tuple[Workflow, list[str]]:
+    """A copy whose model names use the server's spelling where they differ only by separator, and notes.
+
+    ComfyUI on Windows lists ``SVD\\svd_xt.safetensors``, on Linux ``SVD/svd_xt.safetensors``; the
+    app's files carry either.
+    """
+    adapted = copy.deepcopy(workflow)
+    notes: list[str] = []
+    for node_id, node, name, value, options in _combo_values(adapted, object_info, {}):
+        spelling = None if value in options else _offered_spelling(value, options)
+        if spelling is not None:
+            adapted[node_id]["inputs"][name] = spelling
+            notes.append(
+                f"node {node_id} ({node['class_type']}): {name} {value} is offered by the server as"
+                f" {spelling}; queued with the server's spelling"
+            )
+    return adapted, notes
+
+
+def class_of(workflow: Workflow, node_id: str) -> str | None:
+    node = workflow.get(node_id)
+    kind = node.get("class_type") if isinstance(node, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def _combo_values(
+    workflow: Workflow, object_info: dict[str, Any], missing: dict[str, list[str]]
+) -> list[tuple[str, dict[str, Any], str, Any, list[Any]]]:
+    """Each literal combo input with the choices the server offers; unknown classes go to ``missing``."""
+    found = []
     for node_id, node in workflow.items():
         class_type = node["class_type"]
         info = object_info.get(class_type)
-        if info is None:
-            problems.append(f"node {node_id} ({class_type}): the server has no node class {class_type}")
+        if not isinstance(info, dict):
+            missing.setdefault(class_type, []).append(node_id)
             continue
         declared = {**info.get("input", {}).get("required", {}), **info.get("input", {}).get("optional", {})}
         for name, value in node.get("inputs", {}).items():
             if isinstance(value, list) or name not in declared:
                 continue
-            if class_type in LOAD_IMAGE_CLASSES and name == keyframe_input:
-                continue
-            options = declared[name][0] if declared[name] else None
-            if isinstance(options, list) and value not in options:
-                problems.append(_combo_problem(node_id, class_type, name, value, options))
-    return problems
+            options = _options(declared[name])
+            if options is not None:
+                found.append((node_id, node, name, value, options))
+    return found
+
+
+def _options(spec: Any) -> list[Any] | None:
+    """The choices of an input spec: ``[[a, b], {…}]`` or, since 0.3.x, ``["COMBO", {"options": [a, b]}]``."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    if isinstance(spec[0], list):
+        return spec[0]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        options = spec[1].get("options")
+        return options if isinstance(options, list) else None
+    return None
+
+
+def _unify(name: str) -> str:
+    return name.replace("\\", "/")
+
+
+def _offered_spelling(value: Any, options: list[Any]) -> str | None:
+    """The offered name that is ``value`` written with the other folder separator, if any."""
+    if not isinstance(value, str):
+        return None
+    wanted = _unify(value)
+    return next((o for o in options if isinstance(o, str) and _unify(o) == wanted), None)
+
+
+def _closest(value: Any, options: list[Any]) -> str | None:
+    """An offered name with the same file name in another folder (or none), case aside."""
+    if not isinstance(value, str):
+        return None
+
+    def base(name: str) -> str:
+        return _unify(name).rsplit("/", 1)[-1].lower()
+
+    return next((o for o in options if isinstance(o, str) and base(o) == base(value)), None)
 
 
 def _combo_problem(node_id: str, class_type: str, name: str, value: Any, options: list[Any]) -> str:
     offered = ", ".join(map(str, options[:20])) or "nothing"
+    closest = _closest(value, options)
+    hint = f"; closest: {closest} (the same file in another folder)" if closest is not None else ""
     if name == "ckpt_name":
         return (
-            f"checkpoint {value} is not in models/checkpoints (node {node_id}, {class_type});"
+            f"checkpoint {value} is not in models/checkpoints (node {node_id}, {class_type}){hint};"
             f" the server offers: {offered}"
         )
-    return f"node {node_id} ({class_type}): {name} = {value!r} is not one the server offers: {offered}"
+    return f"node {node_id} ({class_type}): {name} = {value!r} is not one the server offers{hint}: {offered}"

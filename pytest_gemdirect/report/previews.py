@@ -48,28 +48,39 @@ class Thumb:
 class Preview:
     keyframe: str | None = None  # data URI
     keyframe_rel: str | None = None
+    keyframe_end: str | None = None  # bookend mode: the end keyframe's data URI
+    keyframe_end_rel: str | None = None
     strip: list[Thumb] = field(default_factory=list)
     anim: str | None = None  # data URI
     frames_total: int = 0
     problems: list[str] = field(default_factory=list)
 
 
-def scene_preview(run_root: Path, scene_id: str, keyframe_rel: str | None, frames_dir: str | None) -> Preview:
+def scene_preview(
+    run_root: Path,
+    scene_id: str,
+    keyframe_rel: str | None,
+    frames_dir: str | None,
+    keyframe_end_rel: str | None = None,
+) -> Preview:
     """Thumbnails and the animated preview of one scene, made once and cached beside its frames."""
     preview = Preview()
     keyframe, preview.keyframe_rel = _keyframe_path(run_root, scene_id, keyframe_rel)
+    keyframe_end, preview.keyframe_end_rel = _keyframe_path(run_root, scene_id, keyframe_end_rel, end=True)
     folder = inside(run_root, frames_dir)
     frames = _frame_files(folder) if folder is not None and folder.is_dir() else []
     preview.frames_total = len(frames)
-    if keyframe is None and not frames:
+    if keyframe is None and keyframe_end is None and not frames:
         return preview
     if not SCENE_ID.match(scene_id):  # never make a folder named by an unexpected id
         preview.problems.append(f"no previews: unexpected scene id {scene_id!r}")
         return preview
     cache = run_root / scene_id / "preview"
-    manifest = _cached_manifest(cache, keyframe, frames)
+    manifest = _cached_manifest(cache, keyframe, frames, keyframe_end)
     if manifest.get("keyframe"):
         preview.keyframe = _data_uri(cache / manifest["keyframe"], "image/jpeg")
+    if manifest.get("keyframe_end"):
+        preview.keyframe_end = _data_uri(cache / manifest["keyframe_end"], "image/jpeg")
     root = run_root.resolve()
     for thumb in manifest.get("strip") or []:
         index = thumb.get("index")
@@ -86,12 +97,15 @@ def scene_preview(run_root: Path, scene_id: str, keyframe_rel: str | None, frame
     return preview
 
 
-def _cached_manifest(cache: Path, keyframe: Path | None, frames: list[Path]) -> dict[str, Any]:
+def _cached_manifest(
+    cache: Path, keyframe: Path | None, frames: list[Path], keyframe_end: Path | None = None
+) -> dict[str, Any]:
     """The manifest of the previews in ``cache``: read when its sources are unchanged, else made anew."""
     manifest_path = cache / "manifest.json"
     fingerprint = {
         "version": PREVIEW_VERSION,
         "keyframe": _fingerprint([keyframe]),
+        "keyframe_end": _fingerprint([keyframe_end]),
         "frames": _fingerprint(frames),
     }
     manifest: dict[str, Any] | None = None
@@ -103,26 +117,46 @@ def _cached_manifest(cache: Path, keyframe: Path | None, frames: list[Path]) -> 
         manifest = None
     if manifest is not None:
         strip = manifest.get("strip")
-        wanted = [manifest.get("keyframe"), manifest.get("anim")]
+        wanted = [manifest.get("keyframe"), manifest.get("keyframe_end"), manifest.get("anim")]
         wanted += [t.get("file") for t in strip if isinstance(t, dict)] if isinstance(strip, list) else []
         if not all((cache / name).is_file() for name in wanted if name):
             manifest = None
     if manifest is None:
         manifest = _make_previews(cache, keyframe, frames)
+        _keyframe_preview(cache, keyframe_end, manifest, key="keyframe_end", label="end keyframe")
         manifest["source"] = fingerprint
         atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
     return manifest
 
 
-def _keyframe_path(run_root: Path, scene_id: str, rel: str | None) -> tuple[Path | None, str | None]:
+def _keyframe_path(
+    run_root: Path, scene_id: str, rel: str | None, *, end: bool = False
+) -> tuple[Path | None, str | None]:
+    """The keyframe the summary names, else where a run keeps it; the end keyframe (bookend mode)
+    only where the summary names it (none in single mode)."""
     candidates = [rel]
-    if SCENE_ID.match(scene_id):
+    if SCENE_ID.match(scene_id) and not end:
         candidates += [f"{scene_id}/keyframe.png", f"story/keyframes/{scene_id}.png"]
     for candidate in candidates:
         path = inside(run_root, candidate)
         if path is not None and path.is_file():
             return path, path.relative_to(run_root.resolve()).as_posix()
     return None, None
+
+
+def _keyframe_preview(
+    cache: Path, keyframe: Path | None, manifest: dict[str, Any], *, key: str, label: str
+) -> None:
+    """``manifest[key]``: the keyframe's thumbnail file in ``cache`` (``<key>.jpg``), or None."""
+    manifest[key] = None
+    if keyframe is None:
+        return
+    try:
+        with Image.open(keyframe) as image:
+            atomic_write_bytes(cache / f"{key}.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
+        manifest[key] = f"{key}.jpg"
+    except Exception as exc:  # noqa: BLE001 - a bad file never stops the report
+        manifest["problems"].append(f"{label} {keyframe.name} could not be read: {exc}")
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -226,13 +260,7 @@ def _data_uri(path: Path, mime: str) -> str | None:
 
 def _make_previews(cache: Path, keyframe: Path | None, frames: list[Path]) -> dict[str, Any]:
     manifest: dict[str, Any] = {"keyframe": None, "strip": [], "anim": None, "problems": []}
-    if keyframe is not None:
-        try:
-            with Image.open(keyframe) as image:
-                atomic_write_bytes(cache / "keyframe.jpg", _jpeg(_scaled(image, KEYFRAME_WIDTH)))
-            manifest["keyframe"] = "keyframe.jpg"
-        except Exception as exc:  # noqa: BLE001 - a bad file never stops the report
-            manifest["problems"].append(f"keyframe {keyframe.name} could not be read: {exc}")
+    _keyframe_preview(cache, keyframe, manifest, key="keyframe", label="keyframe")
     if not frames:
         return manifest
     images = _decoded_frames(

@@ -197,6 +197,7 @@ class SceneCard:
     drift: DriftView | None = None
     drift_text: str = ""
     server: str | None = None  # the ComfyUI server that ran it
+    keyframe_end_href: str | None = None  # bookend mode: the end keyframe
 
 
 class _ClipBudget:
@@ -282,7 +283,11 @@ def gallery(page: Page) -> Markup:
     for scene in page.view.scenes:
         try:
             preview = scene_preview(
-                page.links.run_root, scene.id, scene.files.get("keyframe"), scene.frames_dir
+                page.links.run_root,
+                scene.id,
+                scene.files.get("keyframe"),
+                scene.frames_dir,
+                keyframe_end_rel=scene.files.get("keyframe_end"),
             )
         except Exception as exc:  # noqa: BLE001 - e.g. a read-only run directory: the report goes on without previews
             preview = Preview(problems=[f"previews could not be made: {type(exc).__name__}: {exc}"])
@@ -299,6 +304,7 @@ def gallery(page: Page) -> Markup:
                 preview=preview,
                 anim_frames=min(preview.frames_total, ANIM_FRAMES),
                 keyframe_href=page.links.href(preview.keyframe_rel),
+                keyframe_end_href=page.links.href(preview.keyframe_end_rel),
                 strip_hrefs=tuple(page.links.href(t.rel) or "" for t in preview.strip),
                 frames=page.links.file(scene.frames_dir),
                 no_frames=no_frames,

@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault", action="append", default=[], metavar="SPEC", help="NAME or NAME@scene-NNN (repeatable)"
     )
+    parser.add_argument(
+        "--models-from",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a workflow (or app settings) JSON file whose model names the server has (repeatable)",
+    )
     parser.add_argument("--ready-file", type=Path, default=None, help="write the URLs here (JSON) when ready")
     parser.add_argument(
         "--parent-pid",
@@ -93,15 +101,19 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError, ValueError):
                 signal.signal(sig, on_signal)
 
-    comfy = ComfyUISimulator(
-        args.host,
-        args.comfyui_port,
-        root_dir=args.root,
-        step_seconds=args.step_seconds,
-        faults=plan,
-        history_late_seconds=args.history_late_seconds,
-        crash_exits_process=True,
-    )
+    try:
+        comfy = ComfyUISimulator(
+            args.host,
+            args.comfyui_port,
+            root_dir=args.root,
+            step_seconds=args.step_seconds,
+            faults=plan,
+            history_late_seconds=args.history_late_seconds,
+            models_from=args.models_from,
+            crash_exits_process=True,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     llm = None
     ready_written = False
     try:

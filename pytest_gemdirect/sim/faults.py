@@ -18,6 +18,10 @@ KNOWN_FAULTS: dict[str, str] = {
     "flaky": "fails the first attempt with execution_error, succeeds on the next",
     "view-404": "lists outputs in history that /view answers with 404",
     "crash": "the simulator process dies mid-generation",
+    "missing-model": (
+        "the server lacks one model file the workflow names (the first; per scene: that scene's first):"
+        " not listed, and a prompt asking for it is refused"
+    ),
     "view-trickle": "/view sends file bodies at about 1 KB/s (small chunks, the server stays responsive)",
     "history-huge": "/history entries and /object_info carry about 50 MB of extra junk fields",
     "names-hostile": (

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_gemdirect.app_settings import AppSettingsError, Graph, RunGraphs, run_graphs
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError
 from pytest_gemdirect.comfyui.workflow import (
     KeyframePatch,
     WorkflowError,
-    default_workflow_path,
-    load_workflow,
+    adapt_to_server,
     patch_keyframe_workflow,
     preflight,
     workflow_hash,
@@ -43,6 +43,7 @@ class ComfyUIService:
     workflow: dict[str, Any]
     keyframe_workflow: dict[str, Any] | None
     facts: dict[str, Any]  # the summary's ``comfyui`` section
+    graphs: RunGraphs | None = None  # where each graph came from and where its roles go
 
     @property
     def url(self) -> str:
@@ -64,13 +65,17 @@ class _Candidate:
     problems: list[str]
 
 
-def keyframe_patch(ctx: StageContext, scene_id: str, text: str) -> KeyframePatch:
-    """How a scene's keyframe graph is filled in (prompt, save prefix, seed, size)."""
+def keyframe_patch(
+    ctx: StageContext, scene_id: str, text: str, *, end: bool = False, negative: str | None = None
+) -> KeyframePatch:
+    """How a scene's keyframe graph is filled in (prompt, save prefix, seed, size); ``end``: bookend's end."""
     return KeyframePatch(
         text=text,
-        filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/keyframe",
-        seed=ctx.settings.llm_seed,
+        filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/keyframe"
+        + ("-end" if end else ""),
+        seed=ctx.settings.llm_seed + (1 if end else 0),
         size=ctx.settings.keyframe_size,
+        negative=negative,
     )
 
 
@@ -81,11 +86,13 @@ def start(ctx: StageContext) -> ComfyUIService:
         raise StageFailed(f"ComfyUI: {exc}") from None
     for left_out in ctx.services.left_out:
         ctx.summary.warn(left_out)
-    workflow_path = ctx.settings.workflow or default_workflow_path()
     try:
-        workflow = load_workflow(workflow_path)
-    except WorkflowError as exc:
+        graphs = run_graphs(ctx.settings)
+    except (AppSettingsError, WorkflowError) as exc:
         raise StageFailed(str(exc)) from None
+    for note in graphs.notes:
+        ctx.summary.warn(note)
+    workflow = graphs.video.workflow
     silent: list[str] = []  # servers that did not answer, in words
     candidates = [_check(ctx, b, n, workflow, len(backends), silent) for n, b in enumerate(backends, 1)]
     ready = [c for c in candidates if c is not None and not c.problems]
@@ -97,8 +104,10 @@ def start(ctx: StageContext) -> ComfyUIService:
             "comfyui" if number == 0 else f"comfyui-{number + 1}", candidate.backend.to_dict()
         )
     problems = list(first.problems)
-    keyframe_workflow = _keyframe_workflow(ctx, first.object_info, problems)
-    facts = _facts(ctx, first.backend, first.stats, first.object_info, workflow_path, workflow, problems)
+    workflow, spelled = adapt_to_server(workflow, first.object_info)
+    keyframe_workflow = _keyframe_workflow(ctx, graphs.keyframe, first.object_info, problems, spelled)
+    facts = _facts(ctx, first.backend, first.stats, first.object_info, graphs, workflow, problems)
+    facts["model_names"] = spelled
     facts["servers"] = [
         {"name": c.server.name, "url": c.server.url, "version": c.backend.version} for c in ready
     ]
@@ -106,10 +115,8 @@ def start(ctx: StageContext) -> ComfyUIService:
         facts["startup_warnings"] += [w.to_dict() for w in _startup_warnings(ctx, other.backend.log)]
     ctx.summary.set_section("comfyui", facts)
     if problems:
-        raise StageFailed(
-            f"workflow {workflow_path} cannot run on {first.backend.url}: " + "; ".join(problems)
-        )
-    return ComfyUIService(tuple(c.server for c in ready), workflow, keyframe_workflow, facts)
+        raise StageFailed(f"{graphs.video.source} cannot run on {first.backend.url}: " + "; ".join(problems))
+    return ComfyUIService(tuple(c.server for c in ready), workflow, keyframe_workflow, facts, graphs)
 
 
 def _check(
@@ -147,7 +154,7 @@ def _facts(
     backend: Backend,
     stats: dict[str, Any],
     object_info: dict[str, Any],
-    workflow_path: Path,
+    graphs: RunGraphs,
     workflow: dict[str, Any],
     problems: list[str],
 ) -> dict[str, Any]:
@@ -163,9 +170,10 @@ def _facts(
         "python": system.get("python_version"),
         "pytorch": pytorch,
         "devices": devices,
-        "workflow": str(workflow_path),
+        "workflow": graphs.video.shown,
         "workflow_hash": workflow_hash(workflow),
-        "keyframe_workflow": str(ctx.settings.keyframe_workflow or "") or None,
+        "keyframe_workflow": graphs.keyframe.shown if graphs.keyframe else None,
+        "keyframe_mode": graphs.keyframe_mode,
         "object_info_hash": workflow_hash(object_info),
         "node_classes": len(object_info),
         "preflight_problems": problems,
@@ -183,19 +191,25 @@ def simulated_device_name(device: dict[str, Any]) -> str:
 
 
 def _keyframe_workflow(
-    ctx: StageContext, object_info: dict[str, Any], problems: list[str]
+    ctx: StageContext,
+    graph: Graph | None,
+    object_info: dict[str, Any],
+    problems: list[str],
+    spelled: list[str],
 ) -> dict[str, Any] | None:
-    """The --keyframe-workflow graph, checked like the video one (its problems named by file)."""
-    path = ctx.settings.keyframe_workflow
-    if path is None:
+    """The keyframe graph (--keyframe-workflow, --image-profile), checked like the video one."""
+    if graph is None:
         return None
     try:
-        workflow = load_workflow(path)
-        patch_keyframe_workflow(workflow, keyframe_patch(ctx, "scene-000", "check"), source=str(path))
+        patch_keyframe_workflow(
+            graph.workflow, keyframe_patch(ctx, "scene-000", "check"), plan=graph.plan, source=graph.source
+        )
     except WorkflowError as exc:
         problems.append(str(exc))
         return None
-    problems += [f"keyframe workflow {path}: {problem}" for problem in preflight(workflow, object_info)]
+    problems += [f"{graph.source}: {problem}" for problem in preflight(graph.workflow, object_info)]
+    workflow, notes = adapt_to_server(graph.workflow, object_info)
+    spelled += [f"{graph.source}: {note}" for note in notes]
     return workflow
 
 

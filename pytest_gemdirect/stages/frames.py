@@ -93,7 +93,7 @@ def retrieve(ctx: StageContext, generation: Generation) -> SceneFrames:
         frame_count=frames.frame_count,
         frames_dir=ctx.run.relative(frames.frames_dir),
         telemetry=telemetry,
-        files=scene_files,
+        files={**(ctx.summary.scene(scene_id).get("files") or {}), **scene_files},  # the story's keyframes
         **extra,
     )
     _scene_details(ctx, generation, files)

@@ -7,11 +7,12 @@ Each attempt is bounded by ``--scene-max-wait``; a failure a re-queue can cure i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.comfyui.client import ComfyClient, ComfyError, PromptRejected
 from pytest_gemdirect.comfyui.job import JobFailed, JobResult, run_job
-from pytest_gemdirect.comfyui.workflow import ScenePatch, patch_workflow
+from pytest_gemdirect.comfyui.workflow import ScenePatch, WorkflowError, patch_workflow
 from pytest_gemdirect.deadline import Deadline
 from pytest_gemdirect.gpu_sampler import GpuSampler
 from pytest_gemdirect.names import safe_file_name
@@ -22,7 +23,7 @@ from pytest_gemdirect.stages.comfyui import ComfyServer, ComfyUIService
 from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import NotReached, StageFailed
 from pytest_gemdirect.stages.pool import SceneTicket
-from pytest_gemdirect.stages.story import Story
+from pytest_gemdirect.stages.story import SceneScript, Story
 
 
 @dataclass
@@ -56,9 +57,10 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
     generation = Generation(scene_id, ticket.server.client, deadline, ticket.server)
     ctx.summary.start_scene(scene_id)
     ctx.summary.update_scene(scene_id, server=ticket.server.url)
+    scene = story.scene(scene_id)
     if comfy.keyframe_workflow is not None:
-        keyframe.draw(ctx, generation, comfy.keyframe_workflow, story.scene(scene_id).visual_prompt)
-    prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
+        keyframe.draw_all(ctx, generation, comfy, scene)
+    prompt = _prepare(ctx, generation, scene, comfy)
     max_attempts = ctx.policy.max_attempts
     for number in range(1, max_attempts + 1):
         stop = ticket.cancelled()
@@ -85,7 +87,7 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
             if _after_failed_attempt(ctx, generation, attempt, failure, max_attempts, ticket) is Next.DEFER:
                 return generation
             if generation.server.url != attempt["server"]:  # the keyframe goes to the new server
-                prompt = _prepare(ctx, generation, story.scene(scene_id).keyframe, comfy)
+                prompt = _prepare(ctx, generation, scene, comfy)
             generation.deadline = ctx.policy.scene_deadline()
             continue
         attempt.update(ended_at=now(), outcome="success", prompt_id=result.prompt_id)
@@ -102,30 +104,55 @@ def generate(ctx: StageContext, ticket: SceneTicket, story: Story, comfy: ComfyU
 
 
 def _prepare(
-    ctx: StageContext, generation: Generation, keyframe_png: Any, comfy: ComfyUIService
+    ctx: StageContext, generation: Generation, scene: SceneScript, comfy: ComfyUIService
 ) -> dict[str, Any]:
-    """Upload the keyframe to the scene's server and patch the workflow (written to workflow.json)."""
-    scene_id, client = generation.scene_id, generation.client
-    try:
-        uploaded = client.upload_image(
-            keyframe_png, name=f"gemdirect-{ctx.run.run_id}-{scene_id}.png", deadline=generation.deadline
+    """Upload the keyframe(s) to the scene's server and fill in the workflow (written to workflow.json).
+
+    The scene's words go where the profile's mapping (or the graph's wiring) says, the run's seed
+    into every sampler; in bookend mode the start and end keyframes go to start_image/end_image.
+    """
+    scene_id = generation.scene_id
+    graphs = comfy.graphs
+    bookend = graphs is not None and graphs.video.plan.end is not None  # the graph takes an end keyframe
+    base = f"gemdirect-{ctx.run.run_id}-{scene_id}"
+    image_name = _upload(generation, scene.keyframe, f"{base}.png", "keyframe")
+    end_name = None
+    if bookend:
+        end_name = _upload(
+            generation, keyframe.end_keyframe_path(ctx, scene), f"{base}-end.png", "end keyframe"
         )
-        generation.vram_free_before = _vram_free(client, generation.deadline)
-    except ComfyError as exc:
-        raise StageFailed(f"{scene_id}: uploading the keyframe to ComfyUI failed: {exc}") from None
-    image_name = (
-        f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else uploaded["name"]
-    )
-    prompt = patch_workflow(
-        comfy.workflow,
-        ScenePatch(
-            image_name=image_name,
-            filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/frame",
-            seed=ctx.settings.llm_seed,
-        ),
-    )
+    try:
+        generation.vram_free_before = _vram_free(generation.client, generation.deadline)
+        prompt = patch_workflow(
+            comfy.workflow,
+            ScenePatch(
+                image_name=image_name,
+                filename_prefix=f"gemdirect/{scene_id}/{safe_file_name(ctx.run.run_id)}/frame",
+                seed=ctx.settings.llm_seed,
+                end_image_name=end_name,
+                prompt=scene.visual_prompt,
+                negative_prompt=scene.negative_prompt,
+            ),
+            plan=graphs.video.plan if graphs is not None else None,
+            source=graphs.video.source if graphs is not None else "workflow",
+        )
+    except WorkflowError as exc:
+        raise StageFailed(f"{scene_id}: {exc}") from None
     atomic_write_json(ctx.run.scene_dir(scene_id) / "workflow.json", prompt)
     return prompt
+
+
+def _upload(generation: Generation, png: Path, name: str, what: str) -> str:
+    """POST /upload/image; the name the LoadImage input takes (``subfolder/name`` when in a subfolder)."""
+    if not png.is_file():
+        raise StageFailed(f"{generation.scene_id}: the {what} {png} is missing: nothing to upload")
+    try:
+        uploaded = generation.client.upload_image(png, name=name, deadline=generation.deadline)
+    except ComfyError as exc:
+        raise StageFailed(f"{generation.scene_id}: uploading the {what} to ComfyUI failed: {exc}") from None
+    return (
+        f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded.get("subfolder") else str(uploaded["name"])
+    )
 
 
 def _after_failed_attempt(

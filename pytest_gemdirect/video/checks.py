@@ -85,10 +85,12 @@ class FrameChecker:
         *,
         expected_frames: int | None = None,
         expected_size: tuple[int, int] | None = None,
+        expected_from: str | None = None,
         thresholds: Thresholds = DEFAULT_THRESHOLDS,
     ) -> None:
         self.label = visible(label)
         self.expected_frames = expected_frames
+        self.expected_from = expected_from  # where the expected count comes from, for the message
         self.expected_size = expected_size
         self.thresholds = thresholds
         self._count = 0
@@ -153,6 +155,8 @@ class FrameChecker:
         if want is None or self._count == want:
             return []
         text = f"{self._count} {_frames(self._count)}, expected {want}"
+        if self.expected_from:
+            text += f" (from {self.expected_from})"
         if self._count == 1 and want > 1:
             text += (
                 " (an animated PNG, WebP or GIF whose frames are all the same is saved as one"
@@ -210,11 +214,16 @@ def check_frames(
     *,
     expected_frames: int | None = None,
     expected_size: tuple[int, int] | None = None,
+    expected_from: str | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> FrameChecks:
     """Run the checks over ``frames`` (any iterable, read once) and return the outcome."""
     checker = FrameChecker(
-        label, expected_frames=expected_frames, expected_size=expected_size, thresholds=thresholds
+        label,
+        expected_frames=expected_frames,
+        expected_size=expected_size,
+        expected_from=expected_from,
+        thresholds=thresholds,
     )
     for frame in frames:
         checker.add(frame)

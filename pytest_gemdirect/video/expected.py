@@ -10,7 +10,7 @@ video assembly…). Anything it cannot know is None: a None is "not checked", ne
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 SAVE_CLASSES = frozenset(
@@ -30,7 +30,33 @@ SAVE_CLASSES = frozenset(
 RATE_CLASSES = frozenset(
     {"SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM", "CreateVideo", "VHS_VideoCombine"}
 )
-"""Nodes whose ``fps`` (``frame_rate``) input is the rate the frames are saved at (SVD's ``fps`` is not)."""
+"""Nodes whose ``fps`` (``frame_rate``) input is the rate the frames are saved at."""
+
+VIDEO_LATENT_STRIDES = {
+    **dict.fromkeys(
+        (
+            "Wan22ImageToVideoLatent",
+            "WanImageToVideo",
+            "WanFirstLastFrameToVideo",
+            "WanFunControlToVideo",
+            "Wan22FunControlToVideo",
+            "WanFunInpaintToVideo",
+            "WanCameraImageToVideo",
+            "WanVaceToVideo",
+            "WanPhantomSubjectToVideo",
+            "WanTrackToVideo",
+            "WanSoundImageToVideo",
+            "WanHuMoImageToVideo",
+            "WanAnimateToVideo",
+            "EmptyHunyuanLatentVideo",
+            "HunyuanImageToVideo",
+        ),
+        4,
+    ),
+    "EmptyLTXVLatentVideo": 8,
+    "LTXVImgToVideo": 8,
+}
+"""Video latent nodes and their VAE's time stride: ``length`` L decodes to ((L-1)//stride)*stride+1 frames."""
 
 # Inputs that carry the picture through a node, in the order they are tried.
 _CARRIERS = ("images", "image", "video", "samples", "latent_image", "latent", "pixels", "samples1", "image1")
@@ -45,6 +71,8 @@ class Expected:
     width: int | None = None
     height: int | None = None
     fps: float | None = None
+    frames_from: str | None = field(default=None, compare=False)
+    """Where the count comes from, for messages: "node 5 (WanImageToVideo) length 49"."""
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -79,7 +107,7 @@ def expected_output(workflow: Mapping[str, Any], node_id: str | None = None) -> 
     first = shapes[0]
     return Expected(
         *(getattr(first, name) if all(getattr(s, name) == getattr(first, name) for s in shapes) else None
-          for name in ("frames", "width", "height", "fps"))
+          for name in ("frames", "width", "height", "fps", "frames_from"))
     )  # fmt: skip
 
 
@@ -96,6 +124,16 @@ def _num(value: Any) -> float | None:
     return float(value)
 
 
+def _video_latent(inputs: Mapping[str, Any], stride: int, node: str) -> Expected:
+    """A video latent of ``length`` frames (times ``batch_size`` videos), as its VAE decodes it."""
+    length, batch = _int(inputs.get("length")), _int(inputs.get("batch_size")) or 1
+    frames = ((length - 1) // stride) * stride + 1 if length else None
+    origin = f"{node} length {length}" + (f" x batch_size {batch}" if batch > 1 else "") if length else None
+    return Expected(
+        _times(frames, batch), _int(inputs.get("width")), _int(inputs.get("height")), frames_from=origin
+    )
+
+
 def _times(a: int | None, b: int | None) -> int | None:
     return a * b if a is not None and b is not None else None
 
@@ -107,7 +145,6 @@ class _Walker:
         self.workflow = workflow
         self._seen: set[str] = set()
         self._rules: dict[str, Callable[[Mapping[str, Any], int], Expected]] = {
-            "SVD_img2vid_Conditioning": self._svd,
             "EmptyLatentImage": self._empty,
             "EmptySD3LatentImage": self._empty,
             "EmptyImage": self._empty,
@@ -133,9 +170,17 @@ class _Walker:
         try:
             kind = str(node.get("class_type"))
             rule = self._rules.get(kind)
-            shape = rule(inputs, depth) if rule else self._carried(inputs, depth)
+            if kind in VIDEO_LATENT_STRIDES:
+                shape = _video_latent(inputs, VIDEO_LATENT_STRIDES[kind], f"node {node_id} ({kind})")
+            elif kind == "SVD_img2vid_Conditioning":
+                shape = self._svd(inputs, f"node {node_id} ({kind})")
+            else:
+                shape = rule(inputs, depth) if rule else self._carried(inputs, depth)
             fps = _num(inputs.get("fps")) or _num(inputs.get("frame_rate")) if kind in RATE_CLASSES else None
-            return replace(shape, fps=fps) if fps else shape
+            shape = replace(shape, fps=fps) if fps else shape
+            if shape.frames is not None and shape.frames_from is None:  # a node that makes its own count
+                shape = replace(shape, frames_from=f"node {node_id} ({kind})")
+            return shape
         finally:
             self._seen.discard(node_id)
 
@@ -151,9 +196,15 @@ class _Walker:
                 return self._from(inputs, name, depth)
         return UNKNOWN
 
-    def _svd(self, inputs: Mapping[str, Any], depth: int) -> Expected:
+    def _svd(self, inputs: Mapping[str, Any], node: str) -> Expected:
+        """SVD makes ``video_frames`` frames; its ``fps`` is the rate they were made for (the clip's rate)."""
+        frames = _int(inputs.get("video_frames"))
         return Expected(
-            _int(inputs.get("video_frames")), _int(inputs.get("width")), _int(inputs.get("height"))
+            frames,
+            _int(inputs.get("width")),
+            _int(inputs.get("height")),
+            _num(inputs.get("fps")),
+            f"{node} video_frames {frames}" if frames else None,
         )
 
     def _empty(self, inputs: Mapping[str, Any], depth: int) -> Expected:
@@ -163,21 +214,27 @@ class _Walker:
         source = self._carried(inputs, depth)
         width, height = _int(inputs.get("width")), _int(inputs.get("height"))
         if width is None or height is None:  # 0 keeps the aspect: known only from the source's size
-            return Expected(source.frames, fps=source.fps)
-        return Expected(source.frames, width, height, source.fps)
+            return Expected(source.frames, fps=source.fps, frames_from=source.frames_from)
+        return Expected(source.frames, width, height, source.fps, source.frames_from)
 
     def _scale_by(self, inputs: Mapping[str, Any], depth: int) -> Expected:
         source = self._carried(inputs, depth)
         factor = _num(inputs.get("scale_by"))
         if factor is None or source.width is None or source.height is None:
-            return Expected(source.frames, fps=source.fps)
+            return Expected(source.frames, fps=source.fps, frames_from=source.frames_from)
         return Expected(
-            source.frames, round(source.width * factor), round(source.height * factor), source.fps
+            source.frames,
+            round(source.width * factor),
+            round(source.height * factor),
+            source.fps,
+            source.frames_from,
         )
 
     def _repeat(self, inputs: Mapping[str, Any], depth: int) -> Expected:
         source = self._carried(inputs, depth)
-        return replace(source, frames=_times(source.frames, _int(inputs.get("amount"))))
+        amount = _int(inputs.get("amount"))
+        frames = _times(source.frames, amount)
+        return replace(source, frames=frames, frames_from=None)
 
     def _crop(self, inputs: Mapping[str, Any], depth: int) -> Expected:
         """ComfyUI keeps x and y inside the picture and cuts a box that goes past its edge."""
@@ -185,12 +242,16 @@ class _Walker:
         width, height = _int(inputs.get("width")), _int(inputs.get("height"))
         x, y = inputs.get("x"), inputs.get("y")
         if source.width is None or source.height is None or width is None or height is None:
-            return Expected(source.frames, fps=source.fps)
+            return Expected(source.frames, fps=source.fps, frames_from=source.frames_from)
         if not isinstance(x, int) or not isinstance(y, int) or isinstance(x, bool) or isinstance(y, bool):
-            return Expected(source.frames, fps=source.fps)
+            return Expected(source.frames, fps=source.fps, frames_from=source.frames_from)
         x, y = min(max(x, 0), source.width - 1), min(max(y, 0), source.height - 1)
         return Expected(
-            source.frames, min(width, source.width - x), min(height, source.height - y), source.fps
+            source.frames,
+            min(width, source.width - x),
+            min(height, source.height - y),
+            source.fps,
+            source.frames_from,
         )
 
     def _batch(self, inputs: Mapping[str, Any], depth: int) -> Expected:

@@ -42,7 +42,13 @@ def scan_scene(
     """
     want = expected or Expected()
     reader = ClipReader(source, rgb_width=clip_width if clip_path is not None else None, fps=want.fps)
-    checker = FrameChecker(label, expected_frames=want.frames, expected_size=want.size, thresholds=thresholds)
+    checker = FrameChecker(
+        label,
+        expected_frames=want.frames,
+        expected_size=want.size,
+        expected_from=want.frames_from,
+        thresholds=thresholds,
+    )
     if clip_path is None:
         for frame in reader:
             checker.add(frame)

@@ -1,10 +1,14 @@
 """An embedded ComfyUI simulator that speaks the real 0.3.64 HTTP + WebSocket protocol.
 
-It validates prompts against ``/object_info`` like the real server, runs them with a tiny
-interpreter per node class on real images (Pillow), writes real output files, and sends the
-WebSocket messages in the order the recorded real server does (see
-``shared/reference/comfyui``). Named faults (``pytest_gemdirect.sim.faults``) reproduce the
-failure modes the harness has to survive. Nothing here imports pytest.
+It is data-driven from the full ``/object_info`` recorded from a real ComfyUI 0.3.64 (``catalog``):
+every one of its 478 classes validates as the real server validates it and runs, a few by an
+implementation of their own, the rest by their output types (``behaviours``); a class the real
+server lacks (a custom node) is refused as the real server refuses it. It draws real pictures
+(Pillow), writes real output files (PNG, WebP, APNG, MP4, WebM), and sends the WebSocket messages
+in the order the recorded real server does (see ``shared/reference/comfyui``). Its model folders
+hold whatever models the workflows it is given, or sent, name (``models``). Named faults
+(``pytest_gemdirect.sim.faults``) reproduce the failure modes the harness has to survive.
+Nothing here imports pytest.
 
 Faults (per scene: the ``scene-NNN`` in the save node's filename_prefix, or for every prompt):
 
@@ -31,11 +35,15 @@ Faults (per scene: the ``scene-NNN`` in the save node's filename_prefix, or for 
 - ``history-garbage``: the first 3 ``/history/<id>`` answers are 200 with a non-JSON body.
 - ``frozen`` / ``black-frames`` / ``short`` / ``wrong-size``: the frames a save node writes are all
   the same, every fourth one (1, 5, 9, ...) nearly black, half as many, or half the size.
+- ``missing-model``: the first model file the first workflow names is not on the server (not
+  listed, refused with ``value_not_in_list``); per scene, that scene's prompt loses its first model.
 
-The package: ``state`` (queue, history, sockets), ``validation`` (validate_prompt), ``execution``
-(the worker and one prompt's run), ``graph`` (links, order, cache keys), ``nodes`` / ``save`` /
-``video`` / ``render`` (node classes and pictures), ``values`` (what flows between nodes),
-``http`` and ``faulty_http`` (routes), ``simulator`` (the server in a thread).
+The package: ``catalog`` (the recorded table), ``models`` (the model folders), ``state`` (queue,
+history, sockets), ``validation`` (validate_prompt), ``execution`` (the worker and one prompt's
+run), ``graph`` (links, order, cache keys), ``registry`` (what a node sees of its run),
+``behaviours`` (which implementation runs a class), ``nodes`` / ``latents`` / ``save`` / ``video``
+/ ``render`` (implementations and pictures), ``values`` (what flows between nodes), ``http`` and
+``faulty_http`` (routes), ``simulator`` (the server in a thread).
 """
 
 from pytest_gemdirect.sim.comfyui.constants import (

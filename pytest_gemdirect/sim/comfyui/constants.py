@@ -37,7 +37,6 @@ SERVER_FEATURES = {"supports_preview_metadata": True, "max_upload_size": 1048576
 INTERNAL_ERROR_TEXT = "500 Internal Server Error\n\nServer got itself in trouble"
 MAXIMUM_HISTORY_SIZE = 10000
 SCENE_RE = re.compile(r"scene-\d{3}")
-SAMPLER_CLASSES = ("KSampler",)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 PNG_COMPRESS_LEVEL = 1  # real SaveImage uses 4; 1 keeps 25 frames of 1024x576 well under a second
 

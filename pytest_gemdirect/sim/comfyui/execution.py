@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pytest_gemdirect.sim.comfyui import save, video  # noqa: F401 - they register their node classes
-from pytest_gemdirect.sim.comfyui.constants import SAMPLER_CLASSES
+from pytest_gemdirect.sim.comfyui.behaviours import implementation
+from pytest_gemdirect.sim.comfyui.catalog import recorded_object_info
 from pytest_gemdirect.sim.comfyui.errors import (
     Abandon,
     Crash,
@@ -25,7 +25,7 @@ from pytest_gemdirect.sim.comfyui.errors import (
     sampler_traceback,
 )
 from pytest_gemdirect.sim.comfyui.graph import ExecutionList, is_link, scene_of, signatures
-from pytest_gemdirect.sim.comfyui.nodes import NODE_IMPLS
+from pytest_gemdirect.sim.comfyui.latents import SAMPLER_CLASSES
 from pytest_gemdirect.sim.comfyui.state import STATE_KEY, CacheEntry, ComfyUIState
 from pytest_gemdirect.sim.comfyui.stats import said_execution
 from pytest_gemdirect.sim.comfyui.values import describe
@@ -122,7 +122,7 @@ class Run:
         self.executed: list[str] = []
         self.ui_outputs: dict[str, dict[str, Any]] = {}
         self.values: dict[str, tuple[Any, ...]] = {}
-        self.info = state.object_info()
+        self.info = recorded_object_info()
         self.has_sampler = any(
             isinstance(n, dict) and n.get("class_type") in SAMPLER_CLASSES for n in self.prompt.values()
         )
@@ -325,12 +325,7 @@ class Run:
             if self.fail_this:
                 raise self.simulated_failure(node_id)
         inputs = {name: self.resolve(value) for name, value in (node.get("inputs") or {}).items()}
-        impl = NODE_IMPLS.get(class_type)
-        if impl is None:
-            raise NodeFailure(
-                f"gemdirect-sim: node class {class_type} is listed but not simulated", "NotImplementedError"
-            )
-        outputs, ui = await impl(self, node_id, inputs)
+        outputs, ui = await implementation(class_type)(self, node_id, inputs)
         self.values[node_id] = outputs
         ui_entry = None
         if ui:

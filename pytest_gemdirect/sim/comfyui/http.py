@@ -34,6 +34,7 @@ from pytest_gemdirect.sim.comfyui.faulty_http import (
     with_junk,
 )
 from pytest_gemdirect.sim.comfyui.graph import scene_of
+from pytest_gemdirect.sim.comfyui.models import model_names_in
 from pytest_gemdirect.sim.comfyui.state import STATE_KEY, ComfyUIState, Conn
 from pytest_gemdirect.sim.comfyui.stats import STATS_ROUTE, counting_middleware, stats_handler
 from pytest_gemdirect.sim.comfyui.validation import validate_prompt
@@ -108,7 +109,7 @@ class _Handlers:
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return web.json_response(list(self.state.checkpoints) if folder == "checkpoints" else [])
+        return web.json_response(self.state.models.offer(folder))
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.queue_info())
@@ -144,7 +145,7 @@ class _Handlers:
         try:
             valid = validate_prompt(
                 prompt,
-                state.object_info(),
+                self._info_for(prompt),
                 state.annotated_filepath,
                 json_data.get("partial_execution_targets"),
             )
@@ -163,6 +164,19 @@ class _Handlers:
             state.silenced[prompt_id] = client_id
         await state.put(item)
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": valid.node_errors})
+
+    def _info_for(self, prompt: Any) -> dict[str, Any]:
+        """The table a prompt is validated against: the models it names are on the server from now
+        on (missing-model aside), under either separator."""
+        asked = list(model_names_in(prompt))
+        withhold: list[str] = []
+        scene = scene_of(prompt) if isinstance(prompt, dict) else None
+        if asked and self.state.faults.active("missing-model", scene) and self.state.models.withheld is None:
+            withhold.append(asked[0][1])  # missing-model for one scene: its first model is gone
+        self.state.models.learn(asked, except_names=withhold)
+        if self.state.models.withheld is not None:
+            withhold.append(self.state.models.withheld)
+        return self.state.object_info(withhold=withhold, spellings=[name for _, name in asked])
 
     async def get_queue(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.get_queue())

@@ -1,39 +1,22 @@
-"""The simulated node classes (loaders, image operations, SVD conditioning, sampler, decode).
+"""The image nodes the simulator runs as ComfyUI does: LoadImage, the batch and size operations.
 
 Each implementation takes the run, its node id and its resolved inputs and returns the node's
-outputs and its UI dict (``None``: no ``executed`` message). The save nodes are in ``save``.
+outputs and its UI dict (``None``: no ``executed`` message). The save nodes are in ``save`` and
+``video``, the latent side in ``latents``, every other class in ``behaviours`` (by output type).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image, ImageOps
 
 from pytest_gemdirect.sim.comfyui.errors import NodeFailure, full_type_name
-from pytest_gemdirect.sim.comfyui.render import VIDEO_FAULTS, render_video, spoil
-from pytest_gemdirect.sim.comfyui.values import Frames, Latent, Token, describe
-
-if TYPE_CHECKING:
-    from pytest_gemdirect.sim.comfyui.execution import Run
-
-NodeImpl = Callable[["Run", str, dict[str, Any]], Awaitable[tuple[tuple[Any, ...], dict[str, Any] | None]]]
-NODE_IMPLS: dict[str, NodeImpl] = {}
-
-
-def register_node(*names: str) -> Callable[[NodeImpl], NodeImpl]:
-    """Make the decorated coroutine the implementation of the node classes ``names``."""
-
-    def register(fn: NodeImpl) -> NodeImpl:
-        for name in names:
-            NODE_IMPLS[name] = fn
-        return fn
-
-    return register
-
+from pytest_gemdirect.sim.comfyui.registry import NodeRun as Run
+from pytest_gemdirect.sim.comfyui.registry import register_node
+from pytest_gemdirect.sim.comfyui.render import VIDEO_FAULTS, spoil
+from pytest_gemdirect.sim.comfyui.values import Frames, describe
 
 RESAMPLE = {
     "nearest-exact": Image.Resampling.NEAREST,
@@ -58,7 +41,7 @@ def output_frames(run: Run, value: Any) -> Frames:
     return spoil(frames_of(value), frozenset(name for name in VIDEO_FAULTS if run.fault(name)))
 
 
-@register_node("LoadImage")
+@register_node("LoadImage", "LoadImageOutput", "WebcamCapture")
 async def _load_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
     name, folder = run.state.annotated_filepath(str(inp["image"]))
     path = os.path.join(folder, name)
@@ -77,7 +60,7 @@ async def _load_image(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tupl
         images, masks = await run.state.offload(load)
     except OSError as exc:
         raise NodeFailure(str(exc), full_type_name(type(exc))) from None
-    return (Frames.of(images), masks), None
+    return (Frames.of(images), Frames.of(masks)), None
 
 
 @register_node("EmptyImage")
@@ -138,93 +121,39 @@ async def _invert(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[An
     return (frames.map(lambda f: ImageOps.invert(f.convert("RGB")), frames.size),), None
 
 
-def _check_checkpoint(run: Run, name: str) -> None:
-    if name not in run.state.checkpoints:
-        raise NodeFailure(
-            f"Model in folder 'checkpoints' with filename '{name}' not found.", "FileNotFoundError"
-        )
+@register_node("ImageScaleBy")
+async def _image_scale_by(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    frames = frames_of(inp["image"])
+    width, height = frames.size
+    scale = float(inp["scale_by"])
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    method = RESAMPLE.get(str(inp.get("upscale_method")), Image.Resampling.BILINEAR)
+    return (frames.map(lambda f: f.resize(size, method), size),), None
 
 
-@register_node("ImageOnlyCheckpointLoader")
-async def _svd_loader(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    name = str(inp["ckpt_name"])
-    _check_checkpoint(run, name)
-    await asyncio.sleep(run.state.step_seconds)
-    return (
-        Token("MODEL", "comfy.model_patcher.ModelPatcher", ckpt=name),
-        Token("CLIP_VISION", "comfy.clip_vision.ClipVisionModel", ckpt=name),
-        Token("VAE", "comfy.sd.VAE", ckpt=name),
-    ), None
+@register_node("LoadImageMask")
+async def _load_image_mask(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    """The chosen channel of the file (alpha inverted, as ComfyUI's mask is 1 where it is transparent)."""
+    (images, masks), _ = await _load_image(run, node_id, inp)
+    channel = str(inp.get("channel", "alpha"))
+    if channel == "alpha":
+        return (masks,), None
+    band = {"red": 0, "green": 1, "blue": 2}.get(channel, 0)
+    return (images.map(lambda f: f.getchannel(band), images.size),), None
 
 
-@register_node("CheckpointLoaderSimple")
-async def _ckpt_loader(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    name = str(inp["ckpt_name"])
-    _check_checkpoint(run, name)
-    return (
-        Token("MODEL", "comfy.model_patcher.ModelPatcher", ckpt=name),
-        Token("CLIP", "comfy.sd.CLIP", ckpt=name),
-        Token("VAE", "comfy.sd.VAE", ckpt=name),
-    ), None
+@register_node("ImageFromBatch")
+async def _image_from_batch(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    """``length`` frames from ``batch_index`` (both kept inside the batch, as ComfyUI does)."""
+    frames = frames_of(inp["image"])
+    start = min(int(inp["batch_index"]), max(0, len(frames) - 1))
+    count = min(len(frames) - start, int(inp["length"]))
+    picked = Frames(count, lambda i: frames[start + i], lambda i: frames.key(start + i), frames.size)
+    return (picked,), None
 
 
-@register_node("SVD_img2vid_Conditioning")
-async def _svd_cond(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    frames = frames_of(inp["init_image"])
-    width, height, count = int(inp["width"]), int(inp["height"]), int(inp["video_frames"])
-    positive = Token("CONDITIONING", "list", motion_bucket_id=inp.get("motion_bucket_id"), fps=inp.get("fps"))
-    negative = Token("CONDITIONING", "list")
-    latent = Latent(init_image=frames[0], width=width, height=height, frames=count)
-    return (positive, negative, latent), None
-
-
-@register_node("CLIPTextEncode")
-async def _text_encode(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    return (Token("CONDITIONING", "list", text=str(inp["text"])),), None
-
-
-@register_node("EmptyLatentImage")
-async def _empty_latent(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    width, height, batch = int(inp["width"]), int(inp["height"]), int(inp["batch_size"])
-    return (Latent(init_image=None, width=width, height=height, frames=batch),), None
-
-
-@register_node("VideoLinearCFGGuidance")
-async def _cfg_guidance(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    return (inp["model"],), None
-
-
-@register_node("KSampler")
-async def _ksampler(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    steps = max(1, int(inp["steps"]))
-    latent = inp.get("latent_image")
-    if not isinstance(latent, Latent):
-        latent = Latent(None, 512, 512, 1)
-    stall = run.fault("stall")
-    half = max(1, steps // 2)
-    for step in range(1, steps + 1):
-        if stall and step == steps:
-            await run.stall()
-        if run.state.step_seconds:
-            await asyncio.sleep(run.state.step_seconds)
-        run.check_interrupt()
-        await run.progress(node_id, step, steps)
-        if step == half:
-            await run.midpoint()
-            if run.fail_this:
-                raise run.simulated_failure(node_id)
-    positive = inp.get("positive")
-    text = positive.info.get("text") if isinstance(positive, Token) else None
-    sampled = Latent(
-        latent.init_image, latent.width, latent.height, latent.frames, int(inp.get("seed", 0)), True, text
-    )
-    return (sampled,), None
-
-
-@register_node("VAEDecode")
-async def _vae_decode(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
-    latent = inp.get("samples")
-    if not isinstance(latent, Latent):
-        latent = Latent(None, 512, 512, 1)
-    # A recipe: the frames are drawn when a save node asks for them.
-    return (await run.state.offload(render_video, latent),), None
+@register_node("GetImageSize")
+async def _get_image_size(run: Run, node_id: str, inp: dict[str, Any]) -> tuple[tuple[Any, ...], None]:
+    frames = frames_of(inp["image"])
+    width, height = frames.size
+    return (width, height, len(frames)), None

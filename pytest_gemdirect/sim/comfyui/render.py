@@ -69,25 +69,32 @@ def _blacken(frames: Frames) -> Frames:
     )
 
 
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR)
+
+
 def _render(latent: Latent, width: int, height: int, count: int) -> Frames:
-    if latent.init_image is None and latent.text is not None:
-        image = render_text_image(latent.text, latent.seed, width, height)
-        return Frames.of([image]).repeat(count)
     if latent.init_image is not None:
-        base = ImageOps.fit(
-            latent.init_image.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR
-        )
+        base = _fit(latent.init_image, width, height)
+    elif latent.text is not None:
+        base = render_text_image(latent.text, latent.seed, width, height)
     else:
-        base = Image.new("RGB", (width, height), (96, 96, 96))
+        base = render_text_image("", latent.seed, width, height)
+    if count == 1:
+        return Frames.of([base])
+    end = _fit(latent.end_image, width, height) if latent.end_image is not None else None
     radius = max(2, min(width, height) // 40)
 
     def draw_frame(k: int) -> Image.Image:
-        t = k / (count - 1) if count > 1 else 0.0
+        t = k / (count - 1)
+        picture = base if end is None else Image.blend(base, end, t)  # first-last-frame: base to end
         zoom = 1.0 + 0.12 * t  # a slow zoom in while panning right
         box_w, box_h = width / zoom, height / zoom
         x0 = (width - box_w) * t
         y0 = (height - box_h) / 2
-        frame = base.resize((width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box_w, y0 + box_h))
+        frame = picture.resize(
+            (width, height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + box_w, y0 + box_h)
+        )
         draw = ImageDraw.Draw(frame)
         cx = radius * 2 + (width - radius * 4) * t
         cy = height - radius * 2

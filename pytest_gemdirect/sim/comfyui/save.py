@@ -16,16 +16,15 @@ from collections import deque
 from collections.abc import Hashable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image, PngImagePlugin
 
 from pytest_gemdirect.sim.comfyui.constants import HOSTILE_NAMES, PNG_COMPRESS_LEVEL
-from pytest_gemdirect.sim.comfyui.nodes import output_frames, register_node
+from pytest_gemdirect.sim.comfyui.nodes import output_frames
+from pytest_gemdirect.sim.comfyui.registry import NodeRun as Run
+from pytest_gemdirect.sim.comfyui.registry import register_node
 from pytest_gemdirect.sim.comfyui.values import Frames
-
-if TYPE_CHECKING:
-    from pytest_gemdirect.sim.comfyui.execution import Run
 
 SAVE_WINDOW = 3  # frames encoded at once: the I/O pool has 4 threads and this save runs in one
 
@@ -124,6 +123,16 @@ async def _preview_image(
     write = not run.fault("view-404")
     results = await run.state.offload(_save_frames, run, frames, prefix, "temp", 1, write)
     return (), {"images": results}
+
+
+@register_node("MaskPreview")
+async def _mask_preview(
+    run: Run, node_id: str, inp: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any] | None]:
+    mask = inp["mask"]
+    if isinstance(mask, Frames):
+        mask = mask.map(lambda f: f.convert("RGB"), mask.size)
+    return await _preview_image(run, node_id, {"images": mask})
 
 
 def _save_animated(

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pytest_gemdirect.sim.comfyui.constants import DEFAULT_CHECKPOINTS
@@ -23,7 +23,7 @@ class ComfyUISimulator:
     ...     requests.get(sim.url + "/system_stats").json()
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the simulator's knobs, each with a default (host, port, faults, pace, models…)
         self,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -33,8 +33,13 @@ class ComfyUISimulator:
         faults: FaultPlan | None = None,
         history_late_seconds: float = 3.0,
         checkpoints: Sequence[str] = DEFAULT_CHECKPOINTS,
+        models: Mapping[str, Iterable[str]] | None = None,
+        models_from: Iterable[Path | str] = (),
         crash_exits_process: bool = False,
     ) -> None:
+        """``models``: ``{folder: names}`` the server has besides ``checkpoints``; ``models_from``:
+        JSON files (workflows, an app settings file) whose graphs' model names it has too. Any
+        prompt's model names are added as it is queued, so these matter for a check made before."""
         self._own_root = root_dir is None
         root = Path(tempfile.mkdtemp(prefix="gemdirect-comfyui-")) if root_dir is None else Path(root_dir)
         self.state = ComfyUIState(
@@ -43,6 +48,8 @@ class ComfyUISimulator:
             faults=faults,
             history_late_seconds=history_late_seconds,
             checkpoints=checkpoints,
+            models=models,
+            models_from=models_from,
             crash_exits_process=crash_exits_process,
         )
         self.crashed = threading.Event()

@@ -15,15 +15,22 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from pytest_gemdirect.sim.comfyui.catalog import (
+    INPUT_FILE_LISTS,
+    combo_options,
+    declared_inputs,
+    input_file_inputs,
+    model_inputs,
+    recorded_object_info,
+)
 from pytest_gemdirect.sim.comfyui.constants import (
     COMFYUI_VERSION,
     DEFAULT_CHECKPOINTS,
@@ -36,16 +43,11 @@ from pytest_gemdirect.sim.comfyui.constants import (
     VRAM_TOTAL,
 )
 from pytest_gemdirect.sim.comfyui.errors import Crash, NodeFailure, save_traceback
+from pytest_gemdirect.sim.comfyui.models import ModelShelf, model_names_in_file, same_name_key
 from pytest_gemdirect.sim.comfyui.stats import RequestStats
 from pytest_gemdirect.sim.faults import FaultPlan
 
 log = logging.getLogger("pytest_gemdirect.sim.comfyui")
-
-
-def _load_base_object_info() -> dict[str, Any]:
-    text = resources.files("pytest_gemdirect.sim").joinpath("object_info.json").read_text(encoding="utf-8")
-    info: dict[str, Any] = json.loads(text)
-    return info
 
 
 @dataclass
@@ -73,6 +75,8 @@ class ComfyUIState:
         faults: FaultPlan | None = None,
         history_late_seconds: float = 3.0,
         checkpoints: Sequence[str] = DEFAULT_CHECKPOINTS,
+        models: Mapping[str, Iterable[str]] | None = None,
+        models_from: Iterable[Path | str] = (),
         crash_exits_process: bool = False,
     ) -> None:
         self.root_dir = Path(os.path.abspath(root_dir))
@@ -84,10 +88,17 @@ class ComfyUIState:
         self.step_seconds = max(0.0, float(step_seconds))
         self.faults = faults if faults is not None else FaultPlan()
         self.history_late_seconds = max(0.0, float(history_late_seconds))
-        self.checkpoints = list(checkpoints)
+        shelf: dict[str, list[str]] = {"checkpoints": list(checkpoints)}
+        for model_folder, names in (models or {}).items():
+            shelf.setdefault(model_folder, []).extend(names)
+        self.models = ModelShelf(
+            shelf,
+            withhold_first=any(f.name == "missing-model" and f.scene is None for f in self.faults.faults),
+        )
+        for path in models_from:
+            self.models.learn(model_names_in_file(Path(path)))
         self.crash_exits_process = crash_exits_process
         self.on_crash: Callable[[], None] | None = None
-        self.base_object_info = _load_base_object_info()
 
         self.number = 0
         self.queue: list[tuple[float, int, tuple[Any, ...]]] = []
@@ -285,16 +296,14 @@ class ComfyUIState:
             self.interrupt_event.set()
 
     # ------------------------------------------------------------------ files
-    def input_files(self) -> list[str]:
+    def input_files(self, subfolder: str = "", suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+        """Files of the input folder (or one of its subfolders, named with it) with these suffixes."""
+        folder = self.input_dir / subfolder if subfolder else self.input_dir
         try:
-            names = [
-                p.name
-                for p in self.input_dir.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-            ]
+            names = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
         except OSError:
             names = []
-        return sorted(names)
+        return sorted(f"{subfolder}/{name}" if subfolder else name for name in names)
 
     def directory_by_type(self, kind: str | None) -> str | None:
         return {
@@ -376,13 +385,35 @@ class ComfyUIState:
         self._counters[key] = max(self._counters.get(key, 1), next_counter)
 
     # ------------------------------------------------------------------ object_info
-    def object_info(self) -> dict[str, Any]:
-        info = copy.deepcopy(self.base_object_info)
-        if "LoadImage" in info:
-            info["LoadImage"]["input"]["required"]["image"][0] = self.input_files()
-        for loader in ("ImageOnlyCheckpointLoader", "CheckpointLoaderSimple"):
-            if loader in info:
-                info[loader]["input"]["required"]["ckpt_name"][0] = list(self.checkpoints)
+    def object_info(self, *, withhold: Iterable[str] = (), spellings: Iterable[str] = ()) -> dict[str, Any]:
+        """``/object_info``: the recorded table with this server's input files and model files.
+
+        ``withhold``: model names left out (missing-model for one scene); ``spellings``: names to
+        list as given when the server has them under the other separator (either is valid).
+        """
+        info = dict(recorded_object_info())
+        changed: dict[str, dict[str, Any]] = {}
+
+        def entry(class_type: str) -> dict[str, Any]:
+            if class_type not in changed:
+                changed[class_type] = copy.deepcopy(info[class_type])
+            return changed[class_type]
+
+        files = self.input_files()
+        for class_type, name in input_file_inputs():
+            _set_options(entry(class_type), name, files)
+        for (class_type, name), (subfolder, suffixes) in INPUT_FILE_LISTS.items():
+            _set_options(entry(class_type), name, self.input_files(subfolder, suffixes))
+        withheld = {same_name_key(n) for n in withhold}
+        extra = list(spellings)
+        for class_type, inputs in model_inputs().items():
+            for name, folder in inputs.items():
+                recorded = combo_options(declared_inputs(info[class_type])[name]) or []
+                offered = self.models.offer(folder)
+                offered += [n for n in extra if n not in offered and self.models.has(folder, n)]
+                offered = [n for n in offered if same_name_key(n) not in withheld]
+                _set_options(entry(class_type), name, [*offered, *recorded])
+        info.update(changed)
         return info
 
     def system_stats(self, port: int | None, host: str | None) -> dict[str, Any]:
@@ -423,6 +454,17 @@ class ComfyUIState:
                 }
             ],
         }
+
+
+def _set_options(class_info: dict[str, Any], name: str, options: list[Any]) -> None:
+    """Set the choices of a combo input in either of ComfyUI's two spellings of a combo."""
+    inputs = class_info["input"]
+    category = "required" if name in inputs.get("required", {}) else "optional"
+    definition = inputs[category][name]
+    if isinstance(definition[0], list):
+        definition[0] = options
+    else:
+        definition[1]["options"] = options
 
 
 STATE_KEY: web.AppKey[ComfyUIState] = web.AppKey("gemdirect_comfyui_state")

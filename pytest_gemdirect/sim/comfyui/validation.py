@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_gemdirect.sim.comfyui.catalog import FILE_CHECKED_INPUTS
 from pytest_gemdirect.sim.comfyui.errors import full_type_name
 
 Reasons = list[dict[str, Any]]
@@ -139,7 +140,8 @@ class _Validator:
         for category in ("required", "optional"):
             names = order.get(category) or list(class_inputs.get(category, {}))
             valid_inputs += [(name, category) for name in names if name in class_inputs.get(category, {})]
-        validate_function_inputs = ["image"] if class_type == "LoadImage" else []
+        checked = [(name, why) for (cls, name), why in FILE_CHECKED_INPUTS.items() if cls == class_type]
+        validate_function_inputs = [name for name, _ in checked]
         errors: Reasons = []
         valid = True
         for x, category in valid_inputs:
@@ -162,17 +164,18 @@ class _Validator:
                 valid = self._link(x, inputs[x], input_type, input_config, errors) and valid
             else:
                 self._value(inputs, x, input_type, extra_info, x in validate_function_inputs, errors)
-        if class_type == "LoadImage" and "image" in inputs and not isinstance(inputs["image"], list):
-            name, folder = self.annotated_filepath(str(inputs["image"]))
-            if not os.path.exists(os.path.join(folder, name)):
-                errors.append(
-                    {
-                        "type": "custom_validation_failed",
-                        "message": "Custom validation failed for node",
-                        "details": f"image - Invalid image file: {inputs['image']}",
-                        "extra_info": {"input_name": "image"},
-                    }
-                )
+        for name, why in checked:
+            if name in inputs and not isinstance(inputs[name], list):
+                file, folder = self.annotated_filepath(str(inputs[name]))
+                if not os.path.exists(os.path.join(folder, file)):
+                    errors.append(
+                        {
+                            "type": "custom_validation_failed",
+                            "message": "Custom validation failed for node",
+                            "details": f"{name} - {why}: {inputs[name]}",
+                            "extra_info": {"input_name": name},
+                        }
+                    )
         ret = (False, errors, unique_id) if errors or valid is not True else (True, [], unique_id)
         self.validated[unique_id] = ret
         return ret

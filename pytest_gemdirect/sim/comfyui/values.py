@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -33,9 +34,14 @@ class Latent:
     seed: int = 0
     sampled: bool = False
     text: str | None = None  # the positive prompt of a text-to-image graph
+    end_image: Image.Image | None = None  # a first-last-frame video's last keyframe
 
     def __str__(self) -> str:
         return f"{{'samples': tensor of shape [{self.frames}, 4, {self.height // 8}, {self.width // 8}]}}"
+
+    def replace(self, **changes: Any) -> Latent:
+        """A copy with some fields changed (a sampled latent keeps the shape it was given)."""
+        return dataclasses.replace(self, **changes)
 
 
 class Frames:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pytest_gemdirect.sim.comfyui.errors import NodeFailure
-from pytest_gemdirect.sim.comfyui.nodes import frames_of, output_frames, register_node
+from pytest_gemdirect.sim.comfyui.nodes import frames_of, output_frames
+from pytest_gemdirect.sim.comfyui.registry import NodeRun as Run
+from pytest_gemdirect.sim.comfyui.registry import register_node
 from pytest_gemdirect.sim.comfyui.values import Frames, Token
-
-if TYPE_CHECKING:
-    from pytest_gemdirect.sim.comfyui.execution import Run
 
 WEBM_CODECS = {"vp9": "libvpx-vp9", "av1": "libsvtav1"}
 
