@@ -8,6 +8,7 @@ A plain module (its name does not start with ``test_``), so pytest does not coll
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,15 +36,26 @@ SMOKE = REPO / "fixtures" / "workflows" / "smoke.json"
 
 FAST = (
     "--completion-grace",
-    "2",
+    "10",
     "--scene-max-wait",
-    "6",
+    "60",
     "--ws-idle-timeout",
-    "1",
+    "5",
     "--history-poll-interval",
     "0.3",
 )
-"""Small policy values that keep a faulted run to a few seconds."""
+"""Policy values for a run whose deadlines must not fire: a simulator scene takes one or two seconds
+on an idle machine and a few times that on a busy 2-core one, so each bound here is far above what
+a healthy scene needs, yet a hang still ends within a minute. A test that needs one of them to fire
+adds the matching value below after FAST (a later flag wins)."""
+
+GRACE_THAT_FIRES = ("--completion-grace", "2")
+"""For a fault whose grace must run out (history-never): the other scenes' entries are in /history
+when they complete, so the grace never bounds them."""
+
+SCENE_WAIT_THAT_FIRES = ("--scene-max-wait", "15")
+"""For a fault only the scene deadline can end (stall, view-trickle): short, yet some times what a
+healthy scene beside it takes on a busy machine, since the same deadline bounds every scene."""
 
 
 class PipelineRun(NamedTuple):
@@ -90,6 +102,14 @@ def events(run_dir: Path, scene_id: str) -> list[dict]:
     """The events a scene wrote to ``<scene_id>/events.jsonl``, blank lines passed over."""
     lines = (run_dir / scene_id / "events.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def own_install(name: str, folder: Path) -> Path:
+    """A copy of the fake install ``name`` in ``folder``, one test's own: its processes are that
+    test's alone, so "none is alive afterwards" holds while other xdist workers launch theirs."""
+    target = folder / f"fake-comfyui-{name}"
+    shutil.copytree(FAKES / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
 
 
 def processes_from(install: Path) -> list[psutil.Process]:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 import xml.etree.ElementTree as ET
 
 import pytest
 import yaml
 
-from tests.outside import REPO, run_e2e
+from tests.outside import REPO
+from tests.runs import FAILED_SCENE, PASSING, SharedRuns
 
 WORKFLOW = REPO / "examples" / "ci" / "github-actions-gpu.yml"
 
 
-def test_junit_xml_carries_each_scenes_figures(project: pytest.Pytester) -> None:
-    junit = project.path / "junit.xml"
-    result, _, _ = run_e2e(project, f"--junitxml={junit}", "--scenes", "2")
-    result.assert_outcomes(passed=9, skipped=1)
+def test_junit_xml_carries_each_scenes_figures(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # its command line has --junitxml={project}/junit.xml
+    junit = run.project / "junit.xml"
+    run.result.assert_outcomes(passed=11 + 3, skipped=1)  # the stages, the README's check; no suites
     cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
     frames = {p.get("name"): p.get("value") for p in cases["test_frames[scene-002]"].iter("property")}
     assert frames["scene_status"] == "passed" and frames["frame_count"] == "25"
@@ -24,25 +27,20 @@ def test_junit_xml_carries_each_scenes_figures(project: pytest.Pytester) -> None
     assert frames["prompt_id"]
 
 
-def test_a_github_job_page_gets_the_verdict_and_what_went_wrong(
-    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    page = project.path / "step-summary.md"
-    page.write_text("earlier step\n", encoding="utf-8")
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(page))
-    run_e2e(project, "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0")
-    text = page.read_text(encoding="utf-8")
+def test_a_github_job_page_gets_the_verdict_and_what_went_wrong(shared_runs: SharedRuns) -> None:
+    # the run's GITHUB_STEP_SUMMARY is step-summary.md in its project, which said "earlier step" before
+    run = shared_runs.get(FAILED_SCENE)
+    text = (run.project / "step-summary.md").read_text(encoding="utf-8")
     assert text.startswith("earlier step\n### gemdirect: FAILED")
     assert "| 5 | generation | failed |" in text
     assert re.search(r"\| `svd\[scene-002\]` \| scene-002 generation: .*execution_error", text)
     assert "report.html" in text
 
 
-def test_no_job_page_outside_github(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
-    result, run_dir, _ = run_e2e(project, "--scenes", "1")
-    result.assert_outcomes(passed=7, skipped=1)
-    assert not list(project.path.glob("*.md"))
+def test_no_job_page_outside_github(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # shared runs never inherit GITHUB_STEP_SUMMARY unless asked to
+    run.result.assert_outcomes(passed=11 + 3, skipped=1)
+    assert not list(run.project.glob("*.md")) and not list(run.run_dir.glob("*.md"))
 
 
 def _commands(job: dict) -> list[str]:
@@ -77,6 +75,22 @@ def test_the_example_ci_workflow_runs_the_readmes_commands_on_windows_and_linux(
         assert upload and upload[0]["if"] == "always()", name
     for command in ('pip install -e ".[dev]"', 'pytest -m "not e2e"', "pytest -m e2e"):
         assert command in readme
+
+
+def test_ci_and_the_suite_benchmark_run_the_readmes_test_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite_benchmark", REPO / "benchmarks" / "test_suite.py")
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclasses look their module up
+    spec.loader.exec_module(benchmark)
+    command = benchmark.readme_test_command()
+    assert command[:3] == ["pytest", "-m", "not e2e"] and "-n" in command  # on xdist's workers
+    ci_lines = [
+        " ".join(line.split()) for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ]
+    assert shlex.join(command).replace("'", '"') in ci_lines
 
 
 def test_the_readmes_set_up_shows_the_venv_for_linux_macos_and_powershell() -> None:

@@ -6,28 +6,12 @@ import pytest
 from bs4 import BeautifulSoup
 
 from tests.outside import PIPELINE_MODULE, run_e2e, summary_of
-
-# The README's example: one test, run once per scene, on the frames that scene produced.
-FRAME_SIZE_CHECK = """
-from PIL import Image
+from tests.runs import FAILED_SCENE, FRAME_SIZE_CHECK, PASSING, SharedRuns
 
 
-def test_every_frame_is_1024x576(gemdirect_frames):
-    assert gemdirect_frames.frame_count == 25
-    for path in gemdirect_frames.paths:
-        with Image.open(path) as image:
-            assert image.size == (1024, 576), f"{path.name} is {image.size}"
-"""
-
-
-@pytest.fixture
-def checked_project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_pipeline=PIPELINE_MODULE + FRAME_SIZE_CHECK)
-    return pytester
-
-
-def test_a_users_frames_check_runs_once_per_scene_with_e2e(checked_project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(checked_project, "-v")
+def test_a_users_frames_check_runs_once_per_scene_with_e2e(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # its project has the README's check (tests/runs.py: FRAME_SIZE_CHECK)
+    result, run_dir = run.result, run.run_dir
     result.assert_outcomes(passed=14, skipped=1)  # 11 stages + 3 scenes of the user's check; no suites
     result.stdout.fnmatch_lines(
         [
@@ -71,10 +55,9 @@ def test_a_failing_users_check_fails_the_run_and_names_the_test(pytester: pytest
     assert "your own checks failed" in wrong and "is (1024, 576)" in wrong  # not just "see pytest's output"
 
 
-def test_a_users_check_is_not_reached_where_its_scene_failed(checked_project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(
-        checked_project, "-rs", "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
-    )
+def test_a_users_check_is_not_reached_where_its_scene_failed(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(FAILED_SCENE)  # execution-error@scene-002, no re-queue, the README's check
+    result, run_dir = run.result, run.run_dir
     # scene-002's frames stage and the user's check of scene-002 are skipped; no suites configured
     result.assert_outcomes(passed=11, failed=1, skipped=3)
     result.stdout.fnmatch_lines(

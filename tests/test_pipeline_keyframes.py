@@ -14,6 +14,7 @@ from pytest_gemdirect.comfyui.workflow import default_workflow_path
 from pytest_gemdirect.story import render_keyframe
 from tests.outside import (
     FAST,
+    SCENE_WAIT_THAT_FIRES,
     PipelineRun,
     events,
     interrupt,
@@ -97,14 +98,13 @@ def test_a_failed_keyframe_attempt_is_re_queued(project: pytest.Pytester) -> Non
 def test_a_stalled_keyframe_fails_that_scene_at_the_deadline_and_the_run_goes_on(
     project: pytest.Pytester,
 ) -> None:
-    _, run_dir, _ = keyframe_run(project, *FAST, "--sim-fault", "stall@scene-002")
+    _, run_dir, _ = keyframe_run(project, *FAST, *SCENE_WAIT_THAT_FIRES, "--sim-fault", "stall@scene-002")
     data = summary_of(run_dir)
     generation = items(data, "svd")
     assert generation["svd[scene-002]"]["status"] == "failed"
     message = generation["svd[scene-002]"]["message"]
-    assert "scene-002 keyframe (--keyframe-workflow" in message and "--scene-max-wait = 6 s" in message, (
-        message
-    )
+    assert "scene-002 keyframe (--keyframe-workflow" in message, message
+    assert f"--scene-max-wait = {SCENE_WAIT_THAT_FIRES[1]} s" in message, message
     assert "last progress 19/20" in message, message
     assert generation["svd[scene-003]"]["status"] == "passed"
     assert scenes(data)["scene-003"]["status"] == "passed"

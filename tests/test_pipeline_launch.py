@@ -3,10 +3,12 @@ installs in tests/fake_comfyui."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psutil
 import pytest
 
-from tests.outside import FAKES, SMOKE, PipelineRun, processes_from, run_e2e, stages, summary_of
+from tests.outside import FAKES, SMOKE, PipelineRun, own_install, processes_from, run_e2e, stages, summary_of
 
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
 
@@ -16,8 +18,10 @@ def run_short(project: pytest.Pytester, *args: str) -> PipelineRun:
     return run_e2e(project, "-rs", *SHORT, *args)
 
 
-def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(project: pytest.Pytester) -> None:
-    install = FAKES / "good"
+def test_launched_comfyui_runs_the_pipeline_and_is_gone_afterwards(
+    project: pytest.Pytester, tmp_path: Path
+) -> None:
+    install = own_install("good", tmp_path)
     result, run_dir, _ = run_short(project, f"--comfyui-dir={install}", f"--workflow={SMOKE}")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     data = summary_of(run_dir)
@@ -70,8 +74,10 @@ def test_comfyui_url_and_dir_together_is_a_usage_error(project: pytest.Pytester)
     )
 
 
-def test_one_comfyui_per_gpu_each_pinned_with_its_own_port_and_log(project: pytest.Pytester) -> None:
-    install = FAKES / "good"
+def test_one_comfyui_per_gpu_each_pinned_with_its_own_port_and_log(
+    project: pytest.Pytester, tmp_path: Path
+) -> None:
+    install = own_install("good", tmp_path)
     pool = (f"--comfyui-dir={install}", "--comfyui-gpus=0,1", f"--workflow={SMOKE}")
     result, run_dir, _ = run_e2e(project, "--story-mode", "fallback", "--scenes", "2", *pool)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()

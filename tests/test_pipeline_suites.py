@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.outside import REPO, PipelineRun, run_e2e, stages, summary_of
+from tests.runs import PASSING, SharedRuns
 
 JUNIT_SUITE = REPO / "fixtures" / "suites" / "junit_python" / "junit_suite.py"
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
@@ -48,8 +49,9 @@ def test_failing_vitest_case_is_named_in_the_pytest_output(
     assert stages(data)["frames"]["status"] == "passed"
 
 
-def test_no_suite_configured_skips_the_suites_stage(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_short(project)
+def test_no_suite_configured_skips_the_suites_stage(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # -rs, no --suite (this test ran its own one-scene run before)
+    result, run_dir = run.result, run.run_dir
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     result.stdout.fnmatch_lines(["*SKIPPED*no external suites configured*"])
     data = summary_of(run_dir)

@@ -1,8 +1,9 @@
 """The frames stage proves the video, from the outside: a generated project runs ``pytest -m e2e`` on
 the simulator and we read the exit status, run-summary.json (schema-checked) and the run directory.
 
-Each video fault spoils scene-002 only; its frames stage fails naming the figure and the threshold,
-scenes 1 and 3 pass. No test here says how long anything took (figures belong in benchmarks/).
+The video faults share one run (tests/runs.py: SPOILT_VIDEO), one fault a scene: each spoilt scene's
+frames stage fails naming the figure and the threshold, the clean scene-001 passes. No test here
+says how long anything took (figures belong in benchmarks/).
 """
 
 from __future__ import annotations
@@ -18,27 +19,25 @@ from pytest_gemdirect.comfyui.outputs import DownloadedFile
 from pytest_gemdirect.settings import SPECS_BY_NAME
 from pytest_gemdirect.stages.video_checks import choose_source
 from tests.outside import FAST, PipelineRun, items, run_e2e, scenes, summary_of
+from tests.runs import PASSING, SMOKE, SPOILT_VIDEO, SPOILT_VIDEO_FAULTS, SharedRuns
 
 
-def video_run(project: pytest.Pytester, *extra: str, run_dir: Path | None = None) -> PipelineRun:
-    args = ["--story-mode", "fallback", "--scenes", "3", *FAST, *extra]
-    if run_dir is None:
-        return run_e2e(project, *args)
-    started = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", "e2e", *args
-    )
-    return PipelineRun(started, run_dir, 0.0)
+def video_run(project: pytest.Pytester, *extra: str) -> PipelineRun:
+    """A fallback story of 3 scenes with FAST's policy values, then ``extra`` (SMOKE's line, and more)."""
+    return run_e2e(project, "--story-mode", "fallback", "--scenes", "3", *FAST, *extra)
 
 
-def assert_only_scene_002_failed(data: dict) -> str:
+def assert_only_that_scene_failed_its_frames(data: dict, scene_id: str) -> str:
+    """The clean scene passed, ``scene_id`` failed at its frames only; its frames message."""
     by_scene = scenes(data)
-    assert by_scene["scene-001"]["status"] == by_scene["scene-003"]["status"] == "passed"
-    assert by_scene["scene-002"]["status"] == "failed"
-    assert by_scene["scene-002"]["failed_stage"] == "frames"
+    assert by_scene["scene-001"]["status"] == "passed"
+    assert by_scene[scene_id]["status"] == "failed"
+    assert by_scene[scene_id]["failed_stage"] == "frames"
+    assert items(data, "svd")[f"svd[{scene_id}]"]["status"] == "passed"
     frames = items(data, "frames")
-    assert frames["frames[scene-001]"]["status"] == frames["frames[scene-003]"]["status"] == "passed"
-    message = frames["frames[scene-002]"]["message"]
-    assert message.startswith("scene-002 frame_00001_.png")  # the scene and the file
+    assert frames["frames[scene-001]"]["status"] == "passed"
+    message = frames[f"frames[{scene_id}]"]["message"]
+    assert message.startswith(f"{scene_id} frame_00001_.png")  # the scene and the file
     return message
 
 
@@ -55,22 +54,26 @@ def assert_only_scene_002_failed(data: dict) -> str:
     ],
 )
 def test_a_spoilt_video_fails_that_scenes_frames_naming_its_figure(
-    project: pytest.Pytester, fault: str, words: list[str]
+    shared_runs: SharedRuns, fault: str, words: list[str]
 ) -> None:
-    result, run_dir, _ = video_run(project, "--sim-fault", f"{fault}@scene-002")
+    run = shared_runs.get(SPOILT_VIDEO)
+    result, run_dir = run.result, run.run_dir
+    (scene_id,) = [scene for scene, spoilt in SPOILT_VIDEO_FAULTS.items() if spoilt == fault]
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     data = summary_of(run_dir)
-    message = assert_only_scene_002_failed(data)
+    message = assert_only_that_scene_failed_its_frames(data, scene_id)
     for word in words:
         assert word in message, (word, message)
-    video = scenes(data)["scene-002"]["video"]
+    video = scenes(data)[scene_id]["video"]
     assert video["problems"] and all(p in message for p in video["problems"])
     assert (run_dir / video["clip"]).is_file()  # the spoilt clip can be watched too
-    result.stdout.fnmatch_lines([f"*{words[0]}*"])
+    result.stdout.fnmatch_lines([f"*{scene_id}*{words[0]}*"])
 
 
-def test_a_default_run_records_motion_a_clip_and_the_checked_figures(project: pytest.Pytester) -> None:
-    result, run_dir, _ = video_run(project)
+def test_a_default_run_records_motion_a_clip_and_the_checked_figures(shared_runs: SharedRuns) -> None:
+    # the default run (LLM story); this test ran its own on the fallback story before
+    run = shared_runs.get(PASSING)
+    result, run_dir = run.result, run.run_dir
     assert result.ret == pytest.ExitCode.OK
     data = summary_of(run_dir)
     floor = SPECS_BY_NAME["min_motion"].default
@@ -104,10 +107,10 @@ def test_a_video_output_is_decoded_and_its_frames_counted(
         assert video["motion"] > SPECS_BY_NAME["min_motion"].default
 
 
-def test_the_smoke_workflow_moves(project: pytest.Pytester) -> None:
-    result, run_dir, _ = video_run(project, "--workflow", "smoke")
-    assert result.ret == pytest.ExitCode.OK
-    for scene in scenes(summary_of(run_dir)).values():
+def test_the_smoke_workflow_moves(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(SMOKE)
+    assert run.result.ret == pytest.ExitCode.OK
+    for scene in scenes(summary_of(run.run_dir)).values():
         assert scene["video"]["frame_count"] == 8 and scene["video"]["problems"] == []
 
 
@@ -115,11 +118,12 @@ def test_the_smoke_workflow_moves(project: pytest.Pytester) -> None:
 
 
 @pytest.fixture
-def baseline_run(project: pytest.Pytester) -> Path:
-    """An earlier run of the smoke workflow, same seed."""
-    result, run_dir, _ = video_run(project, "--workflow", "smoke", run_dir=project.path / "baseline")
-    assert result.ret == pytest.ExitCode.OK
-    return run_dir
+def baseline_run(shared_runs: SharedRuns, tmp_path: Path) -> Path:
+    """An earlier run of the smoke workflow, same seed: a copy of the shared SMOKE run, this test's own
+    to alter."""
+    run = shared_runs.get(SMOKE)
+    assert run.result.ret == pytest.ExitCode.OK
+    return run.copy_to(tmp_path / "baseline")
 
 
 def test_the_same_seed_against_a_baseline_is_near_identical(

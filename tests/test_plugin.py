@@ -13,12 +13,15 @@ from PIL import Image
 
 from pytest_gemdirect.schemas_io import load_schema
 from tests.outside import REPO, run_e2e, stages, summary_of
+from tests.runs import GENERATION_ONLY, PASSING, SharedRuns
 
 
-def test_default_run_passes_every_stage_and_leaves_the_run_directory(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "-v")
+def test_default_run_passes_every_stage_and_leaves_the_run_directory(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)
+    result, run_dir = run.result, run.run_dir
     # env, llm, story, comfyui, 3 x svd, 3 x frames, summary pass; no suites configured -> skipped
-    result.assert_outcomes(passed=11, skipped=1)
+    # (and the README's frame check, 3 scenes, which the project has beside the stages)
+    result.assert_outcomes(passed=11 + 3, skipped=1)
     result.stdout.fnmatch_lines(
         ["*gemdirect comfyui: embedded simulator (SIMULATED)*", "*test_suites*SKIPPED*"]
     )
@@ -200,9 +203,10 @@ def test_collect_only_makes_no_run_directory(project: pytest.Pytester) -> None:
     assert not (project.path / "logs").exists()
 
 
-def test_generation_only_run_leaves_no_scene_running(project: pytest.Pytester) -> None:
+def test_generation_only_run_leaves_no_scene_running(shared_runs: SharedRuns) -> None:
     # -m svd generates but never retrieves: the finished summary must not claim a scene is still running
-    result, run_dir, _ = run_e2e(project, markexpr="svd")
+    run = shared_runs.get(GENERATION_ONLY)
+    result, run_dir = run.result, run.run_dir
     result.assert_outcomes(passed=3)
     data = summary_of(run_dir)
     assert stages(data)["svd"]["status"] == "passed"
@@ -290,9 +294,10 @@ def test_e2e_without_the_pipeline_says_which_line_collects_it(pytester: pytest.P
     )
 
 
-def test_deselected_stages_say_why_their_rows_look_as_they_do(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--scenes", "1", markexpr="svd")
-    result.assert_outcomes(passed=1)
+def test_deselected_stages_say_why_their_rows_look_as_they_do(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(GENERATION_ONLY)  # 3 scenes; this test ran its own with one before
+    result, run_dir = run.result, run.run_dir
+    result.assert_outcomes(passed=3)
     by_stage = stages(summary_of(run_dir))
     assert by_stage["svd"]["message"] is None  # selected: its own outcome speaks
     # a deselected stage has its own word, in the summary, the terminal, the text and the report
@@ -315,9 +320,10 @@ def test_deselected_stages_say_why_their_rows_look_as_they_do(project: pytest.Py
     assert any("story" in row for row in rows) and any("frame retrieval" in row for row in rows), rows
 
 
-def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--scenes", "3")
-    result.assert_outcomes(passed=11, skipped=1)
+def test_the_simulated_gpu_says_so_and_the_simulators_files_stay_out(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(PASSING)  # 3 scenes and the README's check beside the stages
+    result, run_dir = run.result, run.run_dir
+    result.assert_outcomes(passed=11 + 3, skipped=1)
     comfyui = summary_of(run_dir)["comfyui"]
     assert comfyui["devices"] and all(d["name"] == "simulated GPU, 24 GiB" for d in comfyui["devices"])
     assert comfyui["pytorch"] == "none (simulated)"

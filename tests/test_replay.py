@@ -111,13 +111,13 @@ def test_a_replay_gives_the_recorded_verdict_frames_and_scene_outcomes(
     assert after["status_reason"] == before["status_reason"]
     assert outcomes(after) == outcomes(before)
     assert outcomes(after)["scene-002"][2] == ["execution_error", "success"]  # the fault, then its retry
-    assert outcomes(after)["scene-003"][:2] == ("failed", "svd")  # the history that never came
+    # the history that never came: the grace after completion ends it, at its frames (FAST's scene
+    # deadline is above what a busy machine needs, so it no longer fires first)
+    assert outcomes(after)["scene-003"][:2] == ("failed", "frames")
     never = [
         scene["message"] for data in (before, after) for scene in data["scenes"] if scene["id"] == "scene-003"
     ]
-    assert len(never) == 2 and all(
-        "did not finish within 6 s (--scene-max-wait = 6 s)" in m for m in never
-    ), never
+    assert len(never) == 2 and all("--completion-grace" in m for m in never), never
     assert frame_hashes(run_dir) == frame_hashes(recorded)
     assert sorted(frame_hashes(run_dir)) == ["scene-001", "scene-002"]
     assert all(len(frames) > 1 for frames in frame_hashes(run_dir).values())

@@ -27,7 +27,7 @@ from pytest_gemdirect.report import (
 )
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.summary import RunSummary, validate_summary
-from tests.outside import run_e2e
+from tests.runs import FAILED_SCENE, PASSING, SharedRuns
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 SIZE_LIMIT = 5 * 1024 * 1024
@@ -1126,13 +1126,13 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture
-def real_failed_run(project: pytest.Pytester) -> Path:
-    """A real run on the embedded stack whose scene-002 fails in generation (no re-queue)."""
-    result, run_dir, _ = run_e2e(
-        project, "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
-    )
-    result.assert_outcomes(failed=1, passed=9, skipped=2)
-    return run_dir
+def real_failed_run(shared_runs: SharedRuns, tmp_path: Path) -> Path:
+    """A real run on the embedded stack whose scene-002 fails in generation (no re-queue): a copy of
+    the shared FAILED_SCENE run, since the test writes a report into it."""
+    run = shared_runs.get(FAILED_SCENE)
+    # the stages (scene-002's frames not reached, no suites) and the README's check, not reached there too
+    run.result.assert_outcomes(failed=1, passed=9 + 2, skipped=2 + 1)
+    return run.copy_to(tmp_path)
 
 
 def chromium() -> Path | None:
@@ -1236,14 +1236,15 @@ def test_report_of_a_real_run_with_one_failed_scene_opens_in_chromium(real_faile
         assert shot.width == 1400
 
 
-def test_the_first_screen_of_a_default_runs_report_shows_verdict_steps_and_gallery(project, tmp_path):
+def test_the_first_screen_of_a_default_runs_report_shows_verdict_steps_and_gallery(shared_runs, tmp_path):
     """The frames and clips, the point of the run, are on the first screen (1400x1000), not 5000 px down.
 
     The screenshot is kept as ``first-screen.png`` in the test's temporary folder to look at.
     """
     sync_api = browser_tools()
-    result, run_dir, _ = run_e2e(project)
-    result.assert_outcomes(passed=11, skipped=1)
+    run = shared_runs.get(PASSING)  # the default run (with the README's frame check beside the stages)
+    run.result.assert_outcomes(passed=11 + 3, skipped=1)
+    run_dir = run.run_dir
     screenshot = tmp_path / "first-screen.png"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium()), args=CHROMIUM_ARGS)

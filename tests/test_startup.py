@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.outside import run_e2e, summary_of
+from tests.outside import summary_of
+from tests.runs import FAILED_SCENE, SMOKE, SharedRuns
 
 
 def usage_error(project: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -77,20 +78,24 @@ def test_unbalanced_comfyui_args_are_refused(project: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*invalid value*for comfyui_args (from --comfyui-args)*"])
 
 
-def test_a_shipped_workflow_is_named_without_a_folder(project: pytest.Pytester) -> None:
-    result, run_dir, _ = run_e2e(project, "--workflow", "smoke", "--scenes", "1")
-    result.assert_outcomes(passed=7, skipped=1)
+def test_a_shipped_workflow_is_named_without_a_folder(shared_runs: SharedRuns) -> None:
+    run = shared_runs.get(SMOKE)  # "--workflow", "smoke": 3 scenes, fallback story (no LLM health)
+    result, run_dir = run.result, run.run_dir
+    result.assert_outcomes(passed=10, skipped=2)
     assert summary_of(run_dir)["comfyui"]["workflow"].endswith("smoke.json")
 
 
-def test_every_scene_folder_has_a_scene_json_that_agrees_with_the_summary(project: pytest.Pytester) -> None:
+def test_every_scene_folder_has_a_scene_json_that_agrees_with_the_summary(shared_runs: SharedRuns) -> None:
     """A failed scene's folder too; the frames it lists are relative paths into the run."""
-    result, run_dir, _ = run_e2e(
-        project, "--scenes", "2", "--sim-fault", "execution-error@scene-002", "--max-scene-retries", "0"
-    )
+    run = shared_runs.get(FAILED_SCENE)  # execution-error@scene-002, no re-queue, 3 scenes
+    result, run_dir = run.result, run.run_dir
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     scenes = {scene["id"]: scene for scene in summary_of(run_dir)["scenes"]}
-    assert [scenes["scene-001"]["status"], scenes["scene-002"]["status"]] == ["passed", "failed"]
+    assert [scenes[s]["status"] for s in ("scene-001", "scene-002", "scene-003")] == [
+        "passed",
+        "failed",
+        "passed",
+    ]
     for sid, scene in scenes.items():
         on_disk = json.loads((run_dir / sid / "scene.json").read_text(encoding="utf-8"))
         assert on_disk["status"] == scene["status"]

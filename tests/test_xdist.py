@@ -15,10 +15,12 @@ from bs4 import BeautifulSoup
 from tests.outside import (
     FAKES,
     FAST,
+    GRACE_THAT_FIRES,
     SMOKE,
     PipelineRun,
     interrupt,
     items,
+    own_install,
     processes_from,
     run_e2e,
     scenes,
@@ -89,7 +91,13 @@ def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report
     project: pytest.Pytester,
 ) -> None:
     result, run_dir, _ = run_xdist(
-        project, "--story-mode", "fallback", *FAST, "--sim-fault", "history-never@scene-002"
+        project,
+        "--story-mode",
+        "fallback",
+        *FAST,
+        *GRACE_THAT_FIRES,
+        "--sim-fault",
+        "history-never@scene-002",
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*gemdirect verdict: FAILED*frames*"])
@@ -101,9 +109,9 @@ def test_a_failed_scene_under_xdist_fails_the_run_in_summary_terminal_and_report
 
 
 def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
-    project: pytest.Pytester,
+    project: pytest.Pytester, tmp_path: Path
 ) -> None:
-    install = FAKES / "good"
+    install = own_install("good", tmp_path)
     result, run_dir, _ = run_xdist(
         project,
         "--story-mode",

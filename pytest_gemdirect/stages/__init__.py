@@ -162,12 +162,13 @@ class Stages:
         Called when the process is about to end from another thread (pytest-timeout's thread
         method); Ctrl-C and SIGTERM stop the prompts in the job follower itself.
         """
-        # Recorded first: a job stopped below fails its scene's thread at once, and that failure
-        # must not be recorded before the interruption that caused it.
-        at_work = self._pool.at_work() if self._pool is not None else []
+        # Recorded before the jobs are stopped: stopping a job ends the stage waiting on it in the
+        # main thread, which would otherwise record it as failed first, or (between leaving the
+        # running stages and recording) not at all, leaving the closed summary without the item.
+        if self._pool is not None:
+            for scene_id in self._pool.at_work():
+                self.pipeline.mark_interrupted(StageKey(GENERATION, scene_id), message)
         self.pipeline.interrupt_running(message)
-        for scene_id in at_work:
-            self.pipeline.mark_interrupted(StageKey(GENERATION, scene_id), message)
         if self._pool is not None:
             self._pool.stop(message)
         self.ctx.active_jobs.stop_all(message)

@@ -7,6 +7,7 @@ stage's test hides its check, not its work. Nothing here imports pytest.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ class Pipeline:
         self._works = works  # stage name -> function(key) doing the work
         self.outcomes: dict[StageKey, Outcome] = {}
         self._running: dict[StageKey, float] = {}  # key -> when its work started
+        # a stage ends in the main thread while another (pytest-timeout's timer) may be recording it
+        # as interrupted: ending a key's run and recording its outcome happen as one step
+        self._lock = threading.RLock()
 
     def run(self, key: StageKey) -> object:
         """The stage's value; raises StageFailed, NotReached or StageSkipped as its own test should show."""
@@ -80,9 +84,10 @@ class Pipeline:
                 pass
 
     def _execute(self, key: StageKey) -> Outcome:
-        if key in self._running:
-            raise RuntimeError(f"stage {key} depends on itself")
-        started = self._running[key] = time.monotonic()
+        with self._lock:
+            if key in self._running:
+                raise RuntimeError(f"stage {key} depends on itself")
+            started = self._running[key] = time.monotonic()
         try:
             value = self._works[key.stage](key)
             outcome = Outcome(key, "passed", value=value)
@@ -94,35 +99,41 @@ class Pipeline:
             outcome = Outcome(key, "skipped", message=str(exc))
         except (KeyboardInterrupt, SystemExit):
             message = "the run was interrupted while it ran"  # the key stands beside it wherever shown
-            self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
+            self._end(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
             raise  # the session ends; its summary is closed as interrupted
         except BaseException as exc:  # noqa: BLE001 - a bug, or pytest-timeout's outer backstop: a failure, never lost
             outcome = Outcome(key, "failed", message=f"{type(exc).__name__}: {exc}")
-        finally:
-            self._running.pop(key, None)
         outcome.duration_s = _since(started)
-        self._record(outcome)
+        self._end(outcome)
         return outcome
 
+    def _end(self, outcome: Outcome) -> None:
+        """The key's work is over: it leaves the running ones and its outcome is recorded, at once."""
+        with self._lock:
+            self._running.pop(outcome.key, None)
+            self._record(outcome)
+
     def _record(self, outcome: Outcome) -> None:
-        earlier = self.outcomes.get(outcome.key)
-        if earlier is not None and earlier.status == "interrupted":
-            return  # the run was cut short first: what a stopped thread reports after that is not news
-        self.outcomes[outcome.key] = outcome
-        self.summary.record_item(
-            outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
-        )
+        with self._lock:
+            earlier = self.outcomes.get(outcome.key)
+            if earlier is not None and earlier.status == "interrupted":
+                return  # the run was cut short first: what a stopped thread reports after that is not news
+            self.outcomes[outcome.key] = outcome
+            self.summary.record_item(
+                outcome.key, outcome.status, duration_s=outcome.duration_s, message=outcome.message
+            )
 
     def mark_interrupted(self, key: StageKey, message: str) -> None:
         """A stage whose work went on elsewhere (a scene's thread) when the run was cut short."""
-        if key not in self.outcomes and key not in self._running:
-            self._record(Outcome(key, "interrupted", message=message))
+        with self._lock:
+            if key not in self.outcomes and key not in self._running:
+                self._record(Outcome(key, "interrupted", message=message))
 
     def interrupt_running(self, message: str) -> None:
         """Record every stage still at work as interrupted (the process is about to end)."""
-        running = dict(self._running)  # a copy: the stage thread runs on
-        for key, started in sorted(running.items(), key=lambda pair: str(pair[0])):
-            self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
+        with self._lock:
+            for key, started in sorted(self._running.items(), key=lambda pair: str(pair[0])):
+                self._record(Outcome(key, "interrupted", message=message, duration_s=_since(started)))
 
 
 def _since(started: float) -> float:
