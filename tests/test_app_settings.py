@@ -144,7 +144,7 @@ def test_a_role_the_run_needs_and_nothing_places_is_a_startup_error() -> None:
 
 
 def test_without_a_comfyui_url_the_header_says_the_app_url_is_not_used() -> None:
-    from pytest_gemdirect.terminal import describe_targets
+    from pytest_gemdirect.pytest_plugin.terminal import describe_targets
 
     comfy = describe_targets(settings())["comfyui"]
     assert comfy.startswith("embedded simulator (SIMULATED)")

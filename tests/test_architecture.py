@@ -39,12 +39,12 @@ FLOORS: dict[str, int] = {
     f"{PACKAGE}.video": 1,
     f"{PACKAGE}.startup_log": 1,
     f"{PACKAGE}.gpu_sampler": 1,
-    f"{PACKAGE}.launcher": 1,
     f"{PACKAGE}.suites": 1,
-    f"{PACKAGE}.embedded": 1,
     f"{PACKAGE}.sim": 1,
     f"{PACKAGE}.appcontract": 1,  # the app's run contract, written with the summary
     f"{PACKAGE}.replay": 1,  # the recorder the clients write to, and the replay server (a process)
+    f"{PACKAGE}.services.embedded": 1,  # the simulator processes
+    f"{PACKAGE}.services.launcher": 1,  # a launched ComfyUI's process
     # 2 the LLM client and the story
     f"{PACKAGE}.llm": 2,
     f"{PACKAGE}.story": 2,
@@ -52,22 +52,18 @@ FLOORS: dict[str, int] = {
     f"{PACKAGE}.comfyui": 3,
     f"{PACKAGE}.startup_checks": 3,
     f"{PACKAGE}.app_settings": 3,  # the app's localGenSettings.json: its profiles as graphs and roles
-    f"{PACKAGE}.probe": 3,  # is each --comfyui-url answering, at start-up
+    f"{PACKAGE}.services.probe": 3,  # is each --comfyui-url answering, at start-up
     # 4 the report (reads only the summary) and the services (where the servers come from)
     f"{PACKAGE}.report": 4,
-    f"{PACKAGE}.services": 4,
+    f"{PACKAGE}.services": 4,  # where the servers come from: attach, launch, embed
     # 5 the stages
     f"{PACKAGE}.stages": 5,
     f"{PACKAGE}.environment": 5,
     # 6 the pytest face: the run, the terminal, xdist and pytest-timeout support, the stage tests
-    f"{PACKAGE}.run": 6,
-    f"{PACKAGE}.terminal": 6,
-    f"{PACKAGE}.timeout_support": 6,
-    f"{PACKAGE}.xdist_support": 6,
     f"{PACKAGE}.pipeline_tests": 6,
-    f"{PACKAGE}.checks": 6,  # a user's own check as a row of the run (from pytest's reports)
+    f"{PACKAGE}.pytest_plugin": 6,
     # 7 the plugin: wires options, markers, fixtures and hooks
-    f"{PACKAGE}.plugin": 7,
+    f"{PACKAGE}.pytest_plugin.hooks": 7,
 }
 
 

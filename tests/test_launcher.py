@@ -14,8 +14,8 @@ import psutil
 import pytest
 import requests
 
-from pytest_gemdirect import launcher
-from pytest_gemdirect.launcher import (
+from pytest_gemdirect.services import launcher
+from pytest_gemdirect.services.launcher import (
     BOOT_TIMEOUT_SETTING,
     ComfyLaunch,
     LaunchError,

@@ -64,7 +64,7 @@ def test_loading_the_plugin_leaves_the_stage_machinery_unloaded() -> None:
     # pytest loads the plugin in every run of the user's, unit tests included: the HTTP clients,
     # Pillow, psutil, jsonschema, Jinja2 and the video decoders (PyAV, numpy) load only when a
     # pipeline run needs them.
-    code = f"import sys, pytest_gemdirect.plugin\nprint({_loaded(HEAVY)})"
+    code = f"import sys, pytest_gemdirect.pytest_plugin.hooks\nprint({_loaded(HEAVY)})"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == ""
 

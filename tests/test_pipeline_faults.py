@@ -411,7 +411,7 @@ def test_sigterm_mid_scene_ends_the_run_like_ctrl_c_and_stops_our_prompt(project
 def test_windows_console_signals_end_the_run_too() -> None:
     from types import SimpleNamespace
 
-    from pytest_gemdirect.run import interrupting_signals
+    from pytest_gemdirect.pytest_plugin.run import interrupting_signals
 
     windows = SimpleNamespace(SIGBREAK=21, SIGINT=2)  # Windows' signal module has no SIGTERM to send
     posix = SimpleNamespace(SIGTERM=15, SIGINT=2)

@@ -535,7 +535,7 @@ def test_missing_model_takes_the_first_model_away_and_the_prompt_is_refused(make
 
 # ------------------------------------------------------------------ the embedded simulator is told the models
 def test_the_runner_offers_the_models_of_the_workflows_the_harness_names(tmp_path: Path) -> None:
-    from pytest_gemdirect.embedded import model_sources
+    from pytest_gemdirect.services.embedded import model_sources
     from pytest_gemdirect.settings import resolve
 
     settings = resolve(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_gemdirect.terminal import ProgressDisplay
+from pytest_gemdirect.pytest_plugin.terminal import ProgressDisplay
 
 
 class Clock:

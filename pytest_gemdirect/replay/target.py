@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_gemdirect.deadline import Deadline
-from pytest_gemdirect.embedded import BOOT_TIMEOUT_S, SimulatorFailed, SimulatorProcess
 from pytest_gemdirect.replay import TRACE_DIR
 from pytest_gemdirect.replay.recorder import Recorder, portable_settings
+from pytest_gemdirect.services.embedded import BOOT_TIMEOUT_S, SimulatorFailed, SimulatorProcess
 from pytest_gemdirect.settings import PATH_SETTINGS, Settings
 
 

@@ -26,8 +26,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_gemdirect.launcher import probe_system_stats
 from pytest_gemdirect.services import Recovery
+from pytest_gemdirect.services.launcher import probe_system_stats
 from pytest_gemdirect.stages.comfyui import ComfyServer
 from pytest_gemdirect.stages.context import StageContext, now
 from pytest_gemdirect.stages.pipeline import NotReached

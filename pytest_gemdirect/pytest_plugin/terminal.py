@@ -13,7 +13,7 @@ import pytest
 
 from pytest_gemdirect.catalogue import STAGE_TITLES
 from pytest_gemdirect.policy import HEADER_NAMES
-from pytest_gemdirect.run import Run
+from pytest_gemdirect.pytest_plugin.run import Run
 from pytest_gemdirect.settings import SPECS, Settings
 from pytest_gemdirect.summary import SYMBOLS, check_lines, failures, verdict
 from pytest_gemdirect.text import visible

@@ -269,7 +269,7 @@ class Run:
         if report.failed and on_run and report.nodeid not in self._failed_tests:
             self._failed_tests.append(report.nodeid)
         if report.nodeid in self._own_checks and self._summary is not None:
-            from pytest_gemdirect.checks import check_outcome
+            from pytest_gemdirect.pytest_plugin.checks import check_outcome
 
             outcome = check_outcome(report)
             if outcome is not None:

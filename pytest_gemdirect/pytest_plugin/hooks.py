@@ -21,7 +21,7 @@ from pytest_gemdirect.startup_checks import check_startup, with_files_read
 from pytest_gemdirect.summary import scene_ids
 
 if TYPE_CHECKING:
-    from pytest_gemdirect.run import Run
+    from pytest_gemdirect.pytest_plugin.run import Run
     from pytest_gemdirect.stages import ComfyUIService, Generation, SceneFrames, Stages, Story
 
 SETTINGS_KEY = pytest.StashKey["Settings"]()
@@ -78,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-gemdirect: {exc}") from None
     config.stash[SETTINGS_KEY] = settings
     if config.pluginmanager.hasplugin("xdist"):
-        from pytest_gemdirect import xdist_support
+        from pytest_gemdirect.pytest_plugin import xdist_support
 
         xdist_support.check_dist_mode(config)
         if xdist_support.is_controller(config):
@@ -90,14 +90,14 @@ def activate(config: pytest.Config) -> Run:
     """The run of this process, made and registered (with its parts) on first need."""
     if RUN_KEY in config.stash:
         return config.stash[RUN_KEY]
-    from pytest_gemdirect.run import Run
-    from pytest_gemdirect.terminal import Terminal, TerminalOutput
+    from pytest_gemdirect.pytest_plugin.run import Run
+    from pytest_gemdirect.pytest_plugin.terminal import Terminal, TerminalOutput
 
     settings = config.stash[SETTINGS_KEY]
     output = TerminalOutput(config)
     handoff = None
     if hasattr(config, "workerinput"):
-        from pytest_gemdirect.xdist_support import worker_handoff
+        from pytest_gemdirect.pytest_plugin.xdist_support import worker_handoff
 
         handoff = worker_handoff(config)
     run = Run(
@@ -164,7 +164,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         own_checks=((item.nodeid, _scene_of(item)) for item in ordered if _stage_of(item) is None),
     )
     if config.pluginmanager.hasplugin("timeout"):
-        from pytest_gemdirect.timeout_support import TimeoutSupport
+        from pytest_gemdirect.pytest_plugin.timeout_support import TimeoutSupport
 
         support = TimeoutSupport(run)
         config.pluginmanager.register(support, "gemdirect-timeout")
@@ -198,7 +198,7 @@ def _probe_servers(config: pytest.Config, items: list[pytest.Item]) -> None:
     own_checks = any(not any(m.name in BY_NAME for m in item.iter_markers()) for item in items)
     if not (stages & _NEED_COMFYUI or own_checks):
         return
-    from pytest_gemdirect.probe import startup_problem
+    from pytest_gemdirect.services.probe import startup_problem
 
     problem = startup_problem(urls)
     if problem is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
-from pytest_gemdirect.run import Run
+from pytest_gemdirect.pytest_plugin.run import Run
 
 
 def user_timeout(config: pytest.Config) -> Any:

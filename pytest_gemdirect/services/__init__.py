@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_gemdirect.cmdline import split_args
 from pytest_gemdirect.deadline import Deadline
-from pytest_gemdirect.embedded import SimulatorFailed, SimulatorProcess, start_simulators
-from pytest_gemdirect.launcher import ComfyLaunch, LaunchError, describe_exit, probe_system_stats
 from pytest_gemdirect.processes import log_tail
+from pytest_gemdirect.services.embedded import SimulatorFailed, SimulatorProcess, start_simulators
+from pytest_gemdirect.services.launcher import ComfyLaunch, LaunchError, describe_exit, probe_system_stats
 from pytest_gemdirect.settings import Settings
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import pytest
 from pytest_gemdirect.pipeline_tests import is_pipeline_test
 
 if TYPE_CHECKING:  # the plugin loads this module wherever xdist is installed: the run's code on use
-    from pytest_gemdirect.run import Handoff, Run
+    from pytest_gemdirect.pytest_plugin.run import Handoff, Run
 
 WORKER_INPUT_KEY = "gemdirect_handoff"
 SCHEDULED_DISTS = ("load", "worksteal", "loadgroup")  # the modes PipelineScheduling takes over
@@ -49,7 +49,7 @@ def check_dist_mode(config: pytest.Config) -> None:
 
 def worker_handoff(config: pytest.Config) -> Callable[[], Handoff | None]:
     """On a worker: reads the controller's hand-over file when the first stage needs it."""
-    from pytest_gemdirect.run import Handoff
+    from pytest_gemdirect.pytest_plugin.run import Handoff
 
     path = config.workerinput.get(WORKER_INPUT_KEY)  # type: ignore[attr-defined]
 
@@ -88,7 +88,7 @@ class XdistController:
 
     def _hand_over(self, run: Run) -> None:
         """Boot the services once, before any test is scheduled, and write what workers attach to."""
-        from pytest_gemdirect.run import Handoff
+        from pytest_gemdirect.pytest_plugin.run import Handoff
         from pytest_gemdirect.rundir import atomic_write_json
         from pytest_gemdirect.services import ServiceError
 

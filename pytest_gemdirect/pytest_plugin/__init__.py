@@ -1,0 +1,1 @@
+"""The pytest face: the only modules that import pytest (wiring, the run, terminal, xdist, timeout)."""
