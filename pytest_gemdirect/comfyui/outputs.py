@@ -126,7 +126,9 @@ class DownloadedFile:
     type: str = "output"
     animated: bool = False
     format: str | None = None  # Pillow's format name; None when not an image Pillow reads
-    decoded: bool = True  # every frame decoded; False for video files (the frames stage decodes them)
+    decoded: bool = True
+    """Every frame decoded: at download, or by the frames stage's scan for the files it read (video
+    files, and images checked at download by their headers alone, until then)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,13 +209,22 @@ def safe_output_path(dest_dir: Path | str, subfolder: str, filename: str) -> Pat
     return target
 
 
-def _inspect(data: bytes, name: str) -> tuple[int, int | None, int | None, bool, str | None]:
-    """(frames, width, height, flat, format) of an image file, every frame decoded; or UndecodableOutput."""
+def _inspect(data: bytes, name: str, *, pixels: bool) -> tuple[int, int | None, int | None, bool, str | None]:
+    """(frames, width, height, flat, format) of an image file; or UndecodableOutput.
+
+    With ``pixels`` every frame is decoded (a keyframe: is it one flat colour?). Without, only the
+    headers are read and, for a PNG, every chunk's checksum to the end (a cut-short or damaged file
+    is still found here): the frames stage's scan decodes each frame once, for the checks, the
+    clip and the previews together, so decoding here too would double the scene's work."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             frames = int(getattr(image, "n_frames", 1) or 1)
             fmt = image.format
             width, height = image.width, image.height
+            if not pixels:
+                if fmt == "PNG" and frames == 1:
+                    image.verify()
+                return frames, width, height, False, fmt
             first = None
             for index in range(frames):
                 image.seek(index)
@@ -243,8 +254,9 @@ def _local_path(dest: Path, output: OutputFile, index: int, used: set[str]) -> P
     return path
 
 
-def _checked_file(path: Path, data: bytes, output: OutputFile) -> DownloadedFile:
-    """Save ``data`` at ``path`` and describe it; raises UndecodableOutput for a broken image."""
+def _checked_file(path: Path, data: bytes, output: OutputFile, *, pixels: bool) -> DownloadedFile:
+    """Save ``data`` at ``path`` and describe it; raises UndecodableOutput for a broken image
+    (``decoded`` says whether its pixels were read here, see ``_inspect``)."""
     where = output.where()
     atomic_write_bytes(path, data)
     suffix = path.suffix.lower()
@@ -255,7 +267,8 @@ def _checked_file(path: Path, data: bytes, output: OutputFile) -> DownloadedFile
         decoded = False
     else:
         try:
-            frames, width, height, flat, fmt = _inspect(data, where)
+            frames, width, height, flat, fmt = _inspect(data, where, pixels=pixels)
+            decoded = pixels
         except UndecodableOutput:
             if suffix in IMAGE_SUFFIXES:
                 raise
@@ -338,8 +351,12 @@ def download_outputs(
     *,
     deadline: Deadline | None,
     already: Iterable[DownloadedFile] = (),
+    pixels: bool = True,
 ) -> list[DownloadedFile]:
     """Fetch every output through /view into ``dest_dir`` (flat), check each decodes, record sha256.
+
+    ``pixels=False``: images are checked by their headers and checksums only (``_inspect``), for a
+    caller that decodes every frame itself right after.
 
     Every problem is collected and the error names all the files concerned, not just the
     first; files that did arrive stay on disk and are listed in the error's ``downloaded``.
@@ -380,7 +397,7 @@ def download_outputs(
             problems.failed.append((where, str(exc)))
             continue
         try:
-            files.append(_checked_file(path, data, output))
+            files.append(_checked_file(path, data, output, pixels=pixels))
         except UndecodableOutput as exc:
             problems.undecodable.append((where, str(exc).split(": ", 1)[-1]))
     if not problems.any():

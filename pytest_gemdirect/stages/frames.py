@@ -4,9 +4,10 @@ checked as a video (count, size, black, flat, frozen; drift against a baseline: 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_gemdirect.comfyui.client import ComfyError
 from pytest_gemdirect.comfyui.history import trim_history
@@ -26,6 +27,11 @@ from pytest_gemdirect.stages.pipeline import StageFailed
 from pytest_gemdirect.stages.pool import SceneTicket
 from pytest_gemdirect.stages.video_checks import VideoCheck
 from pytest_gemdirect.text import visible
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from pytest_gemdirect.video import Frame
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,15 @@ def retrieve(ctx: StageContext, generation: Generation, ticket: SceneTicket | No
     except ComfyError as exc:
         _scene_details(ctx, generation, [])
         raise StageFailed(f"{scene_id} frame retrieval: {exc}") from None
-    video, failure = _check_video(ctx, scene_id, files)
+    shown = _Shown(ctx.run.frames_dir(scene_id))
+    video, failure = _check_video(ctx, scene_id, files, shown.keep)
     if video is not None:
         files = list(video.files)
     frames = SceneFrames(scene_id, tuple(files), ctx.run.frames_dir(scene_id), history_path, video)
+    # The report's thumbnails and animated preview, cached beside the frames before the summary
+    # names the frames folder: a report rendered from then on finds them made, from the frames the
+    # scan decoded, so no frame is decoded a second time.
+    _warm_previews(ctx, scene_id, ctx.run.relative(scene_dir / "keyframe.png"), frames.frames_dir, shown)
     telemetry = {
         **(ctx.summary.scene(scene_id).get("telemetry") or {}),
         "retrieval_s": round(time.monotonic() - started, 3),
@@ -105,20 +116,45 @@ def retrieve(ctx: StageContext, generation: Generation, ticket: SceneTicket | No
         **extra,
     )
     _scene_details(ctx, generation, files)
-    _warm_previews(ctx, scene_id, scene_files["keyframe"], frames_dir=ctx.run.relative(frames.frames_dir))
     if failure:
         raise StageFailed(failure)
     return frames
 
 
-def _warm_previews(ctx: StageContext, scene_id: str, keyframe: str | None, *, frames_dir: str | None) -> None:
-    """The report's thumbnails and animated preview, made here in the scene's thread (they are
-    cached beside the frames), so that rendering the report does not decode the frames again."""
+class _Shown:
+    """The frames the report's previews show, kept as the scan passes them (small RGB copies)."""
+
+    def __init__(self, frames_dir: Path) -> None:
+        from pytest_gemdirect.report.previews import shown_frames
+
+        self.names = shown_frames(frames_dir)
+        self.images: dict[str, Image.Image] = {}
+
+    def keep(self, frame: Frame) -> None:
+        if frame.rgb is not None and frame.source.name in self.names:
+            from PIL import Image
+
+            self.images[frame.source.name] = Image.fromarray(frame.rgb)
+
+
+def _warm_previews(
+    ctx: StageContext, scene_id: str, keyframe: str | None, frames_dir: Path, shown: _Shown
+) -> None:
+    """The scene's previews made in its own thread; the report makes them itself (and names what
+    went wrong) when this fails."""
     from pytest_gemdirect.report.previews import scene_preview
 
+    files = ctx.summary.scene(scene_id).get("files") or {}
     try:
-        scene_preview(ctx.run.root, scene_id, keyframe, frames_dir)
-    except Exception:  # noqa: BLE001 - the report makes them itself and names what went wrong
+        scene_preview(
+            ctx.run.root,
+            scene_id,
+            keyframe,
+            ctx.run.relative(frames_dir),
+            keyframe_end_rel=files.get("keyframe_end"),
+            decoded=shown.images,
+        )
+    except Exception:  # noqa: BLE001 - only a head start for the report
         return
 
 
@@ -128,8 +164,8 @@ def _download(ctx: StageContext, generation: Generation, ticket: SceneTicket | N
     assert generation.result is not None
     scene_id, server, outputs = generation.scene_id, generation.server, generation.result.outputs
     dest = ctx.run.frames_dir(scene_id)
-    try:
-        return download_outputs(generation.client, outputs, dest, deadline=generation.deadline)
+    try:  # pixels=False: the scan decodes each frame, once, right after
+        return download_outputs(generation.client, outputs, dest, deadline=generation.deadline, pixels=False)
     except OutputDownloadError as exc:
         if not exc.server_gone or ticket is None:
             raise
@@ -151,7 +187,7 @@ def _download(ctx: StageContext, generation: Generation, ticket: SceneTicket | N
             )
         )
     deadline = Deadline(ctx.settings.scene_max_wait, setting="scene_max_wait")
-    files = download_outputs(generation.client, outputs, dest, deadline=deadline, already=kept)
+    files = download_outputs(generation.client, outputs, dest, deadline=deadline, already=kept, pixels=False)
     ctx.summary.warn(
         f"{scene_id}: the rest of its frames were fetched after {server.name} was back ({back.how})"
     )
@@ -159,13 +195,13 @@ def _download(ctx: StageContext, generation: Generation, ticket: SceneTicket | N
 
 
 def _check_video(
-    ctx: StageContext, scene_id: str, files: list[DownloadedFile]
+    ctx: StageContext, scene_id: str, files: list[DownloadedFile], on_frame: Callable[[Frame], None]
 ) -> tuple[VideoCheck | None, str | None]:
     """The scene's video checks and the failure they make (None: the frames passed)."""
     from pytest_gemdirect.video import DecodeError
 
     try:
-        video = video_checks.check_scene(ctx, scene_id, files)
+        video = video_checks.check_scene(ctx, scene_id, files, on_frame)
     except DecodeError as exc:
         return None, f"{scene_id} frames: {exc}"
     if video is None:

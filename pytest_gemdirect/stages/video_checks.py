@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from pytest_gemdirect.comfyui.outputs import VIDEO_SUFFIXES, DownloadedFile
 from pytest_gemdirect.stages.context import StageContext
 
 if TYPE_CHECKING:
-    from pytest_gemdirect.video import Drift, SceneVideo, Thresholds
+    from pytest_gemdirect.video import Drift, Frame, SceneVideo, Thresholds
 
 CLIP_NAME = "clip.mp4"
 SERIES_CAP = 1000
@@ -211,10 +211,16 @@ def _class_of(workflow: dict[str, Any], node_id: str) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def check_scene(ctx: StageContext, scene_id: str, files: Sequence[DownloadedFile]) -> VideoCheck | None:
+def check_scene(
+    ctx: StageContext,
+    scene_id: str,
+    files: Sequence[DownloadedFile],
+    on_frame: Callable[[Frame], None] | None = None,
+) -> VideoCheck | None:
     """Decode and check the scene's main output, write its gallery clip, compare with the baseline.
 
     None when no file was downloaded. A file that does not decode raises ``video.DecodeError``.
+    ``on_frame`` sees each decoded frame (the frames stage makes the report's previews from them).
     """
     from pytest_gemdirect.video import expected_output, scan_scene
 
@@ -229,6 +235,7 @@ def check_scene(ctx: StageContext, scene_id: str, files: Sequence[DownloadedFile
         expected=expected_output(workflow, source.node_id) if workflow else None,
         thresholds=thresholds(ctx),
         clip_path=ctx.run.scene_dir(scene_id) / CLIP_NAME,
+        on_frame=on_frame,
     )
     counted = _count_video_files(files, source, scan)
     drift = baseline_drift(ctx, scene_id, source) if ctx.settings.baseline is not None else None
@@ -238,13 +245,15 @@ def check_scene(ctx: StageContext, scene_id: str, files: Sequence[DownloadedFile
 def _count_video_files(
     files: Sequence[DownloadedFile], source: VideoSource, scan: SceneVideo
 ) -> tuple[DownloadedFile, ...]:
-    """The files with each video container's decoded frame count and size (once "one opaque file")."""
+    """The files with each video container's decoded frame count and size (once "one opaque file"),
+    and the source's images marked decoded (the download read only their headers)."""
     from pytest_gemdirect.video import DecodeError, read_info
 
+    scanned = {f.path for f in source.files}
     counted = []
     for file in files:
         if Path(file.path).suffix.lower() not in VIDEO_SUFFIXES:
-            counted.append(file)
+            counted.append(replace(file, decoded=True) if file.path in scanned else file)
             continue
         if not source.is_sequence and file.path == source.files[0].path:
             info = scan.info
