@@ -31,6 +31,7 @@ FLOORS: dict[str, int] = {
     f"{PACKAGE}.sim.faults": 0,  # the fault vocabulary: settings parse it, the simulators obey it
     f"{PACKAGE}.rundir": 0,
     f"{PACKAGE}.retention": 0,  # which old run directories go
+    f"{PACKAGE}.user_cache": 0,  # the user's cache folder: compiled templates, tool versions
     # 1 tools and records: HTTP, processes, the summary, video analysis, the simulators
     f"{PACKAGE}.net": 1,
     f"{PACKAGE}.processes": 1,

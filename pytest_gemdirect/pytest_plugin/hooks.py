@@ -18,7 +18,6 @@ from pytest_gemdirect.catalogue import BY_NAME, STAGES, order_of
 from pytest_gemdirect.pipeline_tests import is_pipeline_item
 from pytest_gemdirect.settings import SPECS, SettingError, Settings, resolve
 from pytest_gemdirect.startup_checks import check_startup, with_files_read
-from pytest_gemdirect.summary import scene_ids
 
 if TYPE_CHECKING:
     from pytest_gemdirect.pytest_plugin.run import Run
@@ -129,6 +128,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Scenes come from the scenes setting, suites from the suite setting."""
     settings = metafunc.config.stash[SETTINGS_KEY]
     if "gemdirect_scene" in metafunc.fixturenames:
+        from pytest_gemdirect.summary import scene_ids  # the run's record: loaded for pipeline tests only
+
         ids = scene_ids(settings.scenes)
         metafunc.parametrize("gemdirect_scene", ids, ids=ids)
     if "gemdirect_suite" in metafunc.fixturenames:

@@ -8,11 +8,8 @@ output of these templates themselves and the package's own stylesheet.
 from __future__ import annotations
 
 import functools
-import os
 import re
-import sys
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -20,16 +17,7 @@ from markupsafe import Markup
 
 from pytest_gemdirect.report.format import MARKS, secs, size, word
 from pytest_gemdirect.text import visible
-
-
-def cache_folder() -> Path:
-    """The user's cache folder for pytest-gemdirect (``GEMDIRECT_CACHE_DIR`` overrides it)."""
-    if os.environ.get("GEMDIRECT_CACHE_DIR"):
-        return Path(os.environ["GEMDIRECT_CACHE_DIR"])
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "pytest-gemdirect" / "Cache"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pytest-gemdirect"
+from pytest_gemdirect.user_cache import cache_folder
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
