@@ -58,6 +58,18 @@ SCENE_WAIT_THAT_FIRES = ("--scene-max-wait", "15")
 healthy scene beside it takes on a busy machine, since the same deadline bounds every scene."""
 
 
+SMALL_GRAPH = (f"--workflow={REPO / 'tests' / 'data' / 'graphs' / 'svd_small.json'}",)
+"""The shipped SVD graph at 256x144 (tests/data/graphs/svd_small.json): every stage and check of a
+default run at a sixteenth of its pixels, which are most of a run's cost. The graph of ``run_e2e``
+and ``start_stalled_run`` unless a test is about the default graph's frames (1024x576)."""
+
+DEFAULT_GRAPH: tuple[str, ...] = ()
+"""No ``--workflow``: the run queues the shipped default, ``svd_img2vid`` (1024x576, 25 frames)."""
+
+GRAPH_FLAGS = ("--workflow", "--app-settings", "--video-profile", "--replay")
+"""Flags that choose the graph themselves: a run given one of them gets no SMALL_GRAPH."""
+
+
 class PipelineRun(NamedTuple):
     """What ``run_e2e`` gives back: pytest's result, the run directory and the seconds it took."""
 
@@ -66,12 +78,19 @@ class PipelineRun(NamedTuple):
     elapsed: float
 
 
-def run_e2e(project: pytest.Pytester, *args: str, markexpr: str = "e2e") -> PipelineRun:
-    """``pytest -m <markexpr> --run-dir <project>/run *args`` in a subprocess, timed."""
+def run_e2e(
+    project: pytest.Pytester, *args: str, markexpr: str = "e2e", graph: tuple[str, ...] = SMALL_GRAPH
+) -> PipelineRun:
+    """``pytest -m <markexpr> --run-dir <project>/run <graph> *args`` in a subprocess, timed.
+
+    ``graph`` is the small SVD graph unless the test asks for another (``graph=DEFAULT_GRAPH`` for
+    the shipped default) or names its own graph in ``args``."""
     run_dir = project.path / "run"
+    if any(arg.split("=", 1)[0] in GRAPH_FLAGS for arg in args):
+        graph = DEFAULT_GRAPH
     started = time.monotonic()
     result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", markexpr, *args
+        "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", markexpr, *graph, *args
     )
     return PipelineRun(result, run_dir, time.monotonic() - started)
 
@@ -142,7 +161,7 @@ def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "e2e", f"--run-dir={run_dir}"]
     argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
     argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
-    argv += extra
+    argv += [*SMALL_GRAPH, *extra]
     kwargs: dict = {}
     if sys.platform == "win32":
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP

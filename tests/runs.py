@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.outside import FAST, PIPELINE_MODULE
+from tests.outside import FAST, PIPELINE_MODULE, SMALL_GRAPH
 
 FRAME_SIZE_CHECK = """
 from PIL import Image
@@ -134,6 +134,7 @@ SPOILT_VIDEO = RunSpec(
         "--scenes",
         str(1 + len(SPOILT_VIDEO_FAULTS)),
         *FAST,
+        *SMALL_GRAPH,
         *(arg for scene, fault in SPOILT_VIDEO_FAULTS.items() for arg in ("--sim-fault", f"{fault}@{scene}")),
     ),
 )
@@ -156,6 +157,7 @@ RECOVERED = RunSpec(
         "--scenes",
         str(1 + len(RECOVERED_FAULTS)),
         *FAST,
+        *SMALL_GRAPH,
         *(arg for scene, fault in RECOVERED_FAULTS.items() for arg in ("--sim-fault", f"{fault}@{scene}")),
     ),
 )
@@ -163,7 +165,7 @@ RECOVERED = RunSpec(
 faults pass by polling; flaky passes on its second attempt) and test_pipeline_hostile (non-JSON
 history answers are polled past)."""
 
-GENERATION_ONLY = RunSpec("generation-only", markexpr="svd")
+GENERATION_ONLY = RunSpec("generation-only", SMALL_GRAPH, markexpr="svd")
 """``pytest -m svd``: generation selected, frame retrieval not. Read by test_plugin (no scene is left
 running; the deselected stages say why)."""
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ POLICY = QueuePolicy(
     completion_grace=GRACE,
     ws_idle_timeout=0.5,
 )
+"""Short bounds, so that the faults that need them fire quickly."""
+
+HEALTHY = replace(POLICY, ws_idle_timeout=10.0)
+"""For a job whose notes must stay empty: the simulator saving 25 frames of 1024x576 keeps the
+socket quiet for longer than POLICY's half second on a busy machine, and that silence is a note."""
 
 
 # ---------------------------------------------------------------------------------------- fixtures
@@ -158,7 +164,7 @@ def test_svd_workflow_runs_to_frames_with_progress_timings_and_decoded_downloads
     client = make_client(sim.url)
     prompt = workflow("svd_img2vid.json", upload(client, keyframe))
     progress: list[tuple[int, int]] = []
-    result, events = follow(client, prompt, on_progress=lambda v, m: progress.append((v, m)))
+    result, events = follow(client, prompt, HEALTHY, on_progress=lambda v, m: progress.append((v, m)))
     assert isinstance(result, JobResult), result
     assert result.cached is False and result.notes == []
     assert result.completion_signal in ("execution_success", "executing{node: null}")
@@ -338,14 +344,19 @@ def test_stall_fails_at_scene_max_wait_with_last_progress_and_interrupts_our_pro
         completion_grace=1,
         ws_idle_timeout=0.5,
     )
-    outcome, _ = follow(client, workflow("svd_img2vid.json", upload(client, keyframe), small=True), policy)
+    outcome, events = follow(
+        client, workflow("svd_img2vid.json", upload(client, keyframe), small=True), policy
+    )
     failure = expect_failure(outcome, "scene_max_wait")
     text = str(failure)
     assert "last progress 5/6" in text and "--scene-max-wait = 2.5 s" in text
     assert failure.evidence["last_progress"]["value"] == 5 and failure.evidence["last_progress"]["max"] == 6
     assert failure.evidence["interrupt_sent"] is True and failure.evidence["queue"]["ours"] == "running"
-    # polls that found the prompt running were proof of life, not history_max_attempts (3)
-    assert failure.evidence["poll_attempts"] > 3 and failure.evidence["counted_poll_attempts"] == 0
+    # polls that found the prompt running were proof of life, not history_max_attempts (3); only a
+    # poll that could not read /queue in time counts (a busy machine, the deadline's last moment)
+    polls = [e for e in events if e["event"] == "poll"]
+    assert sum(1 for e in polls if e["queue"] == "running") > 3
+    assert failure.evidence["counted_poll_attempts"] == sum(1 for e in polls if e["queue"] != "running")
     assert failure.evidence["setting"] == "scene_max_wait" and failure.evidence["deadline_s"] == 2.5
     # the interrupt reached the stuck prompt: it ends as interrupted, and the queue empties
     pid = failure.evidence["prompt_id"]
@@ -416,7 +427,9 @@ def test_a_deadline_never_touches_another_clients_prompt_and_their_interrupt_is_
     # Ours waits behind theirs; their prompt is interrupted by someone else: the broadcast
     # execution_interrupted is theirs, not ours, and ours runs to its end.
     done: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: done.update(r=follow(client, workflow("smoke.json", image))))
+    worker = threading.Thread(
+        target=lambda: done.update(r=follow(client, workflow("smoke.json", image), HEALTHY))
+    )
     worker.start()
     assert wait_until(lambda: len(client.queue()["pending"]) == 1)
     client.interrupt(other["prompt_id"])
@@ -820,7 +833,7 @@ def replay(name: str, policy: QueuePolicy = POLICY, **options: Any) -> tuple[Any
 
 
 def test_recorded_success_completes_on_the_real_message_sequence():
-    result, server = replay("c1")
+    result, server = replay("c1", HEALTHY)
     assert isinstance(result, JobResult), result
     assert result.message_counts == server.recorded_counts()  # every recorded message read, in order
     assert result.completion_signal == "execution_success" and result.cached is False

@@ -35,14 +35,14 @@ def test_a_users_frames_check_runs_once_per_scene_with_e2e(shared_runs: SharedRu
 
 def test_a_failing_users_check_fails_the_run_and_names_the_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_pipeline=PIPELINE_MODULE + FRAME_SIZE_CHECK.replace("(1024, 576)", "(512, 512)"))
-    result, run_dir, _ = run_e2e(pytester)
+    result, run_dir, _ = run_e2e(pytester)  # the small graph: its frames are 256x144
     result.assert_outcomes(passed=11, failed=3, skipped=1)
     data = summary_of(run_dir)
     assert data["status"] == "failed"
     assert "test_every_frame_is_1024x576[scene-002]" in data["status_reason"]
     failed = {c["test"]: c for c in data["checks"]}["test_every_frame_is_1024x576[scene-002]"]
     assert failed["status"] == "failed" and failed["message"].startswith("AssertionError: frame_")
-    assert "is (1024, 576)" in failed["message"]
+    assert "is (256, 144)" in failed["message"]
     result.stdout.fnmatch_lines(
         ["*[[]x[]] test_every_frame_is_1024x576[[]scene-002[]] failed: AssertionError*"]
     )
@@ -50,9 +50,9 @@ def test_a_failing_users_check_fails_the_run_and_names_the_test(pytester: pytest
     assert "[x] test_every_frame_is_1024x576[scene-003] failed: AssertionError: frame_" in text
     report = BeautifulSoup((run_dir / "report.html").read_text(encoding="utf-8"), "html.parser")
     row = report.select_one('#gd-steps tr.gd-check[data-test="test_every_frame_is_1024x576[scene-002]"]')
-    assert row is not None and "is (1024, 576)" in row.get_text(" ")
+    assert row is not None and "is (256, 144)" in row.get_text(" ")
     wrong = report.select_one("#gd-failures").get_text(" ")
-    assert "your own checks failed" in wrong and "is (1024, 576)" in wrong  # not just "see pytest's output"
+    assert "your own checks failed" in wrong and "is (256, 144)" in wrong  # not just "see pytest's output"
 
 
 def test_a_users_check_is_not_reached_where_its_scene_failed(shared_runs: SharedRuns) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 from pytest_gemdirect.comfyui.workflow import default_workflow_path
 from pytest_gemdirect.story import render_keyframe
 from tests.outside import (
+    DEFAULT_GRAPH,
     FAST,
     SCENE_WAIT_THAT_FIRES,
     PipelineRun,
@@ -71,9 +72,16 @@ def test_missing_keyframe_checkpoint_fails_the_comfyui_stage_naming_the_file(
     workflow["4"]["inputs"]["ckpt_name"] = "sd_xl_base_1.0.safetensors"
     path = tmp_path / "my-keyframes.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
-    # the simulator has every model a workflow names unless missing-model takes the first one away
+    # the simulator has every model a workflow names unless missing-model takes the first one away:
+    # with the default video graph, the first is the keyframe workflow's
     result, run_dir, _ = run_e2e(
-        project, "--story-mode", "fallback", f"--keyframe-workflow={path}", "--sim-fault", "missing-model"
+        project,
+        "--story-mode",
+        "fallback",
+        f"--keyframe-workflow={path}",
+        "--sim-fault",
+        "missing-model",
+        graph=DEFAULT_GRAPH,
     )
     result.stdout.fnmatch_lines(
         [f"*keyframe workflow {path}: checkpoint sd_xl_base_1.0.safetensors is not in models/checkpoints*"]
