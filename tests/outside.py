@@ -8,6 +8,7 @@ A plain module (its name does not start with ``test_``), so pytest does not coll
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -143,7 +144,8 @@ def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess
     argv += ["--story-mode", "fallback", "--scenes", "3", "--scene-max-wait", "300"]
     argv += ["--history-poll-interval", "0.3", "--ws-idle-timeout", "1", "--sim-fault", "stall@scene-002"]
     argv += extra
-    kwargs: dict = {}
+    # a run that hangs after Ctrl-C prints every thread's stack when interrupt() sends SIGABRT
+    kwargs: dict = {"env": {**os.environ, "PYTHONFAULTHANDLER": "1"}}
     if sys.platform == "win32":
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
     else:
@@ -181,7 +183,19 @@ def interrupt(proc: subprocess.Popen) -> str:
     """
     try:
         proc.send_signal(signal.CTRL_BREAK_EVENT if sys.platform == "win32" else signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            if sys.platform == "win32":
+                raise
+            # PYTHONFAULTHANDLER (start_stalled_run): SIGABRT prints every thread's stack, then ends it
+            proc.send_signal(signal.SIGABRT)
+            try:
+                output, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                output, _ = proc.communicate()
+            pytest.fail(f"the run did not end within 60 s of Ctrl-C; its stacks:\n{output[-12000:]}")
         return output
     finally:
         if proc.poll() is None:
