@@ -170,6 +170,8 @@ def start_stalled_run(project: pytest.Pytester, *extra: str) -> tuple[subprocess
     else:
         # a parent started in the background may ignore SIGINT; the child must not inherit that
         kwargs["preexec_fn"] = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # a run that hangs after Ctrl-C prints every thread's stack when interrupt() sends SIGABRT
+    kwargs["env"] = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         argv, cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
     )

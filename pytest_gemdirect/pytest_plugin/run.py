@@ -318,7 +318,9 @@ class Run:
             settle_workers_summary(self._directory, data, self._crashed_tests, self._failed_tests)
         self.write_report()
         if self._report_writer is not None:
-            self._report_writer.close()
+            self._report_writer.close()  # its waits are bounded: one that ran out is said here
+            for problem in self._report_writer.problems:
+                self.note(f"gemdirect: {problem}")
         self.close_services()
         data = self.summary_data()
         if data is not None and not self.is_worker and self._directory is not None:
