@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from pytest_gemdirect.schemas_io import load_schema
+from tests.forkserver import run_pytest
 
 PIPELINE_MODULE = "from pytest_gemdirect.pipeline_tests import *  # noqa\n"
 """The user project's test module: it collects the pipeline's stages."""
@@ -71,6 +72,32 @@ GRAPH_FLAGS = ("--workflow", "--app-settings", "--video-profile", "--replay")
 """Flags that choose the graph themselves: a run given one of them gets no SMALL_GRAPH."""
 
 
+RUN_TIMEOUT_S = 900.0
+"""The most one of the suite's pytest runs may take before it is killed (a backstop for a hang)."""
+
+
+def runpytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """``pytester.runpytest_subprocess(*args)``, forked from the suite's fork server where it can be.
+
+    The same command line, folder, environment and output files as pytester's (tests/forkserver.py
+    says why and how); for the suite's pipeline runs, not for a test about what a fresh interpreter
+    imports."""
+    number = sum(1 for _ in pytester.path.glob("runpytest-*"))
+    basetemp = pytester.path / f"runpytest-{number}"
+    basetemp.mkdir(mode=0o700)
+    plugins = [arg for plugin in pytester.plugins for arg in ("-p", str(plugin))]
+    argv = [*plugins, f"--basetemp={basetemp}", *args]
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+    print("running: pytest", *argv, "\n     in:", pytester.path)
+    started = time.monotonic()
+    ret = run_pytest(argv, pytester.path, env, RUN_TIMEOUT_S)
+    out = (pytester.path / "stdout").read_text(encoding="utf-8", errors="replace").splitlines()
+    err = (pytester.path / "stderr").read_text(encoding="utf-8", errors="replace").splitlines()
+    print("\n".join(out), "\n".join(err), sep="\n", file=sys.stderr)
+    return pytest.RunResult(ret, out, err, time.monotonic() - started)
+
+
 class PipelineRun(NamedTuple):
     """What ``run_e2e`` gives back: pytest's result, the run directory and the seconds it took."""
 
@@ -90,8 +117,8 @@ def run_e2e(
     if any(arg.split("=", 1)[0] in GRAPH_FLAGS for arg in args):
         graph = DEFAULT_GRAPH
     started = time.monotonic()
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", markexpr, *graph, *args
+    result = runpytest(
+        project, "-p", "no:cacheprovider", f"--run-dir={run_dir}", "-m", markexpr, *graph, *args
     )
     return PipelineRun(result, run_dir, time.monotonic() - started)
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,8 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from tests.outside import FAST, PIPELINE_MODULE, SMALL_GRAPH
+from tests.forkserver import run_pytest
+from tests.outside import FAST, PIPELINE_MODULE, RUN_TIMEOUT_S, SMALL_GRAPH
 
 FRAME_SIZE_CHECK = """
 from PIL import Image
@@ -47,9 +46,6 @@ def test_every_frame_is_1024x576(gemdirect_frames):
 
 CHECKED_PROJECT = PIPELINE_MODULE + FRAME_SIZE_CHECK
 """A user project that collects the stages and the README's frame check beside them."""
-
-RUN_TIMEOUT_S = 900.0
-"""The most a shared run may take before it is killed (a backstop for a hang, not a figure)."""
 
 STRIPPED_ENV = ("PYTEST_ADDOPTS", "PYTEST_CURRENT_TEST", "TOX_ENV_DIR", "GITHUB_STEP_SUMMARY")
 """The outer run's variables a shared run must not inherit (as pytester does, plus the job page)."""
@@ -213,17 +209,13 @@ def _start(spec: RunSpec, project: Path, saved: Path) -> pytest.RunResult:
     env = {k: v for k, v in env.items() if not k.startswith(STRIPPED_PREFIXES)}
     env.update(HOME=str(project), USERPROFILE=str(project), PY_COLORS="0")
     env.update((key, fill(value)) for key, value in spec.env)
-    argv = [sys.executable, "-mpytest", f"--basetemp={project / 'runpytest-0'}", "-p", "no:cacheprovider"]
+    argv = [f"--basetemp={project / 'runpytest-0'}", "-p", "no:cacheprovider"]
     argv += [f"--run-dir={project / 'run'}", "-m", spec.markexpr, *(fill(arg) for arg in spec.args)]
     started = time.monotonic()
-    done = subprocess.run(
-        argv, cwd=project, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
-    )
-    (project / "stdout").write_text(done.stdout, encoding="utf-8")
-    (project / "stderr").write_text(done.stderr, encoding="utf-8")
-    result = pytest.RunResult(
-        done.returncode, done.stdout.splitlines(), done.stderr.splitlines(), time.monotonic() - started
-    )
+    ret = run_pytest(argv, project, env, RUN_TIMEOUT_S)
+    out = (project / "stdout").read_text(encoding="utf-8", errors="replace").splitlines()
+    err = (project / "stderr").read_text(encoding="utf-8", errors="replace").splitlines()
+    result = pytest.RunResult(ret, out, err, time.monotonic() - started)
     record = {"ret": int(result.ret), "out": result.outlines, "err": result.errlines, "s": result.duration}
     saved.write_text(json.dumps(record), encoding="utf-8")
     return result
