@@ -28,7 +28,7 @@ from pytest_gemdirect.rundir import atomic_write_json
 from pytest_gemdirect.settings import SettingError
 from pytest_gemdirect.suites import parse_suite_specs
 from tests import app_contract_rules as rules
-from tests.outside import PIPELINE_MODULE, interrupt, start_stalled_run, wait_for_scene_002_attempt
+from tests.outside import PIPELINE_MODULE, interrupt, runpytest, start_stalled_run, wait_for_scene_002_attempt
 
 PY = Path(sys.executable).as_posix()
 
@@ -217,8 +217,15 @@ def test_interrupted_run_passes_the_contract(project: pytest.Pytester) -> None:
 
 
 def test_app_contract_false_writes_none_of_it(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--run-dir={project.path / 'run'}", "-m", "env", "--app-contract", "false"
+    result = runpytest(
+        project,
+        "-p",
+        "no:cacheprovider",
+        f"--run-dir={project.path / 'run'}",
+        "-m",
+        "env",
+        "--app-contract",
+        "false",
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     run_dir = project.path / "run"
@@ -515,7 +522,7 @@ def test_gemdirect_preset_refuses_this_machines_older_node(project: pytest.Pytes
     version = parse_version(answer) if answer else None
     if version is not None and version[:2] >= (22, 19):
         pytest.skip(f"this machine's Node is {answer}: new enough, nothing to refuse")
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--co", "--suite", "gemdirect")
+    result = runpytest(project, "-p", "no:cacheprovider", "--co", "--suite", "gemdirect")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*suites (from --suite)*'gemdirect' preset*Node 22.19 or newer*"])
     if answer:
@@ -535,7 +542,7 @@ def test_gemdirect_preset_takes_the_node_first_on_path(
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PATH", env["PATH"])
-        result = project.runpytest_subprocess("-p", "no:cacheprovider", "--co", "-q", "--suite", "gemdirect")
+        result = runpytest(project, "-p", "no:cacheprovider", "--co", "-q", "--suite", "gemdirect")
     if accepted:
         assert result.ret == pytest.ExitCode.OK, result.stderr.str()
         result.stdout.fnmatch_lines(["*test_suites[[]comfyUI[]]*", "*test_suites[[]scripts[]]*"])
@@ -545,8 +552,8 @@ def test_gemdirect_preset_takes_the_node_first_on_path(
 
 
 def test_publish_latest_needs_the_export(project: pytest.Pytester, tmp_path: Path) -> None:
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", "--co", f"--publish-latest={tmp_path}", "--app-contract", "false"
+    result = runpytest(
+        project, "-p", "no:cacheprovider", "--co", f"--publish-latest={tmp_path}", "--app-contract", "false"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*publish_latest (from --publish-latest)*app_contract = false*"])

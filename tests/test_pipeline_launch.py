@@ -8,7 +8,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.outside import FAKES, SMOKE, PipelineRun, own_install, processes_from, run_e2e, stages, summary_of
+from tests.outside import (
+    FAKES,
+    SMOKE,
+    PipelineRun,
+    own_install,
+    processes_from,
+    run_e2e,
+    runpytest,
+    stages,
+    summary_of,
+)
 
 SHORT = ("--story-mode", "fallback", "--scenes", "1", "--history-poll-interval", "0.3")
 
@@ -58,7 +68,8 @@ def test_comfyui_that_crashes_on_boot_fails_the_stage_quickly(project: pytest.Py
 
 
 def test_comfyui_url_and_dir_together_is_a_usage_error(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess(
+    result = runpytest(
+        project,
         "-p",
         "no:cacheprovider",
         "-m",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pytest_gemdirect.video import read_info
-from tests.outside import REPO, run_e2e, scenes, stages, summary_of
+from tests.outside import REPO, run_e2e, runpytest, scenes, stages, summary_of
 
 APP = REPO / "tests" / "data" / "gemdirect-app" / "localGenSettings.json"
 GRAPHS = REPO / "tests" / "data" / "graphs"
@@ -140,9 +140,7 @@ def test_a_custom_node_profile_is_refused_at_the_comfyui_stage_naming_its_classe
 def test_profile_errors_stop_the_run_at_startup(
     project: pytest.Pytester, args: tuple[str, ...], expected: str
 ) -> None:
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--app-settings={APP}", "-m", "e2e", *args
-    )
+    result = runpytest(project, "-p", "no:cacheprovider", f"--app-settings={APP}", "-m", "e2e", *args)
     assert result.ret == 4
     result.stderr.fnmatch_lines([f"*pytest-gemdirect: app_settings (from --app-settings): {expected}"])
     assert not (project.path / "logs").exists(), "nothing is created"

@@ -12,7 +12,7 @@ from bs4 import BeautifulSoup
 from PIL import Image
 
 from pytest_gemdirect.schemas_io import load_schema
-from tests.outside import REPO, run_e2e, stages, summary_of
+from tests.outside import REPO, run_e2e, runpytest, stages, summary_of
 from tests.runs import GENERATION_ONLY, PASSING, SharedRuns
 
 
@@ -143,7 +143,7 @@ def test_scenes_setting_precedence_flag_env_ini(
     project.makeini("[pytest]\ngemdirect_scenes = 5\n")
 
     def collected(*args: str) -> int:
-        result = project.runpytest_subprocess("--collect-only", "-q", "-m", "svd", *args)
+        result = runpytest(project, "--collect-only", "-q", "-m", "svd", *args)
         return sum(1 for line in result.outlines if "test_generation[scene-" in line)
 
     assert collected() == 5  # ini
@@ -184,20 +184,20 @@ def test_invalid_settings_stop_the_run_naming_setting_and_source(
         project.makeini("[pytest]\n" + ini)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    result = project.runpytest_subprocess("-m", "e2e", *args)
+    result = runpytest(project, "-m", "e2e", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([expected])
 
 
 def test_plain_unit_test_run_makes_no_run_directory(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = runpytest(pytester, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "logs").exists()
 
 
 def test_collect_only_makes_no_run_directory(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e", "--collect-only", "-q")
+    result = runpytest(project, "-p", "no:cacheprovider", "-m", "e2e", "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*test_generation[[]scene-003[]]*"])
     assert not (project.path / "logs").exists()
@@ -279,7 +279,7 @@ def test_a_project_without_pipeline_tests_sees_nothing_of_the_plugin(pytester: p
 )
 def test_runs_that_run_no_stage_create_nothing(project: pytest.Pytester, args: tuple[str, ...]) -> None:
     before = _made_by_us(project.path)
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result = runpytest(project, "-p", "no:cacheprovider", *args)
     assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
     assert _made_by_us(project.path) == before
     assert "gemdirect run directory" not in result.stdout.str()
@@ -287,7 +287,7 @@ def test_runs_that_run_no_stage_create_nothing(project: pytest.Pytester, args: t
 
 def test_e2e_without_the_pipeline_says_which_line_collects_it(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e")
+    result = runpytest(pytester, "-p", "no:cacheprovider", "-m", "e2e")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     result.stdout.fnmatch_lines(
         ["*no pipeline test was collected*", "*from pytest_gemdirect.pipeline_tests import *"]

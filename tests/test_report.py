@@ -27,6 +27,7 @@ from pytest_gemdirect.report import (
 )
 from pytest_gemdirect.rundir import RunDirectory
 from pytest_gemdirect.summary import RunSummary, validate_summary
+from tests.outside import runpytest
 from tests.runs import FAILED_SCENE, PASSING, SharedRuns
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -1035,9 +1036,7 @@ def test_the_block_works_inside_pytest_htmls_report(failed_run, pytester):
     )
     pytester.makepyfile("def test_one():\n    pass\n")
     html_path = run_dir / "pytest-report.html"
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--html={html_path}", "--self-contained-html"
-    )
+    result = runpytest(pytester, "-p", "no:cacheprovider", f"--html={html_path}", "--self-contained-html")
     result.assert_outcomes(passed=1)
     soup = parse(html_path.read_text(encoding="utf-8"))
     block = soup.select_one("div.additional-summary.prefix > div.gemdirect-report")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.outside import PIPELINE_MODULE
+from tests.outside import PIPELINE_MODULE, runpytest
 
 
 def _old_run(logs: Path, name: str, *, summary: bool = True) -> Path:
@@ -31,7 +31,7 @@ def test_keep_runs_prunes_only_the_oldest_harness_runs(pytester: pytest.Pytester
     ]
     not_ours[-1].write_text("keep me", encoding="utf-8")
 
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", "--keep-runs", "2")
+    result = runpytest(pytester, "-p", "no:cacheprovider", "-m", "env", "--keep-runs", "2")
 
     assert result.ret == 0, result.stdout.str()
     assert not oldest.exists() and not older.exists()
@@ -46,7 +46,7 @@ def test_keep_runs_zero_keeps_every_run(pytester: pytest.Pytester) -> None:
     logs = pytester.path / "logs"
     olds = [_old_run(logs, f"2025010{n}-000000") for n in range(1, 4)]
 
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", "--keep-runs", "0")
+    result = runpytest(pytester, "-p", "no:cacheprovider", "-m", "env", "--keep-runs", "0")
 
     assert result.ret == 0, result.stdout.str()
     assert all(run.is_dir() for run in olds)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.outside import summary_of
+from tests.outside import runpytest, summary_of
 from tests.runs import FAILED_SCENE, SMOKE, SharedRuns
 
 
 def usage_error(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e", *args)
+    result = runpytest(project, "-p", "no:cacheprovider", "-m", "e2e", *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str() + result.stderr.str()
     return result
 
@@ -107,7 +107,7 @@ def test_every_scene_folder_has_a_scene_json_that_agrees_with_the_summary(shared
 
 
 def test_a_plain_pytest_run_names_the_report(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", f"--run-dir={project.path / 'run'}")
+    result = runpytest(project, "-p", "no:cacheprovider", f"--run-dir={project.path / 'run'}")
     result.assert_outcomes(passed=11, skipped=1)
     result.stdout.fnmatch_lines([f"*gemdirect report: {project.path / 'run' / 'report.html'}"])
 
@@ -131,5 +131,5 @@ def test_an_unreachable_comfyui_url_stops_the_run_before_the_first_stage(
 def test_a_partial_run_that_needs_no_comfyui_does_not_probe_it(
     project: pytest.Pytester, dead_url: str
 ) -> None:
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", f"--comfyui-url={dead_url}")
+    result = runpytest(project, "-p", "no:cacheprovider", "-m", "env", f"--comfyui-url={dead_url}")
     assert result.ret == 0, result.stdout.str()

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from pytest_gemdirect.rundir import RunPlaceError, check_run_place
+from tests.outside import runpytest
 
 
 def run_pipeline(project: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "e2e", *args)
+    return runpytest(project, "-p", "no:cacheprovider", "-m", "e2e", *args)
 
 
 def assert_usage_error(result: pytest.RunResult, *words: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.outside import summary_of
+from tests.outside import runpytest, summary_of
 
 WINDOWS = sys.platform == "win32"
 
@@ -51,7 +51,7 @@ def bin_dir(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def env_run(project: pytest.Pytester, name: str) -> dict:
     run_dir = project.path / name
-    result = project.runpytest_subprocess("-p", "no:cacheprovider", "-m", "env", f"--run-dir={run_dir}")
+    result = runpytest(project, "-p", "no:cacheprovider", "-m", "env", f"--run-dir={run_dir}")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     return summary_of(run_dir)["environment"]
 

@@ -23,6 +23,7 @@ from tests.outside import (
     own_install,
     processes_from,
     run_e2e,
+    runpytest,
     scenes,
     stages,
     summary_of,
@@ -133,8 +134,8 @@ def test_launched_comfyui_starts_once_for_all_workers_and_is_gone_afterwards(
 
 
 def test_dist_each_is_refused_because_it_would_run_the_pipeline_per_worker(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess(
-        "-p", "no:cacheprovider", *NO_BENCHMARK, "-n", "2", "--dist", "each", "-m", "e2e"
+    result = runpytest(
+        project, "-p", "no:cacheprovider", *NO_BENCHMARK, "-n", "2", "--dist", "each", "-m", "e2e"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--dist each would run the whole pipeline once per worker*"])
